@@ -1,0 +1,410 @@
+"""schoolgate's mitmproxy add-on: the request path.
+
+who is asking (identity) -> what it is (target) -> what the policy says
+(Engine, plain Python) -> act (block page, warning, pass through) -> record.
+
+The hooks stay thin: every decision is made by `schoolgate.engine.Engine`,
+which knows nothing of mitmproxy and is shared with `schoolgate explain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlencode
+
+from mitmproxy import connection, ctx, exceptions, http, tls
+
+from schoolgate import metrics
+from schoolgate.addons.identity import Authenticator, BadCredentials, client_address
+from schoolgate.addons.pages import SECURITY_HEADERS, block_page, warning_page
+from schoolgate.decide import Verdict
+from schoolgate.engine import Engine
+from schoolgate.policy import Action, Group, PolicyInvalid
+from schoolgate.records import AccessRecord, RecordWriter, new_reference, url_for_log
+from schoolgate.urls import InvalidHost, Target, parse_target, target_from_parts
+
+log = logging.getLogger("schoolgate")
+
+PROCEED_PATH = "/.well-known/schoolgate/proceed"
+# How long "I understand, continue" on a warning lasts for that pupil and site.
+WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
+
+
+@dataclass(slots=True)
+class Who:
+    client_ip: str
+    user: str | None
+    group: Group
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the request hook decided, kept on the flow until it is recorded."""
+
+    who: Who
+    target: Target
+    verdict: Verdict
+    recorded_verdict: str
+    rule: str
+    decision_us: int
+    reference: str | None = None
+    recorded: bool = False
+
+
+class SchoolGate:
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.writer: RecordWriter | None = None
+        self.auth = Authenticator()
+        # Users who authenticated on a CONNECT; requests inside the tunnel carry no credentials.
+        self.tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        # Intercepted CONNECTs, so a failed TLS handshake (CA not trusted) is still recorded.
+        self.pending_tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[Who, Target, Verdict]] = weakref.WeakKeyDictionary()
+        self.acknowledged: dict[tuple[str, str | None, str], float] = {}
+        self.secret = secrets.token_bytes(32)
+        self._watcher: asyncio.Task | None = None
+        self._refused_stamps: object = None
+        self._served_metrics: tuple[str, int] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option("schoolgate_policy", str, "policy.toml", "Path to the school's policy file.")
+        loader.add_option(
+            "schoolgate_instance", str, socket.gethostname(), "Name of this gateway process in access records."
+        )
+        loader.add_option(
+            "schoolgate_reload_ms", int, 2000, "Milliseconds between checks of the policy and list files for changes."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            # Eager mode connects upstream as soon as a CONNECT arrives; a blocked site must never see a connection.
+            log.info("schoolgate sets connection_strategy=lazy so blocked sites are never contacted")
+            ctx.options.update(connection_strategy="lazy")
+        if "schoolgate_policy" in updated:
+            try:
+                engine = Engine.load(ctx.options.schoolgate_policy, self.engine)
+            except PolicyInvalid as e:
+                raise exceptions.OptionsError(f"policy {ctx.options.schoolgate_policy} is invalid:\n{e}") from e
+            except (OSError, ValueError) as e:
+                raise exceptions.OptionsError(f"cannot load policy {ctx.options.schoolgate_policy}: {e}") from e
+            self._install(engine)
+            if self.writer is None:
+                self.writer = RecordWriter(engine.policy.database_url)
+            self._serve_metrics(engine)
+
+    async def running(self) -> None:
+        assert self.writer is not None
+        await self.writer.start()
+        self._watcher = asyncio.create_task(self._watch_policy())
+        assert self.engine is not None
+        log.info(
+            "schoolgate enforcing %s: %d groups, %d category entries, %d local entries",
+            self.engine.policy.path, len(self.engine.policy.groups), self.engine.index.entry_count, len(self.engine.policy.local),
+        )
+
+    async def done(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+        if self.writer:
+            await self.writer.close()
+
+    def _install(self, engine: Engine) -> None:
+        if self.engine is not None and engine.policy.database_url != self.engine.policy.database_url:
+            log.warning("the database setting changed; it takes effect when the gateway restarts")
+        self.engine = engine
+        self._refused_stamps = None
+        metrics.POLICY_RELOADS.labels("ok").inc()
+        metrics.POLICY_VALID.set(1)
+        metrics.POLICY_LOADED_AT.set(time.time())
+        for category, count in engine.index.sizes().items():
+            metrics.LIST_ENTRIES.labels(category).set(count)
+        for action in (Action.ALLOW, Action.BLOCK):
+            metrics.LIST_ENTRIES.labels(f"local-{action.value}").set(sum(e.action is action for e in engine.policy.local))
+
+    def _serve_metrics(self, engine: Engine) -> None:
+        wanted = (engine.policy.metrics_address, engine.policy.metrics_port)
+        if self._served_metrics is not None:
+            if wanted != self._served_metrics:
+                log.warning("the metrics address changed; it takes effect when the gateway restarts")
+            return
+        if engine.policy.metrics_port:
+            try:
+                metrics.serve(*wanted)
+            except OSError as e:
+                raise exceptions.OptionsError(f"cannot serve metrics on {wanted[0]}:{wanted[1]}: {e}") from e
+        self._served_metrics = wanted
+
+    async def _watch_policy(self) -> None:
+        """Reload when the policy, its list files or the index change; a broken edit
+        is refused and the last good policy keeps serving."""
+        while True:
+            await asyncio.sleep(ctx.options.schoolgate_reload_ms / 1000)
+            engine = self.engine
+            if engine is None or not engine.changed_on_disk():
+                continue
+            stamps = [p.stat().st_mtime_ns if p.exists() else None for p, _ in engine.stamps]
+            if stamps == self._refused_stamps:
+                continue
+            try:
+                new = await asyncio.to_thread(Engine.load, engine.policy.path, engine)
+            except (PolicyInvalid, OSError, ValueError) as e:
+                self._refused_stamps = stamps
+                metrics.POLICY_RELOADS.labels("failed").inc()
+                metrics.POLICY_VALID.set(0)
+                log.error("policy change refused, still enforcing the policy loaded earlier:\n%s", e)
+                continue
+            self._install(new)
+            log.info("policy reloaded from %s", new.policy.path)
+
+    # --- identity -------------------------------------------------------------------
+
+    def _identify(self, flow: http.HTTPFlow) -> Who | None:
+        """The client and user; answers 407 itself (and returns None) when a login is needed."""
+        assert self.engine is not None
+        policy = self.engine.policy
+        client_ip = client_address(flow.client_conn.peername)
+        user = self.tunnel_users.get(flow.client_conn)
+        header = flow.request.headers.get("Proxy-Authorization")
+        if header is not None:
+            del flow.request.headers["Proxy-Authorization"]  # never forwarded upstream
+            if policy.htpasswd is not None:
+                try:
+                    user = self.auth.check(policy.htpasswd, header)
+                except (BadCredentials, OSError, ValueError) as e:
+                    log.info("proxy login refused from %s: %s", client_ip, e)
+                    flow.response = _login_required()
+                    return None
+        group, _ = policy.group_for(client_ip, user)
+        if group.require_auth and user is None:
+            flow.response = _login_required()
+            return None
+        return Who(client_ip, user, group)
+
+    # --- CONNECT and TLS ------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        who = self._identify(flow)
+        if who is None:
+            return
+        if who.user:
+            self.tunnel_users[flow.client_conn] = who.user
+        try:
+            target = target_from_parts("https", flow.request.host, flow.request.port, "/")
+        except InvalidHost as e:
+            flow.response = http.Response.make(400, f"schoolgate: {e}\n", {"Content-Type": "text/plain"})
+            return
+        assert self.engine is not None
+        target, verdict, decision_us = self._decide(who.group, target)
+        intercepted = self.engine.policy.intercepts(target.host, set(verdict.categories))
+        if verdict.action is Action.BLOCK and not intercepted:
+            # Without interception there is no page to show: refuse the tunnel itself.
+            reference = new_reference()
+            flow.response = http.Response.make(
+                403,
+                f"Blocked by the school's web filter: {verdict.reason}. Reference {reference}\n",
+                {"Content-Type": "text/plain; charset=utf-8", "X-Schoolgate-Reference": reference},
+            )
+            self._record(flow, who, target, verdict, "block", verdict.rule_text, decision_us, reference, status=403)
+        elif not intercepted:
+            note = " (not intercepted: the warning page could not be shown)" if verdict.action is Action.WARN else ""
+            self._record(flow, who, target, verdict, verdict.action.value, verdict.rule_text + note, decision_us, None, status=200)
+        else:
+            self.pending_tunnels[flow.client_conn] = (who, target, verdict)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        assert self.engine is not None
+        name = data.client_hello.sni or (data.context.server.address[0] if data.context.server.address else None)
+        if not name:
+            return
+        try:
+            host = target_from_parts("https", name, None, "/").host
+        except InvalidHost:
+            return
+        categories = {hit.category for hit in self.engine.index.lookup(host, "/")}
+        if not self.engine.policy.intercepts(host, categories):
+            data.ignore_connection = True
+
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        self.pending_tunnels.pop(data.context.client, None)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        pending = self.pending_tunnels.pop(data.context.client, None)
+        if pending is None:
+            return
+        who, target, verdict = pending
+        rule = verdict.rule_text + " (TLS interception failed: does this device trust the school certificate?)"
+        self._write(who, target, "CONNECT", verdict, verdict.action.value, rule, None, None, None, None, None)
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or not flow.live:
+            return
+        who = self._identify(flow)
+        if who is None:
+            return
+        request = flow.request
+        try:
+            # Where the request goes (request.host) and what it asks for (the Host header)
+            # can differ; both are decided and the stricter verdict stands, so a Host
+            # header cannot front for a blocked server, nor the other way round.
+            targets = [target_from_parts(request.scheme, name, request.port, request.path)
+                       for name in dict.fromkeys((request.pretty_host, request.host))]
+        except InvalidHost as e:
+            flow.response = http.Response.make(400, f"schoolgate: {e}\n", {"Content-Type": "text/plain"})
+            return
+        if targets[0].path == PROCEED_PATH:
+            self._proceed(flow, who, targets[0])
+            return
+        target, verdict, decision_us = self._decide(who.group, *targets)
+        decision = Decision(who, target, verdict, verdict.action.value, verdict.rule_text, decision_us)
+        flow.metadata["schoolgate"] = decision
+        assert self.engine is not None
+        policy = self.engine.policy
+        now = datetime.now(UTC)
+        if verdict.action is Action.BLOCK:
+            decision.reference = new_reference()
+            page = block_page(
+                school=policy.school_name, contact=policy.contact, url=flow.request.pretty_url,
+                categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
+            )
+            flow.response = http.Response.make(403, page, _page_headers("block", decision.reference))
+        elif verdict.action is Action.WARN:
+            key = (who.client_ip, who.user, target.host)
+            if self.acknowledged.get(key, 0) > time.monotonic():
+                decision.recorded_verdict = Action.ALLOW.value
+                decision.rule = "warning-acknowledged " + verdict.rule_text
+                return
+            decision.reference = new_reference()
+            page = warning_page(
+                school=policy.school_name, contact=policy.contact, url=flow.request.pretty_url,
+                categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
+                proceed_href=self._proceed_link(who, target, flow.request.pretty_url),
+            )
+            flow.response = http.Response.make(403, page, _page_headers("warn", decision.reference))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record_flow(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._record_flow(flow)
+
+    # --- warnings -------------------------------------------------------------------
+
+    def _sign(self, who: Who, host: str, expires: int) -> str:
+        message = f"{who.client_ip}\0{who.user}\0{host}\0{expires}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def _proceed_link(self, who: Who, target: Target, url: str) -> str:
+        expires = int(time.time()) + 15 * 60  # the page itself stays usable for a lesson-sized while
+        query = urlencode({"to": url, "exp": expires, "sig": self._sign(who, target.host, expires)})
+        return f"{PROCEED_PATH}?{query}"
+
+    def _proceed(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
+        """'I understand, continue': check the signature, remember, record, and redirect."""
+        args = parse_qs(here.query)
+        to, expires, sig = (args.get(k, [""])[0] for k in ("to", "exp", "sig"))
+        try:
+            destination = parse_target(to)
+            valid = (
+                destination.host == here.host
+                and expires.isdigit()
+                and int(expires) > time.time()
+                and hmac.compare_digest(sig, self._sign(who, here.host, int(expires)))
+            )
+        except InvalidHost:
+            valid = False
+        if not valid:
+            flow.response = http.Response.make(400, "This link has expired. Go back and try again.\n", {"Content-Type": "text/plain"})
+            return
+        assert self.engine is not None
+        destination, verdict, decision_us = self._decide(who.group, destination)
+        self.acknowledged[(who.client_ip, who.user, here.host)] = time.monotonic() + WARNING_ACKNOWLEDGED_SECONDS
+        flow.metadata["schoolgate"] = Decision(who, destination, verdict, "proceed", verdict.rule_text, decision_us)
+        flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store"})
+
+    # --- deciding and recording -----------------------------------------------------
+
+    def _decide(self, group: Group, *targets: Target) -> tuple[Target, Verdict, int]:
+        """The strictest verdict over the given names of one request (the first wins ties)."""
+        assert self.engine is not None
+        started = time.perf_counter()
+        decided = [(target, self.engine.decide(target, group)) for target in targets]
+        target, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
+        elapsed = time.perf_counter() - started
+        metrics.DECISION_SECONDS.observe(elapsed)
+        category = verdict.matched.split(":", 1)[0] if verdict.rule == "category" else ("local" if verdict.rule.startswith("local") else "none")
+        metrics.REQUESTS.labels(group.name, verdict.action.value, category).inc()
+        return target, verdict, int(elapsed * 1_000_000)
+
+    def _record_flow(self, flow: http.HTTPFlow) -> None:
+        decision: Decision | None = flow.metadata.get("schoolgate")
+        if decision is None or decision.recorded:
+            return
+        decision.recorded = True
+        response = flow.response
+        self._write(
+            decision.who, decision.target, flow.request.method, decision.verdict, decision.recorded_verdict, decision.rule,
+            decision.reference, response.status_code if response else None,
+            len(flow.request.raw_content or b""),
+            len(response.raw_content) if response is not None and response.raw_content is not None else None,
+            decision.decision_us,
+        )
+
+    def _record(self, flow: http.HTTPFlow, who: Who, target: Target, verdict: Verdict, recorded_verdict: str,
+                rule: str, decision_us: int, reference: str | None, *, status: int | None) -> None:
+        self._write(who, target, flow.request.method, verdict, recorded_verdict, rule, reference, status, None, None, decision_us)
+
+    def _write(self, who: Who, target: Target, method: str, verdict: Verdict, recorded_verdict: str, rule: str,
+               reference: str | None, status: int | None, bytes_in: int | None, bytes_out: int | None,
+               decision_us: int | None) -> None:
+        assert self.engine is not None and self.writer is not None
+        self.writer.submit(
+            AccessRecord(
+                ts=datetime.now(UTC),
+                instance=ctx.options.schoolgate_instance,
+                seq=0,
+                client_ip=who.client_ip,
+                user=who.user,
+                group=who.group.name,
+                method=method,
+                scheme=target.scheme,
+                host=target.host,
+                port=target.port,
+                url=url_for_log(target.url(), target.scheme, target.host, target.port, self.engine.policy.log_urls),
+                categories=verdict.categories,
+                verdict=recorded_verdict,
+                rule=rule,
+                reason=verdict.reason,
+                status=status,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                ref=reference,
+                decision_us=decision_us,
+            )
+        )
+
+
+def _page_headers(verdict: str, reference: str) -> dict[str, str]:
+    return {**SECURITY_HEADERS, "X-Schoolgate-Verdict": verdict, "X-Schoolgate-Reference": reference}
+
+
+def _login_required() -> http.Response:
+    return http.Response.make(
+        407,
+        "Please log in to use the school's internet.\n",
+        {"Proxy-Authenticate": 'Basic realm="schoolgate"', "Content-Type": "text/plain; charset=utf-8"},
+    )

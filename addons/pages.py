@@ -1,0 +1,101 @@
+"""The pages the gateway shows in place of a site: the block page and the warning.
+
+Everything a page echoes (URL, host, reason, school name) is HTML-escaped: the
+URL is attacker-controlled, and a block page must never become an XSS vector on
+the blocked site's origin.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from importlib.resources import files
+from string import Template
+
+from schoolgate.categories.taxonomy import CATEGORIES
+
+_TEMPLATE = Template(files("schoolgate.addons").joinpath("templates/page.html").read_text(encoding="utf-8"))
+# Long URLs are cut for display only; the record keeps what the policy says to keep.
+_MAX_URL_SHOWN = 300
+
+SECURITY_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _category_titles(categories: tuple[str, ...]) -> str:
+    if not categories:
+        return "—"
+    return ", ".join(CATEGORIES[c].title if c in CATEGORIES else c for c in categories)
+
+
+def _shown_url(url: str) -> str:
+    return url if len(url) <= _MAX_URL_SHOWN else url[:_MAX_URL_SHOWN] + "…"
+
+
+def render(
+    *,
+    title: str,
+    message: str,
+    colour: str,
+    school: str,
+    contact: str,
+    url: str,
+    categories: tuple[str, ...],
+    reason: str,
+    when: datetime,
+    reference: str,
+    actions_html: str = "",
+) -> str:
+    """Fill the page template; every value is escaped except `actions_html`,
+    which callers build from escaped parts."""
+    e = html.escape
+    return _TEMPLATE.substitute(
+        title=e(title),
+        message=e(message),
+        colour=colour,
+        school=e(school),
+        contact=e(contact),
+        url=e(_shown_url(url)),
+        categories=e(_category_titles(categories)),
+        reason=e(reason),
+        time=e(when.astimezone().strftime("%d %b %Y, %H:%M:%S %Z")),
+        reference=e(reference),
+        actions=actions_html,
+    )
+
+
+def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime, reference: str) -> str:
+    return render(
+        title="This page is blocked",
+        message="The school's internet filter has blocked this page.",
+        colour="#b42318",
+        school=school,
+        contact=contact,
+        url=url,
+        categories=categories,
+        reason=reason,
+        when=when,
+        reference=reference,
+    )
+
+
+def warning_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime, reference: str, proceed_href: str) -> str:
+    actions = f'<p class="actions"><a href="{html.escape(proceed_href, quote=True)}">I understand, continue</a></p>'
+    return render(
+        title="Think before you continue",
+        message="This page may not be suitable for school. You can continue, and your visit will be recorded.",
+        colour="#b54708",
+        school=school,
+        contact=contact,
+        url=url,
+        categories=categories,
+        reason=reason,
+        when=when,
+        reference=reference,
+        actions_html=actions,
+    )

@@ -1,0 +1,5 @@
+"""Entry point for `mitmdump -s addons/script.py` (what `schoolgate run` starts)."""
+
+from schoolgate.addons.gateway import SchoolGate
+
+addons = [SchoolGate()]

@@ -1,0 +1,446 @@
+"""The compiled category index: millions of list entries in one memory-mapped
+file, answering "which categories is this host/URL in" in about a microsecond.
+
+File layout (little-endian, sections 8-byte aligned; see README.md for why):
+
+    magic "SGCATIX\\x01", u64 header length, JSON header, then the sections
+    keys       u64[n]        xxh3-64 of each listed host, grouped by bucket (hash & mask)
+    vals       u32[n]        category-set id, or URL_FLAG | url-host number
+    buckets    u32[nb + 1]   start of each bucket in keys/vals (nb = power of two >= n)
+    url_hosts  u32[3 * u]    (category-set id of the host itself, first URL record, record count)
+    url_recs   u32[3 * r]    (offset, length of the path prefix in url_blob, category-set id)
+    url_blob   bytes         UTF-8 path prefixes
+
+Host strings are not stored: a hit's entry is rebuilt from the suffix that was
+probed. Category sets (most hosts have one category) live in the header.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import mmap
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+
+from xxhash import xxh3_64_intdigest
+
+from schoolgate.categories.sources import ListKind, ListSource, MalformedLine, builtin_tree, parse_line, progress
+from schoolgate.urls import is_ip
+
+MAGIC = b"SGCATIX\x01"
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<8sQ")
+# A key's u32 value: flags, then a category-set id or (with _URL_FLAG) a url_hosts number.
+_URL_FLAG = 0x8000_0000
+_HAS_LONGER = 0x4000_0000  # longer listed hosts end with this one: keep probing inwards
+_NUMBER_MASK = 0x3FFF_FFFF
+_SECTIONS = ("keys", "vals", "buckets", "url_hosts", "url_recs", "url_blob")
+_SECTION_TYPES = {"keys": "Q", "vals": "I", "buckets": "I", "url_hosts": "I", "url_recs": "I"}
+# squidGuard compares URL entries with the host minus one leading www/web/ftp
+# label (optionally numbered: www2.). Stripping it from entries too is ours.
+_URL_HOST_PREFIX = re.compile(r"(?:www|web|ftp)[0-9]*\.")
+_IP_LAST_CHARS = frozenset("0123456789:")
+_MALFORMED_EXAMPLES = 5
+_PROGRESS_EVERY_LINES = 65536
+
+if sys.byteorder != "little":  # the file is read in place with native arrays
+    raise ImportError("the category index format needs a little-endian machine")
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryHit:
+    category: str
+    entry: str  # the list entry that matched, e.g. "example.com" or "example.com/some/path"
+
+
+# A frozen dataclass's __init__ goes through object.__setattr__ per field and
+# costs as much as a whole miss lookup; hits are built through the slots directly.
+_set_hit_category = CategoryHit.category.__set__  # type: ignore[attr-defined]
+_set_hit_entry = CategoryHit.entry.__set__  # type: ignore[attr-defined]
+
+
+def _new_hit(category: str, entry: str) -> CategoryHit:
+    hit = object.__new__(CategoryHit)
+    _set_hit_category(hit, category)
+    _set_hit_entry(hit, entry)
+    return hit
+
+
+@dataclass
+class SourceReport:
+    name: str
+    category: str
+    kind: str
+    entries: int = 0
+    malformed: int = 0
+    examples: list[str] = field(default_factory=list)  # "line N: reason"
+
+
+@dataclass
+class CompileReport:
+    sources: list[SourceReport]
+    categories: dict[str, int]  # distinct entries per category
+    entry_count: int  # distinct hosts and URL entries, whatever their categories
+    output: Path | None
+    size_bytes: int
+    seconds: float
+
+    @property
+    def malformed(self) -> int:
+        return sum(s.malformed for s in self.sources)
+
+    def summary(self) -> str:
+        where = self.output or "memory"
+        lines = [
+            f"compiled {self.entry_count:,} entries in {len(self.categories)} categories "
+            f"to {where} ({self.size_bytes / 1e6:.1f} MB, {self.seconds:.1f} s); "
+            f"{self.malformed:,} malformed lines skipped"
+        ]
+        for source in self.sources:
+            if source.malformed:
+                lines.append(f"  {source.name}: {source.malformed:,} malformed, e.g. " + "; ".join(source.examples))
+        return "\n".join(lines)
+
+
+def url_host_start(host: str) -> int:
+    """Where the host URL entries are compared with begins: after a leading
+    `www.`/`www2.`/`web.`/`ftp.` label, else 0."""
+    m = _URL_HOST_PREFIX.match(host)
+    return m.end() if m and m.end() < len(host) else 0
+
+
+class CategoryIndex:
+    """A compiled index, read in place from a memory map (or an in-memory image)."""
+
+    def __init__(self, image: bytes | mmap.mmap, path: Path | None = None):
+        self.path = path
+        self._image = image
+        self._view = memoryview(image)
+        magic, header_length = _PREAMBLE.unpack_from(self._view)
+        if magic != MAGIC:
+            raise ValueError(f"{path or 'image'} is not a schoolgate category index")
+        header = json.loads(bytes(self._view[_PREAMBLE.size : _PREAMBLE.size + header_length]))
+        if header["version"] != FORMAT_VERSION:
+            raise ValueError(f"{path}: index format {header['version']}, this schoolgate reads {FORMAT_VERSION}")
+        self.header = header
+        sections = {}
+        for name in _SECTIONS:
+            start, length = header["sections"][name]
+            view = self._view[start : start + length]
+            sections[name] = view.cast(_SECTION_TYPES[name]) if name in _SECTION_TYPES else view
+        self._sections = sections
+        self._keys = sections["keys"]
+        self._vals = sections["vals"]
+        self._buckets = sections["buckets"]
+        self._url_hosts = sections["url_hosts"]
+        self._url_recs = sections["url_recs"]
+        self._url_blob = sections["url_blob"]
+        self._mask = header["bucket_count"] - 1
+        categories = header["categories"]
+        self._set_categories: list[tuple[str, ...]] = [tuple(categories[i] for i in s) for s in header["sets"]]
+        self._single_labels = frozenset(header["single_labels"])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> CategoryIndex:
+        path = Path(path)
+        with path.open("rb") as f:
+            image = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(image, "madvise"):
+            # Lookups touch pages at random; read-ahead would only inflate RSS.
+            image.madvise(mmap.MADV_RANDOM)
+        return cls(image, path)
+
+    def close(self) -> None:
+        for view in self._sections.values():
+            view.release()
+        self._view.release()
+        if isinstance(self._image, mmap.mmap):
+            self._image.close()
+
+    def __enter__(self) -> CategoryIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def entry_count(self) -> int:
+        return self.header["entry_count"]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self.header["counts"])
+
+    def lookup(self, host: str, match_path: str) -> list[CategoryHit]:
+        """Categories of `host` (canonical, see urls.normalise_host) and the URL
+        path+query `match_path`: domain entries for the host and each parent
+        domain, URL entries for the host less a leading www. label.
+
+        Suffixes are probed from the registrable end inwards, and only while the
+        probed key says longer entries exist below it: most lookups stop after
+        one probe. One hit per category, the most specific entry."""
+        raw = host.encode()
+        found: dict[str, CategoryHit] = {}
+        if host[-1] in _IP_LAST_CHARS and is_ip(host):
+            value = self._value(raw)  # IP literals have no parent domains
+            if value >= 0:
+                self._collect(value, host, 0, match_path, found)
+            return list(found.values())
+        tld = host.rfind(".") + 1
+        if host[tld:] in self._single_labels:  # a listed TLD: rare, compile refuses them unless asked
+            self._collect(self._value(raw[tld:]), host, tld, match_path, found)
+        if tld:
+            start = host.rfind(".", 0, tld - 1) + 1
+            while (value := self._value(raw[start:])) >= 0:
+                if value & ~_HAS_LONGER:  # not just a parent of longer entries
+                    self._collect(value, host, start, match_path, found)
+                if not value & _HAS_LONGER or not start:
+                    break
+                start = host.rfind(".", 0, start - 1) + 1
+        return list(found.values()) if found else []
+
+    def _value(self, suffix: bytes) -> int:
+        """The value stored for this host, or -1."""
+        h = xxh3_64_intdigest(suffix)
+        bucket = h & self._mask
+        keys = self._keys
+        i = self._buckets[bucket]
+        end = self._buckets[bucket + 1]
+        while i < end:
+            if keys[i] == h:
+                return self._vals[i]
+            i += 1
+        return -1
+
+    def _collect(self, value: int, host: str, start: int, match_path: str, found: dict[str, CategoryHit]) -> None:
+        """Add the hits of the key for host[start:]; a longer (later) entry wins per category."""
+        number = value & _NUMBER_MASK
+        entry = host[start:]
+        url_host = None
+        if value & _URL_FLAG:
+            url_host = self._url_hosts[number * 3 : number * 3 + 3]
+            number = url_host[0]
+        for category in self._set_categories[number]:
+            found[category] = _new_hit(category, entry)
+        if url_host and start == url_host_start(host):
+            self._collect_urls(entry, url_host[1], url_host[2], match_path, found)
+
+    def _collect_urls(self, host: str, first: int, count: int, match_path: str, found: dict[str, CategoryHit]) -> None:
+        path = match_path.encode()
+        recs = self._url_recs
+        for r in range(first * 3, (first + count) * 3, 3):
+            offset, length, set_id = recs[r : r + 3]
+            prefix = bytes(self._url_blob[offset : offset + length])
+            if path.startswith(prefix):  # squidGuard: a plain string prefix, no boundary
+                for category in self._set_categories[set_id]:
+                    found[category] = _new_hit(category, host + prefix.decode())
+
+
+class _Builder:
+    """Accumulates entries; category sets are bitmasks over `categories`."""
+
+    def __init__(self) -> None:
+        self.categories: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.domains: dict[int, int] = {}  # host hash -> category bits
+        self.urls: dict[str, dict[str, int]] = {}  # URL host -> path prefix -> category bits
+        self.single_labels: set[str] = set()  # listed hosts without a dot (lookups skip TLDs otherwise)
+        self.parents: set[int] = set()  # hashes of the parent domains of listed hosts, TLDs excepted
+
+    def bit(self, category: str) -> int:
+        if category not in self.counts:
+            self.categories.append(category)
+            self.counts[category] = 0
+        return 1 << self.categories.index(category)
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.domains) + sum(map(len, self.urls.values()))
+
+    def _note_host(self, host: str) -> None:
+        """Record what lookups need to find `host`: its parents are flagged so the
+        inward walk goes on past them, and a dotless host is probed explicitly."""
+        if "." not in host:
+            self.single_labels.add(host)
+        elif not (host[-1] in _IP_LAST_CHARS and is_ip(host)):
+            labels = host.split(".")
+            self.parents.update(xxh3_64_intdigest(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
+
+    def add_domain(self, category: str, bit: int, host: str) -> None:
+        self._note_host(host)
+        h = xxh3_64_intdigest(host.encode())
+        bits = self.domains.get(h, 0)
+        if not bits & bit:
+            self.domains[h] = bits | bit
+            self.counts[category] += 1
+
+    def add_url(self, category: str, bit: int, host: str, prefix: str) -> None:
+        host = host[url_host_start(host) :]
+        self._note_host(host)
+        prefixes = self.urls.setdefault(host, {})
+        bits = prefixes.get(prefix, 0)
+        if not bits & bit:
+            prefixes[prefix] = bits | bit
+            self.counts[category] += 1
+
+    def image(self, sources: list[str]) -> bytes:
+        set_ids: dict[int, int] = {0: 0}  # set 0 is the empty set
+
+        def set_id(bits: int) -> int:
+            return set_ids.setdefault(bits, len(set_ids))
+
+        values = {h: set_id(bits) for h, bits in self.domains.items()}
+        url_hosts = array("I")
+        url_recs = array("I")
+        blob = bytearray()
+        for number, (host, prefixes) in enumerate(sorted(self.urls.items())):
+            h = xxh3_64_intdigest(host.encode())
+            url_hosts.extend((values.get(h, 0), len(url_recs) // 3, len(prefixes)))
+            values[h] = _URL_FLAG | number
+            for prefix, bits in sorted(prefixes.items()):
+                encoded = prefix.encode()
+                url_recs.extend((len(blob), len(encoded), set_id(bits)))
+                blob += encoded
+        for h in self.parents:
+            values[h] = values.get(h, 0) | _HAS_LONGER
+
+        bucket_count = 1 << max(len(values) - 1, 0).bit_length()
+        mask = bucket_count - 1
+        ordered = sorted(values, key=mask.__and__)
+        per_bucket = [0] * bucket_count
+        for h in ordered:
+            per_bucket[h & mask] += 1
+        sections = {
+            "keys": array("Q", ordered).tobytes(),
+            "vals": array("I", map(values.__getitem__, ordered)).tobytes(),
+            "buckets": array("I", accumulate(per_bucket, initial=0)).tobytes(),
+            "url_hosts": url_hosts.tobytes(),
+            "url_recs": url_recs.tobytes(),
+            "url_blob": bytes(blob),
+        }
+        sets = [[i for i in range(len(self.categories)) if bits >> i & 1] for bits in set_ids]
+        header = {
+            "version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "categories": self.categories,
+            "sets": sets,
+            "counts": self.counts,
+            "entry_count": self.entry_count,
+            "bucket_count": bucket_count,
+            "single_labels": sorted(self.single_labels),
+            "sources": sources,
+            "sections": {},
+        }
+        return _layout(header, sections)
+
+
+def _layout(header: dict, sections: dict[str, bytes]) -> bytes:
+    """Header then 8-byte aligned sections; the header records where each
+    section is, so its own length is found by iterating to a fixed point."""
+    header_length = 0
+    while True:
+        offset = _align(_PREAMBLE.size + header_length)
+        for name in _SECTIONS:
+            header["sections"][name] = [offset, len(sections[name])]
+            offset = _align(offset + len(sections[name]))
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        if len(encoded) == header_length:
+            break
+        header_length = len(encoded)
+    out = bytearray(_PREAMBLE.pack(MAGIC, header_length) + encoded)
+    for name in _SECTIONS:
+        out += bytes(header["sections"][name][0] - len(out))
+        out += sections[name]
+    return bytes(out)
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tuple[bytes, CompileReport]:
+    """Read every source and lay out an index image (not yet written anywhere)."""
+    started = time.monotonic()
+    sources = list(sources)
+    builder = _Builder()
+    reports = []
+    total = sum(s.size for s in sources)
+    with progress(total if show_progress else 0, "compiling lists") as advance:
+        if not show_progress:
+            advance = lambda _n: None  # noqa: E731
+        for source in sources:
+            reports.append(_read_source(source, builder, advance))
+    image = builder.image([s.name for s in sources])
+    report = CompileReport(
+        sources=reports,
+        categories=dict(builder.counts),
+        entry_count=builder.entry_count,
+        output=None,
+        size_bytes=len(image),
+        seconds=time.monotonic() - started,
+    )
+    return image, report
+
+
+def _read_source(source: ListSource, builder: _Builder, advance) -> SourceReport:
+    report = SourceReport(name=source.name, category=source.category, kind=source.kind.value)
+    bit = builder.bit(source.category)
+    url_list = source.kind is ListKind.URLS
+    pending = 0
+    for number, line in enumerate(source.lines(), 1):
+        pending += len(line)
+        if number % _PROGRESS_EVERY_LINES == 0:
+            advance(pending)
+            pending = 0
+        try:
+            entries = parse_line(source.kind, line)
+        except MalformedLine as e:
+            report.malformed += 1
+            if len(report.examples) < _MALFORMED_EXAMPLES:
+                report.examples.append(f"line {number}: {e}")
+            continue
+        for host, prefix in entries:
+            if url_list or prefix:
+                builder.add_url(source.category, bit, host, prefix)
+            else:
+                builder.add_domain(source.category, bit, host)
+            report.entries += 1
+    advance(pending)
+    return report
+
+
+def compile_index(sources: Iterable[ListSource], out_path: str | os.PathLike[str], show_progress: bool = True) -> CompileReport:
+    """Compile `sources` into `out_path`, replacing it atomically: a gateway
+    that has the old file open keeps serving from it until it reopens."""
+    out_path = Path(out_path)
+    image, report = build_image(sources, show_progress)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(image)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    report.output = out_path
+    return report
+
+
+@functools.cache
+def builtin_index() -> CategoryIndex:
+    """The small curated list shipped in categories/builtin/, compiled in memory."""
+    image, _ = build_image(builtin_tree().sources, show_progress=False)
+    return CategoryIndex(image)

@@ -1,0 +1,158 @@
+"""The access-log schema, engines and migrations.
+
+Types are dialect-neutral so the same tables and Alembic revisions serve
+SQLite now and PostgreSQL later. Column names avoid SQL reserved words
+(`user`, `group`) so IT staff can query the table by hand without quoting.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+# Alembic logs INFO lines (plugin set-up on import, DDL mode) that would land in
+# every gateway start's log; schoolgate says what changed itself.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+
+log = logging.getLogger("schoolgate.db")
+
+# How long an SQLite connection waits for another's write lock before failing.
+# The record writer retries failed batches itself, so this only smooths over
+# short contention (a report query checkpointing, a second gateway process).
+BUSY_TIMEOUT_MS = 5000
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, whatever the backend keeps.
+
+    SQLite has no time zones and hands back naive values; PostgreSQL converts
+    to the session zone. Normalising here keeps comparisons and output right on both."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}; access records need aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL; SQLite only auto-increments a column declared INTEGER.
+_BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("instance", String(), nullable=False),  # which gateway process wrote it
+    Column("seq", BigInteger(), nullable=False),  # per-instance order; a gap means a lost record
+    Column("client_ip", String(), nullable=False),
+    Column("username", String()),
+    Column("group_name", String(), nullable=False),
+    Column("method", String(), nullable=False),
+    Column("scheme", String(), nullable=False),
+    Column("host", String(), nullable=False),
+    Column("port", Integer()),
+    Column("url", Text()),  # full, path-less or NULL, as the policy's log_urls says
+    Column("categories", Text(), nullable=False),  # ",news,games," so LIKE '%,games,%' works everywhere
+    Column("verdict", String(), nullable=False),
+    Column("rule", Text(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("status", Integer()),
+    Column("bytes_in", BigInteger()),
+    Column("bytes_out", BigInteger()),
+    Column("ref", String()),
+    Column("decision_us", Integer()),
+    Index("ix_access_log_ts", "ts"),
+    Index("ix_access_log_username_ts", "username", "ts"),
+    Index("ix_access_log_client_ip_ts", "client_ip", "ts"),
+    # Not unique: references are 40 random bits shown on the block page, so a
+    # school with a million blocks will see a repeat; a unique index would turn
+    # that into a record the writer can never store. Lookups list every match.
+    Index("ix_access_log_ref", "ref"),
+    Index("ix_access_log_verdict_ts", "verdict", "ts"),
+    Index("ix_access_log_instance_seq", "instance", "seq"),
+)
+
+
+def is_sqlite(database_url: str) -> bool:
+    return make_url(database_url).get_backend_name() == "sqlite"
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine; SQLite connections get WAL, synchronous=NORMAL and a busy timeout."""
+    engine = create_async_engine(database_url)
+    if is_sqlite(database_url):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets reports read while the gateway writes; NORMAL is durable across
+    # application crashes and only risks the last commits on power loss.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def alembic_config() -> Config:
+    migrations = files("schoolgate.migrations")
+    config = Config(str(migrations / "alembic.ini"))
+    config.set_main_option("script_location", str(migrations))
+    return config
+
+
+async def upgrade(database_url: str) -> None:
+    """Bring the schema to the latest revision; safe to run on every start."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_head)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade_head(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    context = MigrationContext.configure(connection)
+    before = context.get_current_revision()
+    command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if after != before:
+        log.info("database schema upgraded from %s to %s", before or "empty", after)

@@ -1,0 +1,1 @@
+"""Alembic environment for the access-record store (run through `schoolgate.db.upgrade`)."""

@@ -1,0 +1,236 @@
+"""Host and URL normalisation: one canonical form for deciding and for lists.
+
+Every comparison in schoolgate (local lists, category index, exceptions) is made
+on the forms produced here, so that `Example.COM.`, `example.com:443`,
+`user@example.com` and `bücher.de` / `xn--bcher-kva.de` cannot slip past a list
+by spelling.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import idna
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_HOST_OK = re.compile(r"^[a-z0-9_*](?:[a-z0-9_\-*]*)(?:\.[a-z0-9_\-*]+)*$")
+# Hosts longer than DNS allows are refused rather than hashed and looked up.
+MAX_HOST_LENGTH = 253
+
+
+class InvalidHost(ValueError):
+    """A host that cannot be a real DNS name or IP address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request is for, in canonical form."""
+
+    host: str  # lower-case punycode, no trailing dot, or a canonical IP literal
+    port: int | None
+    path: str  # lower-cased, dot-segments resolved, unreserved escapes decoded; starts with "/"
+    query: str  # as sent (for logging and search terms), not used for list matching
+    scheme: str = "http"
+    is_ip: bool = False
+
+    @property
+    def match_path(self) -> str:
+        """Path plus query, the form URL-prefix entries are compared with."""
+        return self.path + ("?" + self.query.lower() if self.query else "")
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = {"http": 80, "https": 443}.get(self.scheme)
+        port = f":{self.port}" if self.port and self.port != default else ""
+        return f"{self.scheme}://{host}{port}{self.path}" + (f"?{self.query}" if self.query else "")
+
+
+def _parse_ipv4_number(part: str) -> int:
+    if part.startswith(("0x", "0X")):
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part.startswith("0"):
+        return int(part[1:], 8)
+    return int(part, 10)
+
+
+def _whatwg_ipv4(host: str) -> str | None:
+    """Browsers read `2130706433`, `0x7f.1` and `0177.0.0.1` as 127.0.0.1; so must we."""
+    parts = host.split(".")
+    if parts and parts[-1] == "":
+        parts.pop()
+    if not parts or len(parts) > 4:
+        return None
+    try:
+        numbers = [_parse_ipv4_number(p) for p in parts]
+    except ValueError:
+        return None
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    value = numbers[-1]
+    for i, n in enumerate(numbers[:-1]):
+        value += n << (8 * (3 - i))
+    return str(ipaddress.IPv4Address(value))
+
+
+def normalise_host(raw: str) -> str:
+    """Canonical form of a host: strips userinfo, port, brackets and trailing dots,
+    lower-cases, turns IDN into punycode and IP literals into their canonical text.
+
+    Raises InvalidHost for something that cannot be a host at all.
+    """
+    host = raw.strip()
+    if "@" in host:
+        host = host.rsplit("@", 1)[1]
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise InvalidHost(f"unterminated IPv6 literal: {raw!r}")
+        return _canonical_ipv6(host[1:end], raw)
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    elif host.count(":") > 1:
+        return _canonical_ipv6(host, raw)
+    if "%" in host:
+        host = unquote(host)
+    host = host.rstrip(".").lower()
+    if not host:
+        raise InvalidHost(f"empty host: {raw!r}")
+    last_label = host.rsplit(".", 1)[-1]
+    if last_label.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last_label):
+        # A name ending in a number is an IPv4 address to a browser, or nothing.
+        ip = _whatwg_ipv4(host)
+        if ip is None:
+            raise InvalidHost(f"not a valid IPv4 address: {raw!r}")
+        return ip
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError:
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError as e:
+                raise InvalidHost(f"not a valid internationalised name: {raw!r}") from e
+    if len(host) > MAX_HOST_LENGTH or not _HOST_OK.match(host):
+        raise InvalidHost(f"not a valid host name: {raw!r}")
+    return host
+
+
+def _canonical_ipv6(text: str, raw: str) -> str:
+    try:
+        address = ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError as e:
+        raise InvalidHost(f"not a valid IPv6 address: {raw!r}") from e
+    # ::ffff:a.b.c.d reaches the IPv4 host; list it under that name.
+    return str(address.ipv4_mapped or address)
+
+
+def is_ip(host: str) -> bool:
+    """True for a canonical IP literal as normalise_host returns it."""
+    if ":" in host:
+        return True
+    return host[-1:].isdigit() and _whatwg_ipv4(host) == host
+
+
+def _decode_unreserved(text: str) -> str:
+    return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)) if chr(int(m.group(1), 16)) in _UNRESERVED else m.group(0).upper(), text)
+
+
+def normalise_path(raw: str) -> str:
+    """Lower-cased path with `%7E`-style escapes of unreserved characters decoded,
+    duplicate slashes folded and `.`/`..` resolved, so `/A/./b/../%73horts` and
+    `/a/shorts` are one path for list matching."""
+    path = _decode_unreserved(raw or "/").lower()
+    path = re.sub(r"/{2,}", "/", path)
+    if not path.startswith("/"):
+        path = "/" + path
+    resolved = posixpath.normpath(path)
+    if resolved.startswith("//"):
+        resolved = resolved[1:]
+    if path.endswith("/") and resolved != "/":
+        resolved += "/"
+    return resolved
+
+
+def parse_target(url: str) -> Target:
+    """Parse an absolute URL (or `host[:port][/path]`) into a Target."""
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    host = normalise_host(netloc)
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise InvalidHost(f"bad port in {url!r}") from e
+    return Target(
+        host=host,
+        port=port,
+        path=normalise_path(parts.path),
+        query=parts.query,
+        scheme=(parts.scheme or "http").lower(),
+        is_ip=is_ip(host),
+    )
+
+
+def target_from_parts(scheme: str, host: str, port: int | None, path_and_query: str) -> Target:
+    """Build a Target from what a proxy sees (host header/SNI, port, request path)."""
+    path, _, query = path_and_query.partition("?")
+    query = query.split("#", 1)[0]
+    canonical = normalise_host(host)
+    return Target(
+        host=canonical,
+        port=port,
+        path=normalise_path(path.split("#", 1)[0]),
+        query=query,
+        scheme=scheme.lower(),
+        is_ip=is_ip(canonical),
+    )
+
+
+def parent_domains(host: str) -> list[str]:
+    """`a.b.example.com` -> [`a.b.example.com`, `b.example.com`, `example.com`, `com`].
+    IP literals have no parents."""
+    if is_ip(host):
+        return [host]
+    labels = host.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels))]
+
+
+def path_matches_prefix(match_path: str, prefix: str) -> bool:
+    """URL-prefix entries match at a boundary: `/watch` matches `/watch`,
+    `/watch/x` and `/watch?v=1`, not `/watchlist`."""
+    if not match_path.startswith(prefix):
+        return False
+    if len(match_path) == len(prefix) or prefix.endswith(("/", "?", "=", "&")):
+        return True
+    return match_path[len(prefix)] in "/?&;#"
+
+
+def normalise_entry(raw: str) -> tuple[str, str]:
+    """A list entry as IT staff write it (`example.com`, `*.example.com`,
+    `https://Example.com/Path`, `example.com/path?q=1`) -> (host, path-prefix or "").
+
+    Raises InvalidHost for entries that are not a host."""
+    entry = raw.strip()
+    if "://" in entry:
+        entry = entry.split("://", 1)[1]
+    if entry.startswith("*."):
+        entry = entry[2:]
+    elif entry.startswith("."):
+        entry = entry[1:]
+    host, sep, rest = entry.partition("/")
+    canonical = normalise_host(host)
+    if not sep or not rest.strip("/"):
+        return canonical, ""
+    path, _, query = ("/" + rest).partition("?")
+    prefix = normalise_path(path)
+    if path.endswith("/") is False and prefix.endswith("/") and prefix != "/":
+        prefix = prefix.rstrip("/")
+    if query:
+        prefix += "?" + query.lower()
+    return canonical, prefix

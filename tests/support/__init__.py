@@ -1,0 +1,1 @@
+"""End-to-end test harness: loopback upstream servers, a real mitmdump gateway, real clients."""

@@ -1,0 +1,343 @@
+"""The access-record store against real SQLite files: batching, WAL, flush on close, locks, spooling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine as create_sync_engine
+
+from schoolgate import db
+from schoolgate.metrics import REGISTRY
+from schoolgate.policy import UrlLogging
+from schoolgate.records import (
+    AccessRecord,
+    RecordWriter,
+    default_spool_path,
+    new_reference,
+    normalise_reference,
+    record_as_json,
+    url_for_log,
+)
+
+
+def make_record(**changes: object) -> AccessRecord:
+    record = AccessRecord(
+        ts=datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=UTC),
+        instance="gw1",
+        seq=0,
+        client_ip="10.1.2.3",
+        user="alice",
+        group="pupils",
+        method="GET",
+        scheme="https",
+        host="www.example.com",
+        port=443,
+        url="https://www.example.com/page?q=1",
+        categories=("news", "games"),
+        verdict="allow",
+        rule="default",
+        reason="allowed by default",
+        status=200,
+        bytes_in=0,
+        bytes_out=1234,
+        ref=None,
+        decision_us=17,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def stored_rows(path: Path, columns: str = "instance, seq") -> list[tuple]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute(f"SELECT {columns} FROM access_log ORDER BY id").fetchall()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # So a locked database fails a write in 50 ms instead of waiting 5 s.
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "host", "port", "mode", "expected"),
+    [
+        ("https://example.com/a?b=c", "https", "example.com", 443, UrlLogging.FULL, "https://example.com/a?b=c"),
+        ("https://example.com/a?b=c", "https", "example.com", 443, UrlLogging.PATHLESS, "https://example.com"),
+        ("http://example.com/a", "http", "example.com", 80, UrlLogging.PATHLESS, "http://example.com"),
+        ("http://example.com:8080/a", "http", "example.com", 8080, UrlLogging.PATHLESS, "http://example.com:8080"),
+        ("https://[::1]:8443/a", "https", "::1", 8443, UrlLogging.PATHLESS, "https://[::1]:8443"),
+        ("https://example.com/a", "https", "example.com", None, UrlLogging.PATHLESS, "https://example.com"),
+        ("https://example.com/a", "https", "example.com", 443, UrlLogging.NONE, None),
+    ],
+)
+def test_url_for_log(url: str, scheme: str, host: str, port: int | None, mode: UrlLogging, expected: str | None) -> None:
+    assert url_for_log(url, scheme, host, port, mode) == expected
+
+
+def test_references_are_short_unambiguous_and_unique() -> None:
+    references = [new_reference() for _ in range(10_000)]
+    for reference in references:
+        assert re.fullmatch(r"SG-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}", reference), reference
+    assert len(set(references)) == len(references)
+
+
+@pytest.mark.parametrize("typed", ["SG-7K3F-9QX2", "sg-7k3f-9qx2", "sg 7k3f 9qx2", "7K3F9QX2", "SG-7K3F-9QX2 "])
+def test_references_are_normalised_as_people_type_them(typed: str) -> None:
+    assert normalise_reference(typed) == "SG-7K3F-9QX2"
+
+
+def test_misread_letters_in_a_reference_become_digits() -> None:
+    assert normalise_reference("sg-1oil-ABCD") == "SG-1011-ABCD"
+
+
+def test_default_spool_path() -> None:
+    assert default_spool_path("sqlite+aiosqlite:////var/lib/schoolgate/log.db") == Path("/var/lib/schoolgate/log.db.unwritten.jsonl")
+    assert default_spool_path("postgresql+asyncpg://gw@db/schoolgate") == Path("schoolgate-unwritten.jsonl")
+
+
+def test_upgrade_is_idempotent_and_matches_the_table_definitions(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    asyncio.run(db.upgrade(sqlite_url(path)))
+    asyncio.run(db.upgrade(sqlite_url(path)))
+
+    head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    engine = create_sync_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), db.metadata)
+    engine.dispose()
+    assert differences == [], "db.py and the migrations disagree; add a revision"
+
+
+def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    written_before = metric("schoolgate_records_written_total")
+    batches_before = metric("schoolgate_record_write_seconds_count")
+
+    async def scenario() -> None:
+        # A long interval: only full batches and close() may trigger writes.
+        writer = RecordWriter(sqlite_url(path), batch_size=500, flush_interval=60)
+        await writer.start()
+        for _ in range(5000):
+            writer.submit(make_record())
+        assert writer.queue_depth == 5000
+        assert metric("schoolgate_record_queue_depth") == 5000
+        await writer.close()
+        assert writer.queue_depth == 0
+        assert metric("schoolgate_record_queue_depth") == 0
+
+    asyncio.run(scenario())
+
+    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5001)]
+    assert metric("schoolgate_records_written_total") - written_before == 5000
+    assert metric("schoolgate_record_write_seconds_count") - batches_before == 10  # one transaction per 500
+    assert not default_spool_path(sqlite_url(path)).exists()
+
+
+def test_stored_columns(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path))
+        await writer.start()
+        writer.submit(make_record(verdict="block", ref="SG-AAAA-BBBB", status=403, user=None))
+        await writer.close()
+
+    asyncio.run(scenario())
+    columns = "ts, username, group_name, categories, verdict, ref, status, url"
+    assert stored_rows(path, columns) == [
+        ("2026-11-23 10:00:00.123456", None, "pupils", ",news,games,", "block", "SG-AAAA-BBBB", 403, "https://www.example.com/page?q=1")
+    ]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM access_log WHERE categories LIKE '%,games,%'").fetchone() == (1,)
+        assert connection.execute("SELECT count(*) FROM access_log WHERE categories LIKE '%,game,%'").fetchone() == (0,)
+
+
+def test_database_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path))
+        await writer.start()
+        await writer.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_records_are_written_by_the_timer_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), flush_interval=0.05)
+        await writer.start()
+        for _ in range(3):
+            writer.submit(make_record())
+        await wait_until(lambda: path.exists() and len(stored_rows(path)) == 3)
+        await writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_seq_continues_from_the_database_and_records_submitted_before_start_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+
+    async def run(*records: AccessRecord, submit_before_start: bool = False) -> None:
+        writer = RecordWriter(sqlite_url(path))
+        if submit_before_start:
+            for record in records:
+                writer.submit(record)
+        await writer.start()
+        if not submit_before_start:
+            for record in records:
+                writer.submit(record)
+        await writer.close()
+
+    asyncio.run(run(make_record(), make_record(instance="gw2"), make_record()))
+    asyncio.run(run(make_record(), make_record(instance="gw2"), submit_before_start=True))
+    assert stored_rows(path) == [("gw1", 1), ("gw2", 1), ("gw1", 2), ("gw1", 3), ("gw2", 2)]
+
+
+def test_locked_database_keeps_records_queued_until_the_lock_is_released(tmp_path: Path, short_busy_timeout: None) -> None:
+    path = tmp_path / "log.db"
+    failures_before = metric("schoolgate_record_write_failures_total")
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), flush_interval=0.05)
+        await writer.start()
+        lock = sqlite3.connect(path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        for _ in range(20):
+            writer.submit(make_record())
+        await wait_until(lambda: metric("schoolgate_record_write_failures_total") - failures_before >= 2)
+        assert writer.queue_depth == 20
+        assert lock.execute("SELECT count(*) FROM access_log").fetchone() == (0,)
+
+        lock.execute("COMMIT")
+        lock.close()
+        await wait_until(lambda: writer.queue_depth == 0)
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 21)]
+    assert not default_spool_path(sqlite_url(path)).exists()
+
+
+def test_close_while_locked_spools_and_the_next_start_loads_the_spool(tmp_path: Path, short_busy_timeout: None) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    spooled_before = metric("schoolgate_records_spooled_total")
+    dropped_before = metric("schoolgate_records_dropped_total")
+    lock = sqlite3.connect(path, isolation_level=None)
+
+    async def close_while_locked() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool, close_retry_seconds=0.3)
+        await writer.start()
+        lock.execute("BEGIN EXCLUSIVE")
+        for n in range(10):
+            writer.submit(make_record(instance=f"gw{n % 2}", status=n))
+        await writer.close()
+        assert writer.queue_depth == 0
+
+    asyncio.run(close_while_locked())
+    assert lock.execute("SELECT count(*) FROM access_log").fetchone() == (0,)
+    lock.execute("ROLLBACK")
+    lock.close()
+    spooled = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [(r["instance"], r["seq"], r["status"]) for r in spooled] == [(f"gw{n % 2}", n // 2 + 1, n) for n in range(10)]
+    assert metric("schoolgate_records_spooled_total") - spooled_before == 10
+
+    async def restart() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool)
+        await writer.start()
+        writer.submit(make_record(instance="gw0", status=99))  # numbered after the spooled ones
+        await writer.close()
+
+    asyncio.run(restart())
+    expected = [(f"gw{n % 2}", n // 2 + 1, n) for n in range(10)] + [("gw0", 6, 99)]
+    assert stored_rows(path, "instance, seq, status") == expected
+    assert not spool.exists()
+    assert not spool.with_name(spool.name + ".replaying").exists()
+    assert metric("schoolgate_records_dropped_total") == dropped_before
+
+
+def test_replay_interrupted_after_commit_does_not_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    records = [make_record(seq=n, status=n) for n in range(1, 4)]
+
+    async def write(*batch: AccessRecord) -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool)
+        await writer.start()
+        for record in batch:
+            writer.submit(record)
+        await writer.close()
+
+    asyncio.run(write(*records[:2]))
+    # As if a previous start inserted the first two, then died before removing the file.
+    replaying = spool.with_name(spool.name + ".replaying")
+    replaying.write_text("".join(json.dumps(record_as_json(r)) + "\n" for r in records))
+    asyncio.run(write())
+    assert stored_rows(path, "seq, status") == [(1, 1), (2, 2), (3, 3)]
+    assert not replaying.exists()
+
+
+def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), batch_size=1, spool_path=spool)
+        await writer.start()
+        writer.submit(make_record(status=1))
+        writer.submit(make_record(status=2, group=None))  # violates NOT NULL: can never be stored
+        writer.submit(make_record(status=3))
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert stored_rows(path, "status") == [(1,), (3,)]
+    assert [json.loads(line)["status"] for line in spool.read_text().splitlines()] == [2]
+
+
+def test_a_record_submitted_after_close_is_spooled(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool)
+        await writer.start()
+        writer.submit(make_record())
+        await writer.close()
+        writer.submit(make_record(status=504))
+
+    asyncio.run(scenario())
+    assert stored_rows(path, "seq, status") == [(1, 200)]
+    assert [(r["seq"], r["status"]) for r in map(json.loads, spool.read_text().splitlines())] == [(2, 504)]

@@ -1,0 +1,123 @@
+"""Host, path and list-entry normalisation: the spellings a pupil (or a malformed
+client) might use to slip past a list must all reach the same canonical form."""
+
+import pytest
+
+from schoolgate.urls import (
+    InvalidHost,
+    normalise_entry,
+    normalise_host,
+    normalise_path,
+    parent_domains,
+    parse_target,
+    path_matches_prefix,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("example.com..", "example.com"),
+        ("example.com:8443", "example.com"),
+        ("user:secret@Example.com:443", "example.com"),
+        ("a@b@example.com", "example.com"),
+        ("Bücher.de", "xn--bcher-kva.de"),
+        ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("BÜCHER.DE.", "xn--bcher-kva.de"),
+        ("ｅｘａｍｐｌｅ。com", "example.com"),  # full-width letters and ideographic full stop
+        ("ex%41mple.com", "example.com"),
+        ("[::1]", "::1"),
+        ("[::1]:8080", "::1"),
+        ("[2001:DB8:0:0::1]", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("[fe80::1%eth0]", "fe80::1"),
+        ("[::ffff:203.0.113.9]", "203.0.113.9"),
+        ("203.0.113.9", "203.0.113.9"),
+        ("203.0.113.9.", "203.0.113.9"),
+        ("3405803785", "203.0.113.9"),  # the decimal form browsers accept
+        ("0xcb.0x0.0x71.0x9", "203.0.113.9"),
+        ("0313.0.0161.011", "203.0.113.9"),  # octal
+        ("127.1", "127.0.0.1"),
+        ("under_score.example.com", "under_score.example.com"),
+    ],
+)
+def test_hosts_reach_one_canonical_form(raw, canonical):
+    assert normalise_host(raw) == canonical
+
+
+@pytest.mark.parametrize("raw", ["", ".", "a..b", "exa mple.com", "999.1.1.1", "foo.123", "[::1", "[::zz]", "x" * 300 + ".com", "<script>.com"])
+def test_invalid_hosts_are_refused_clearly(raw):
+    with pytest.raises(InvalidHost):
+        normalise_host(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("", "/"),
+        ("/", "/"),
+        ("/Shorts", "/shorts"),
+        ("/%73horts", "/shorts"),  # escaped unreserved characters are decoded
+        ("/a/./b/../shorts", "/a/shorts"),
+        ("//a///b/", "/a/b/"),
+        ("/../../etc", "/etc"),
+        ("/%7Euser", "/~user"),
+        ("/a%2Fb", "/a%2fb"),  # an escaped slash stays escaped: it is not a separator
+    ],
+)
+def test_paths(raw, canonical):
+    assert normalise_path(raw) == canonical
+
+
+def test_parse_target_drops_userinfo_fragment_and_default_port():
+    target = parse_target("HTTPS://User:pw@WWW.Example.com:443/A/%62?Q=1#frag")
+    assert (target.scheme, target.host, target.port, target.path, target.query) == ("https", "www.example.com", 443, "/a/b", "Q=1")
+    assert target.url() == "https://www.example.com/a/b?Q=1"
+    assert target.match_path == "/a/b?q=1"
+
+
+def test_parse_target_ip_literals():
+    assert parse_target("http://[::1]:8080/x").is_ip
+    assert parse_target("http://2130706433/").host == "127.0.0.1"
+    assert not parse_target("http://example.com/").is_ip
+
+
+def test_parent_domains_deepest_first():
+    assert parent_domains("a.b.example.com") == ["a.b.example.com", "b.example.com", "example.com", "com"]
+    assert parent_domains("192.0.2.1") == ["192.0.2.1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix", "matches"),
+    [
+        ("/watch", "/watch", True),
+        ("/watch/x", "/watch", True),
+        ("/watch?v=1", "/watch", True),
+        ("/watchlist", "/watch", False),
+        ("/watch?v=abc&t=1", "/watch?v=abc", True),
+        ("/watch?v=abcd", "/watch?v=abc", False),
+        ("/a/", "/a/", True),
+        ("/b", "/a", False),
+    ],
+)
+def test_url_prefix_matches_at_a_boundary(path, prefix, matches):
+    assert path_matches_prefix(path, prefix) is matches
+
+
+@pytest.mark.parametrize(
+    ("raw", "entry"),
+    [
+        ("example.com", ("example.com", "")),
+        ("*.Example.com", ("example.com", "")),
+        (".example.com", ("example.com", "")),
+        ("https://Example.com/", ("example.com", "")),
+        ("example.com/Path", ("example.com", "/path")),
+        ("http://example.com/a/./b", ("example.com", "/a/b")),
+        ("youtube.com/watch?v=ABC", ("youtube.com", "/watch?v=abc")),
+        ("bücher.de/x", ("xn--bcher-kva.de", "/x")),
+    ],
+)
+def test_list_entries(raw, entry):
+    assert normalise_entry(raw) == entry
