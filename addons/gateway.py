@@ -60,6 +60,18 @@ class Decision:
     recorded: bool = False
 
 
+@dataclass(slots=True)
+class Tunnel:
+    """A CONNECT or TLS connection decided by name, until its handshake shows
+    whether it is decrypted (then each request inside is recorded) or not."""
+
+    who: Who
+    target: Target
+    verdict: Verdict
+    decision_us: int
+    method: str  # CONNECT (explicit proxy) or TLS (transparent mode)
+
+
 class SchoolGate:
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -67,8 +79,8 @@ class SchoolGate:
         self.auth = Authenticator()
         # Users who authenticated on a CONNECT; requests inside the tunnel carry no credentials.
         self.tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
-        # Intercepted CONNECTs, so a failed TLS handshake (CA not trusted) is still recorded.
-        self.pending_tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[Who, Target, Verdict]] = weakref.WeakKeyDictionary()
+        # Tunnels awaiting their TLS handshake; a failed one (CA not trusted) is still recorded.
+        self.tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = weakref.WeakKeyDictionary()
         self.acknowledged: dict[tuple[str, str | None, str], float] = {}
         self.secret = secrets.token_bytes(32)
         self._watcher: asyncio.Task | None = None
@@ -208,8 +220,7 @@ class SchoolGate:
             return
         assert self.engine is not None
         target, verdict, decision_us = self._decide(who.group, target)
-        intercepted = self.engine.policy.intercepts(target.host, set(verdict.categories))
-        if verdict.action is Action.BLOCK and not intercepted:
+        if verdict.action is Action.BLOCK and not self.engine.policy.intercepts(target.host, set(verdict.categories)):
             # Without interception there is no page to show: refuse the tunnel itself.
             reference = new_reference()
             flow.response = http.Response.make(
@@ -217,36 +228,51 @@ class SchoolGate:
                 f"Blocked by the school's web filter: {verdict.reason}. Reference {reference}\n",
                 {"Content-Type": "text/plain; charset=utf-8", "X-Schoolgate-Reference": reference},
             )
-            self._record(flow, who, target, verdict, "block", verdict.rule_text, decision_us, reference, status=403)
-        elif not intercepted:
-            note = " (not intercepted: the warning page could not be shown)" if verdict.action is Action.WARN else ""
-            self._record(flow, who, target, verdict, verdict.action.value, verdict.rule_text + note, decision_us, None, status=200)
-        else:
-            self.pending_tunnels[flow.client_conn] = (who, target, verdict)
+            self._write(who, target, "CONNECT", verdict, "block", verdict.rule_text, reference, 403, None, None, decision_us)
+            return
+        self.tunnels[flow.client_conn] = Tunnel(who, target, verdict, decision_us, "CONNECT")
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Decide by the TLS server name (the only name there is in transparent mode, and
+        one a client could set apart from its CONNECT), then decrypt or pass through."""
         assert self.engine is not None
-        name = data.client_hello.sni or (data.context.server.address[0] if data.context.server.address else None)
-        if not name:
+        client = data.context.client
+        tunnel = self.tunnels.get(client)
+        address = data.context.server.address
+        names = [n for n in (data.client_hello.sni, address[0] if address else None) if n]
+        if not names:
             return
         try:
-            host = target_from_parts("https", name, None, "/").host
+            candidates = [target_from_parts("https", name, address[1] if address else 443, "/") for name in dict.fromkeys(names)]
         except InvalidHost:
+            return  # mitmproxy decrypts by default, so the request hook still decides
+        if tunnel is not None:
+            who, method = tunnel.who, tunnel.method
+            candidates.append(tunnel.target)
+        else:
+            client_ip = client_address(client.peername)
+            who, method = Who(client_ip, None, self.engine.policy.group_for(client_ip, None)[0]), "TLS"
+        target, verdict, decision_us = self._decide(who.group, *candidates)
+        # A blocked name is always decrypted: the pupil sees the block page (or, on a
+        # device without the school CA, a failed handshake), never the site.
+        if verdict.action is Action.BLOCK or self.engine.policy.intercepts(target.host, set(verdict.categories)):
+            self.tunnels[client] = Tunnel(who, target, verdict, decision_us, method)
             return
-        categories = {hit.category for hit in self.engine.index.lookup(host, "/")}
-        if not self.engine.policy.intercepts(host, categories):
-            data.ignore_connection = True
+        data.ignore_connection = True
+        self.tunnels.pop(client, None)
+        note = " (not decrypted: the warning page could not be shown)" if verdict.action is Action.WARN else ""
+        self._write(who, target, method, verdict, verdict.action.value, verdict.rule_text + note, None, None, None, None, decision_us)
 
     def tls_established_client(self, data: tls.TlsData) -> None:
-        self.pending_tunnels.pop(data.context.client, None)
+        self.tunnels.pop(data.context.client, None)
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
-        pending = self.pending_tunnels.pop(data.context.client, None)
-        if pending is None:
+        tunnel = self.tunnels.pop(data.context.client, None)
+        if tunnel is None:
             return
-        who, target, verdict = pending
-        rule = verdict.rule_text + " (TLS interception failed: does this device trust the school certificate?)"
-        self._write(who, target, "CONNECT", verdict, verdict.action.value, rule, None, None, None, None, None)
+        rule = tunnel.verdict.rule_text + " (TLS interception failed: does this device trust the school certificate?)"
+        self._write(tunnel.who, tunnel.target, tunnel.method, tunnel.verdict, tunnel.verdict.action.value, rule,
+                    None, None, None, None, tunnel.decision_us)
 
     # --- HTTP -----------------------------------------------------------------------
 
@@ -346,8 +372,6 @@ class SchoolGate:
         target, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
         elapsed = time.perf_counter() - started
         metrics.DECISION_SECONDS.observe(elapsed)
-        category = verdict.matched.split(":", 1)[0] if verdict.rule == "category" else ("local" if verdict.rule.startswith("local") else "none")
-        metrics.REQUESTS.labels(group.name, verdict.action.value, category).inc()
         return target, verdict, int(elapsed * 1_000_000)
 
     def _record_flow(self, flow: http.HTTPFlow) -> None:
@@ -364,14 +388,12 @@ class SchoolGate:
             decision.decision_us,
         )
 
-    def _record(self, flow: http.HTTPFlow, who: Who, target: Target, verdict: Verdict, recorded_verdict: str,
-                rule: str, decision_us: int, reference: str | None, *, status: int | None) -> None:
-        self._write(who, target, flow.request.method, verdict, recorded_verdict, rule, reference, status, None, None, decision_us)
-
     def _write(self, who: Who, target: Target, method: str, verdict: Verdict, recorded_verdict: str, rule: str,
                reference: str | None, status: int | None, bytes_in: int | None, bytes_out: int | None,
                decision_us: int | None) -> None:
         assert self.engine is not None and self.writer is not None
+        category = verdict.matched.split(":", 1)[0] if verdict.rule == "category" else ("local" if verdict.rule.startswith("local") else "none")
+        metrics.REQUESTS.labels(who.group.name, recorded_verdict, category).inc()
         self.writer.submit(
             AccessRecord(
                 ts=datetime.now(UTC),

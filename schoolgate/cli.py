@@ -4,6 +4,7 @@ and (from categories/ and reports/) manage lists and read the records."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from importlib.resources import files
@@ -59,7 +60,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except PolicyInvalid as e:
         for problem in e.problems:
             print(problem)
-        print(f"{len(e.problems)} problem(s); the gateway would keep its last good policy", file=sys.stderr)
+        print(f"{len(e.problems)} problem(s); a running gateway keeps its last good policy until they are fixed")
         return 1
     print(f"{policy.path}: ok — {len(policy.groups)} groups ({', '.join(policy.groups)}), "
           f"{len(policy.local)} local list entries, default group {policy.default_group}")
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="schoolgate: %(message)s")
     if getattr(args, "mitmdump_args", None) and args.mitmdump_args[0] == "--":
         args.mitmdump_args = args.mitmdump_args[1:]
     return args.func(args)

@@ -13,7 +13,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter(
     "schoolgate_requests",
-    "Access attempts decided, by group, verdict and the category that decided (or 'none').",
+    "Access attempts recorded, by group, verdict and the category that decided (local, or none).",
     ["group", "verdict", "category"],
     registry=REGISTRY,
 )

@@ -260,8 +260,10 @@ def load_policy(path: str | Path) -> Policy:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        line = getattr(e, "lineno", None)
-        message = getattr(e, "msg", str(e))
+        # Python < 3.14 puts the position only in the message: "... (at line 8, column 3)".
+        found = re.search(r"\(at (?:line (\d+), column \d+|end of document)\)$", str(e))
+        message = str(e)[: found.start()].strip() if found else str(e)
+        line = (int(found.group(1)) if found.group(1) else len(text.splitlines())) if found else None
         raise PolicyInvalid([Problem(str(path), line, f"not valid TOML: {message}")]) from e
     return _build(_Reader(path, text), data)
 

@@ -298,3 +298,25 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.1)
+
+
+def test_tls_name_is_decided_too_so_sni_cannot_hide_behind_a_passthrough_connect(gateway, upstream):
+    # CONNECT names a bank (passed through undecrypted); the TLS handshake asks for
+    # casino.test, blocked and itself on the no-intercept list. Deciding the CONNECT
+    # name alone would tunnel it through; a blocked name is decrypted and refused.
+    result = curl(gateway, "https://casino.test/", "--connect-to", "casino.test:443:bank.test:443")
+    assert result.status == 403 and "This page is blocked" in result.text
+    assert upstream.requests == []
+    gateway.stop()
+    (row,) = records(gateway)
+    assert (row["host"], row["verdict"], row["categories"]) == ("casino.test", "block", ",gambling,")
+
+
+def test_device_without_the_school_ca_is_recorded(gateway, upstream):
+    result = curl(gateway, "https://allowed.test/", "--cacert", str(upstream.cert_path))
+    assert result.exit_code == 60  # curl: peer certificate cannot be authenticated
+    assert upstream.requests_for("allowed.test") == []
+    gateway.stop()
+    (row,) = records(gateway)
+    assert row["method"] == "CONNECT" and row["host"] == "allowed.test"
+    assert "does this device trust the school certificate?" in row["rule"]

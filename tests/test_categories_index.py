@@ -1,0 +1,195 @@
+"""The compiled category index: matching semantics, compile reports, atomic replacement."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from schoolgate.categories.index import CategoryHit, CategoryIndex, build_image, builtin_index, compile_index
+from schoolgate.categories.sources import ListKind, ListSource, open_ut1, parse_line, plain_source
+from schoolgate.urls import parse_target, parent_domains
+
+FIXTURES = Path(__file__).parent / "fixtures"
+UT1 = FIXTURES / "ut1"
+
+
+def fixture_sources() -> list[ListSource]:
+    with open_ut1(str(UT1)) as tree:
+        return tree.sources + [plain_source(FIXTURES / "hosts.txt", "advertising")]
+
+
+@pytest.fixture(scope="module")
+def index() -> CategoryIndex:
+    image, _ = build_image(fixture_sources(), show_progress=False)
+    return CategoryIndex(image)
+
+
+def classify(index: CategoryIndex, url: str) -> dict[str, str]:
+    target = parse_target(url)
+    return {hit.category: hit.entry for hit in index.lookup(target.host, target.match_path)}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://porn.example/", {"pornography": "porn.example"}),
+        ("https://WWW.Porn.Example./a", {"pornography": "porn.example"}),
+        ("http://a.b.sub.adult-site.test/", {"pornography": "sub.adult-site.test"}),
+        ("http://adult-site.test/", {}),  # a parent of an entry is not listed
+        ("http://notporn.example/", {}),  # suffix match only at a label boundary
+        ("http://porn.example.evil.org/", {}),
+        ("http://deep.test/", {}),
+        ("http://z.deep.test/", {}),
+        ("http://w.x.y.z.deep.test/", {"pornography": "x.y.z.deep.test"}),
+        ("http://any.wildcard.test/", {"pornography": "wildcard.test"}),
+        ("http://shared.test/", {"pornography": "shared.test", "gambling": "shared.test"}),
+        ("http://192.0.2.1/x", {"malware": "192.0.2.1"}),
+        ("http://ads2.tracker.test/", {"advertising": "ads2.tracker.test"}),
+        ("http://tracker.test/", {}),
+        ("http://anything.tk/", {"advertising": "tk"}),  # `.tk` written explicitly in the list
+        ("http://anything.net/", {}),  # a bare `net` line is refused
+        ("http://localhost/", {}),
+        ("http://white.test/", {}),  # liste_blanche is not imported
+        ("http://unknown.test/", {}),  # nor an unknown UT1 directory
+    ],
+)
+def test_domain_entries_match_the_host_and_its_subdomains(index: CategoryIndex, url: str, expected: dict[str, str]) -> None:
+    assert classify(index, url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://mixed-site.test/adult", {"pornography": "mixed-site.test/adult"}),
+        ("http://mixed-site.test/adult/page?x=1", {"pornography": "mixed-site.test/adult"}),
+        ("http://mixed-site.test/Adult", {"pornography": "mixed-site.test/adult"}),  # paths compare lower-cased
+        ("http://mixed-site.test/adultery", {"pornography": "mixed-site.test/adult"}),  # squidGuard: plain prefix
+        ("http://mixed-site.test/", {}),
+        ("http://mixed-site.test/other/adult", {}),
+        ("http://www.mixed-site.test/adult", {"pornography": "mixed-site.test/adult"}),
+        ("http://www2.mixed-site.test/adult", {"pornography": "mixed-site.test/adult"}),
+        ("http://ftp.mixed-site.test/adult", {"pornography": "mixed-site.test/adult"}),
+        ("http://sub.mixed-site.test/adult", {}),  # URL entries name one host, as in squidGuard
+        ("http://video.test/explicit", {"pornography": "video.test/explicit"}),  # www. stripped from the entry too
+        ("http://ports.test/secret", {"pornography": "ports.test/secret"}),
+        ("http://forum.test/drugs/hard/x", {"drugs": "forum.test/drugs/hard"}),  # the longest prefix is reported
+        ("http://forum.test/drugs/soft", {"drugs": "forum.test/drugs"}),
+        ("http://cult.test/join?ref=1", {"cults": "cult.test/join"}),
+        ("http://banner.test/ads/1.gif", {"advertising": "banner.test/ads/"}),
+        ("http://banner.test/ads", {}),
+    ],
+)
+def test_url_entries_match_as_squidguard_does(index: CategoryIndex, url: str, expected: dict[str, str]) -> None:
+    assert classify(index, url) == expected
+
+
+def test_hits_are_category_hits(index: CategoryIndex) -> None:
+    assert index.lookup("porn.example", "/") == [CategoryHit("pornography", "porn.example")]
+
+
+def test_lookup_agrees_with_a_naive_reading_of_the_lists(tmp_path: Path) -> None:
+    """Random hosts under listed and unlisted domains against a dict-of-sets reference."""
+    rng = random.Random(7)
+    domains: dict[str, set[str]] = {}
+    lines: dict[str, list[str]] = {}
+    for _ in range(3000):
+        labels = [f"l{rng.randrange(40)}" for _ in range(rng.randint(1, 4))]
+        host = ".".join(labels + [rng.choice(["test", "example"])])
+        category = rng.choice(["pornography", "gambling", "games", "malware"])
+        domains.setdefault(host, set()).add(category)
+        lines.setdefault(category, []).append(host)
+    sources = []
+    for category, hosts in lines.items():
+        path = tmp_path / category
+        path.write_text("\n".join(hosts) + "\n")
+        sources.append(ListSource(category=category, kind=ListKind.DOMAINS, path=path, name=category))
+    index = CategoryIndex(build_image(sources, show_progress=False)[0])
+    for _ in range(5000):
+        labels = [f"l{rng.randrange(40)}" for _ in range(rng.randint(1, 6))]
+        host = ".".join(labels + [rng.choice(["test", "example", "org"])])
+        expected = set().union(*(domains.get(parent, set()) for parent in parent_domains(host)))
+        assert {hit.category for hit in index.lookup(host, "/")} == expected, host
+
+
+def test_compile_report_counts_entries_and_malformed_lines(tmp_path: Path) -> None:
+    report = compile_index(fixture_sources(), tmp_path / "lists.idx", show_progress=False)
+    by_name = {source.name: source for source in report.sources}
+    adult = by_name["ut1:adult/domains"]
+    assert (adult.entries, adult.malformed) == (5, 4)
+    assert any("a path in a domains list" in example for example in adult.examples)
+    assert any("bare top-level domain" in example and "line 7" in example for example in adult.examples)
+    hosts = by_name[str(FIXTURES / "hosts.txt")]
+    assert (hosts.entries, hosts.malformed) == (6, 2)
+    assert report.malformed == 6
+    assert report.categories["pornography"] == 8  # 5 domains + 3 URL entries
+    assert report.categories["gambling"] == 3
+    assert "6 malformed lines skipped" in report.summary()
+    index = CategoryIndex.open(tmp_path / "lists.idx")
+    assert index.sizes() == report.categories
+    assert index.entry_count == report.entry_count
+    assert index.path == tmp_path / "lists.idx"
+    index.close()
+
+
+def test_recompiling_replaces_the_file_atomically_while_the_old_index_serves(tmp_path: Path) -> None:
+    path = tmp_path / "lists.idx"
+    first = tmp_path / "first"
+    first.write_text("first.test\n")
+    second = tmp_path / "second"
+    second.write_text("second.test\n")
+    compile_index([plain_source(first, "games")], path, show_progress=False)
+    serving = CategoryIndex.open(path)
+    compile_index([plain_source(second, "games")], path, show_progress=False)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert serving.lookup("first.test", "/") == [CategoryHit("games", "first.test")]
+    assert serving.lookup("second.test", "/") == []
+    reopened = CategoryIndex.open(path)
+    assert reopened.lookup("second.test", "/") == [CategoryHit("games", "second.test")]
+    assert reopened.lookup("first.test", "/") == []
+    serving.close()
+    reopened.close()
+
+
+def test_open_refuses_a_file_that_is_not_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "not.idx"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="not a schoolgate category index"):
+        CategoryIndex.open(path)
+
+
+def test_an_empty_index_answers_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n")
+    index = CategoryIndex(build_image([plain_source(empty, "games")], show_progress=False)[0])
+    assert index.entry_count == 0
+    assert index.lookup("example.com", "/") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "category"),
+    [
+        ("https://adult.test/", "pornography"),
+        ("https://www.casino.test/", "gambling"),
+        ("https://games.test/play", "games"),
+        ("https://m.social.test/", "social-media"),
+        ("https://bank.test/login", "banking"),
+        ("https://mixed.test/adult-section/x", "pornography"),
+        ("https://dns.google/dns-query", "doh"),
+        ("https://mozilla.cloudflare-dns.com/dns-query", "doh"),
+    ],
+)
+def test_builtin_list_has_the_documented_test_domains(url: str, category: str) -> None:
+    assert category in classify(builtin_index(), url)
+
+
+def test_builtin_list_leaves_the_rest_alone() -> None:
+    assert classify(builtin_index(), "https://mixed.test/maths") == {}
+    assert classify(builtin_index(), "https://www.gov.uk/") == {}
+
+
+def test_parse_line_reads_first_token_of_ut1_lines() -> None:
+    assert parse_line(ListKind.DOMAINS, "Example.COM  http://redirect.example/\n") == [("example.com", "")]
+    assert parse_line(ListKind.DOMAINS, "   \n") == []
+    assert parse_line(ListKind.URLS, "# comment\n") == []
