@@ -25,9 +25,11 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 
 from schoolgate import metrics
 from schoolgate.addons.identity import Authenticator, BadCredentials, client_address
-from schoolgate.addons.pages import SECURITY_HEADERS, block_page, warning_page
+from schoolgate.addons.pages import REQUEST_ACCESS_PATH, SECURITY_HEADERS, block_page, request_sent_page, warning_page
+from schoolgate.db import create_engine
 from schoolgate.decide import Verdict
 from schoolgate.engine import Engine
+from schoolgate.live import LiveStore
 from schoolgate.policy import Action, Group, PolicyInvalid
 from schoolgate.records import AccessRecord, RecordWriter, new_reference, url_for_log
 from schoolgate.urls import InvalidHost, Target, parse_target, target_from_parts
@@ -83,7 +85,9 @@ class SchoolGate:
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = weakref.WeakKeyDictionary()
         self.acknowledged: dict[tuple[str, str | None, str], float] = {}
         self.secret = secrets.token_bytes(32)
-        self._watcher: asyncio.Task | None = None
+        self.live_store: LiveStore | None = None
+        self._watchers: list[asyncio.Task] = []
+        self._live_failing = False
         self._refused_stamps: object = None
         self._served_metrics: tuple[str, int] | None = None
 
@@ -96,6 +100,10 @@ class SchoolGate:
         )
         loader.add_option(
             "schoolgate_reload_ms", int, 2000, "Milliseconds between checks of the policy and list files for changes."
+        )
+        loader.add_option(
+            "schoolgate_live_ms", int, 1000,
+            "Milliseconds between checks of the database for new exceptions and list changes.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -113,12 +121,14 @@ class SchoolGate:
             self._install(engine)
             if self.writer is None:
                 self.writer = RecordWriter(engine.policy.database_url)
+                self.live_store = LiveStore(create_engine(engine.policy.database_url))
             self._serve_metrics(engine)
 
     async def running(self) -> None:
         assert self.writer is not None
-        await self.writer.start()
-        self._watcher = asyncio.create_task(self._watch_policy())
+        await self.writer.start()  # also brings the schema up to date
+        await self._refresh_live()
+        self._watchers = [asyncio.create_task(self._watch_policy()), asyncio.create_task(self._watch_live())]
         assert self.engine is not None
         log.info(
             "schoolgate enforcing %s: %d groups, %d category entries, %d local entries",
@@ -126,10 +136,12 @@ class SchoolGate:
         )
 
     async def done(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for task in self._watchers:
+            task.cancel()
         if self.writer:
             await self.writer.close()
+        if self.live_store:
+            await self.live_store.engine.dispose()
 
     def _install(self, engine: Engine) -> None:
         if self.engine is not None and engine.policy.database_url != self.engine.policy.database_url:
@@ -179,6 +191,31 @@ class SchoolGate:
             self._install(new)
             log.info("policy reloaded from %s", new.policy.path)
 
+    async def _watch_live(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.schoolgate_live_ms / 1000)
+            await self._refresh_live()
+
+    async def _refresh_live(self) -> None:
+        """Pick up exceptions and list changes made by any console, CLI or gateway.
+        While the database is unreachable the last known state keeps applying."""
+        assert self.live_store is not None and self.engine is not None
+        try:
+            if await self.live_store.version() == self.engine.live.version:
+                return
+            live = await self.live_store.load()
+        except Exception as e:  # the database being down must not stop filtering
+            if not self._live_failing:
+                log.error("cannot read exceptions from the database (%s); the last known ones still apply", e)
+            self._live_failing = True
+            return
+        if self._live_failing:
+            log.info("reading exceptions from the database again")
+        self._live_failing = False
+        self.engine = self.engine.with_live(live)
+        log.info("live policy version %d: %d exceptions, %d managed list entries",
+                 live.version, len(live.grants), len(live.entries))
+
     # --- identity -------------------------------------------------------------------
 
     def _identify(self, flow: http.HTTPFlow) -> Who | None:
@@ -219,7 +256,7 @@ class SchoolGate:
             flow.response = http.Response.make(400, f"schoolgate: {e}\n", {"Content-Type": "text/plain"})
             return
         assert self.engine is not None
-        target, verdict, decision_us = self._decide(who.group, target)
+        target, verdict, decision_us = self._decide(who, target)
         if verdict.action is Action.BLOCK and not self.engine.policy.intercepts(target.host, set(verdict.categories)):
             # Without interception there is no page to show: refuse the tunnel itself.
             reference = new_reference()
@@ -252,7 +289,7 @@ class SchoolGate:
         else:
             client_ip = client_address(client.peername)
             who, method = Who(client_ip, None, self.engine.policy.group_for(client_ip, None)[0]), "TLS"
-        target, verdict, decision_us = self._decide(who.group, *candidates)
+        target, verdict, decision_us = self._decide(who, *candidates)
         # A blocked name is always decrypted: the pupil sees the block page (or, on a
         # device without the school CA, a failed handshake), never the site.
         if verdict.action is Action.BLOCK or self.engine.policy.intercepts(target.host, set(verdict.categories)):
@@ -295,7 +332,9 @@ class SchoolGate:
         if targets[0].path == PROCEED_PATH:
             self._proceed(flow, who, targets[0])
             return
-        target, verdict, decision_us = self._decide(who.group, *targets)
+        if targets[0].path == REQUEST_ACCESS_PATH and request.method == "POST":
+            return self._request_access(flow, who)  # awaited by mitmproxy: it writes to the database
+        target, verdict, decision_us = self._decide(who, *targets)
         decision = Decision(who, target, verdict, verdict.action.value, verdict.rule_text, decision_us)
         flow.metadata["schoolgate"] = decision
         assert self.engine is not None
@@ -303,9 +342,11 @@ class SchoolGate:
         now = datetime.now(UTC)
         if verdict.action is Action.BLOCK:
             decision.reference = new_reference()
+            url = flow.request.pretty_url
             page = block_page(
-                school=policy.school_name, contact=policy.contact, url=flow.request.pretty_url,
+                school=policy.school_name, contact=policy.contact, url=url,
                 categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
+                request_fields={"url": url, "ref": decision.reference, "sig": self._sign(who, url, decision.reference)},
             )
             flow.response = http.Response.make(403, page, _page_headers("block", decision.reference))
         elif verdict.action is Action.WARN:
@@ -330,8 +371,9 @@ class SchoolGate:
 
     # --- warnings -------------------------------------------------------------------
 
-    def _sign(self, who: Who, host: str, expires: int) -> str:
-        message = f"{who.client_ip}\0{who.user}\0{host}\0{expires}".encode()
+    def _sign(self, who: Who, *parts: object) -> str:
+        """A signature binding a link or form to this client, so another page cannot forge it."""
+        message = "\0".join(map(str, (who.client_ip, who.user, *parts))).encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:32]
 
     def _proceed_link(self, who: Who, target: Target, url: str) -> str:
@@ -357,18 +399,48 @@ class SchoolGate:
             flow.response = http.Response.make(400, "This link has expired. Go back and try again.\n", {"Content-Type": "text/plain"})
             return
         assert self.engine is not None
-        destination, verdict, decision_us = self._decide(who.group, destination)
+        destination, verdict, decision_us = self._decide(who, destination)
         self.acknowledged[(who.client_ip, who.user, here.host)] = time.monotonic() + WARNING_ACKNOWLEDGED_SECONDS
         flow.metadata["schoolgate"] = Decision(who, destination, verdict, "proceed", verdict.rule_text, decision_us)
         flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store"})
 
+    async def _request_access(self, flow: http.HTTPFlow, who: Who) -> None:
+        """The block page's "ask for access" form: store the request for a teacher or IT."""
+        form = flow.request.urlencoded_form
+        url, reference, sig = form.get("url", ""), form.get("ref", ""), form.get("sig", "")
+        reason = form.get("reason", "").strip()
+        if not hmac.compare_digest(sig, self._sign(who, url, reference)) or not reason:
+            flow.response = http.Response.make(400, "Go back to the block page and try again.\n", {"Content-Type": "text/plain"})
+            return
+        assert self.engine is not None and self.live_store is not None
+        try:
+            target = parse_target(url)
+            categories = tuple(sorted(self.engine.listed_categories(target)))
+            await self.live_store.create_request(
+                ref=reference, client_ip=who.client_ip, username=who.user, group=who.group.name,
+                url=url, host=target.host, categories=categories, reason=reason,
+            )
+        except InvalidHost:
+            flow.response = http.Response.make(400, "Go back to the block page and try again.\n", {"Content-Type": "text/plain"})
+            return
+        except Exception as e:  # the request must not vanish without the pupil knowing
+            log.error("could not store an access request (%s)", e)
+            flow.response = http.Response.make(
+                503, "Your request could not be sent. Please tell your teacher.\n", {"Content-Type": "text/plain"})
+            return
+        policy = self.engine.policy
+        page = request_sent_page(school=policy.school_name, contact=policy.contact, url=url,
+                                 categories=categories, when=datetime.now(UTC), reference=reference)
+        flow.response = http.Response.make(200, page, SECURITY_HEADERS)
+
     # --- deciding and recording -----------------------------------------------------
 
-    def _decide(self, group: Group, *targets: Target) -> tuple[Target, Verdict, int]:
+    def _decide(self, who: Who, *targets: Target) -> tuple[Target, Verdict, int]:
         """The strictest verdict over the given names of one request (the first wins ties)."""
         assert self.engine is not None
         started = time.perf_counter()
-        decided = [(target, self.engine.decide(target, group)) for target in targets]
+        decided = [(target, self.engine.decide(target, who.group, user=who.user, client_ip=who.client_ip))
+                   for target in targets]
         target, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
         elapsed = time.perf_counter() - started
         metrics.DECISION_SECONDS.observe(elapsed)

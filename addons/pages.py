@@ -14,6 +14,8 @@ from string import Template
 
 from schoolgate.categories.taxonomy import CATEGORIES
 
+REQUEST_ACCESS_PATH = "/.well-known/schoolgate/request-access"
+
 _TEMPLATE = Template(files("schoolgate.addons").joinpath("templates/page.html").read_text(encoding="utf-8"))
 # Long URLs are cut for display only; the record keeps what the policy says to keep.
 _MAX_URL_SHOWN = 300
@@ -69,7 +71,21 @@ def render(
     )
 
 
-def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime, reference: str) -> str:
+def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime,
+               reference: str, request_fields: dict[str, str] | None = None) -> str:
+    """The block page; with `request_fields` (signed hidden fields) it offers "ask for access"."""
+    actions = ""
+    if request_fields is not None:
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k, quote=True)}" value="{html.escape(v, quote=True)}">'
+            for k, v in request_fields.items()
+        )
+        actions = (
+            f'<form class="request" method="post" action="{REQUEST_ACCESS_PATH}">{hidden}'
+            '<label for="reason">Need this page for your work? Tell your teacher why:</label>'
+            '<textarea id="reason" name="reason" maxlength="500" rows="3" required></textarea>'
+            '<button type="submit">Ask for access</button></form>'
+        )
     return render(
         title="This page is blocked",
         message="The school's internet filter has blocked this page.",
@@ -79,6 +95,23 @@ def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ..
         url=url,
         categories=categories,
         reason=reason,
+        when=when,
+        reference=reference,
+        actions_html=actions,
+    )
+
+
+def request_sent_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], when: datetime, reference: str) -> str:
+    return render(
+        title="Request sent",
+        message="Your request has been sent to your teacher and the IT team. "
+        "If it is approved, the page will open for you; try again later.",
+        colour="#175cd3",
+        school=school,
+        contact=contact,
+        url=url,
+        categories=categories,
+        reason="waiting for a teacher or IT to decide",
         when=when,
         reference=reference,
     )

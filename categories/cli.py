@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from schoolgate.categories.index import CategoryHit, CategoryIndex, builtin_index, compile_index
+from schoolgate.categories.index import CategoryHit, CategoryIndex, CompileReport, builtin_index, compile_index
 from schoolgate.categories.sources import ListSource, open_ut1, parse_extra, plain_source
 from schoolgate.categories.taxonomy import CATEGORIES
 from schoolgate.urls import InvalidHost, parse_target
@@ -59,9 +59,12 @@ def _policy_lists(path: Path) -> tuple[Path | None, list[str], list[tuple[Path, 
     """(index, sources, extras) from the policy, or nothing if there is no policy file."""
     if not path.is_file():
         return None, [], []
-    from schoolgate.policy import load_policy  # only when a policy is in play
+    from schoolgate.policy import PolicyInvalid, load_policy  # only when a policy is in play
 
-    policy = load_policy(path)
+    try:
+        policy = load_policy(path)
+    except PolicyInvalid as e:
+        raise SystemExit(f"error: {path} is not a valid policy (see `schoolgate check`): {e}") from None
     return policy.lists_index, list(policy.lists_sources), list(policy.lists_extra)
 
 
@@ -80,6 +83,16 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
     if not locations and not extras:
         print("error: nothing to compile: give --source or --extra, or set lists sources in the policy", file=sys.stderr)
         return 2
+    try:
+        report = _compile(locations, extras, output)
+    except OSError as e:  # a missing list, an unreachable URL, an unwritable output
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _compile(locations: list[str], extras: list[ListSource], output: Path) -> CompileReport:
     with ExitStack() as stack:
         sources: list[ListSource] = []
         for location in locations:
@@ -89,9 +102,7 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
                 print(f"warning: {location}: unknown categories not imported: {', '.join(tree.unknown)}", file=sys.stderr)
             if tree.ignored:
                 print(f"{location}: not imported by design: {', '.join(tree.ignored)}")
-        report = compile_index(sources + extras, output, show_progress=True)
-    print(report.summary())
-    return 0
+        return compile_index(sources + extras, output, show_progress=True)
 
 
 def _open_index(index: Path | None, policy: Path) -> CategoryIndex:

@@ -5,7 +5,7 @@ File layout (little-endian, sections 8-byte aligned; see README.md for why):
 
     magic "SGCATIX\\x01", u64 header length, JSON header, then the sections
     keys       u64[n]        xxh3-64 of each listed host, grouped by bucket (hash & mask)
-    vals       u32[n]        category-set id, or URL_FLAG | url-host number
+    vals       u32[n]        flags (HAS_LONGER, URL_FLAG) | category-set id or url_hosts number
     buckets    u32[nb + 1]   start of each bucket in keys/vals (nb = power of two >= n)
     url_hosts  u32[3 * u]    (category-set id of the host itself, first URL record, record count)
     url_recs   u32[3 * r]    (offset, length of the path prefix in url_blob, category-set id)
@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -126,7 +127,7 @@ class CategoryIndex:
         self.path = path
         self._image = image
         self._view = memoryview(image)
-        magic, header_length = _PREAMBLE.unpack_from(self._view)
+        magic, header_length = _PREAMBLE.unpack_from(self._view) if len(self._view) >= _PREAMBLE.size else (b"", 0)
         if magic != MAGIC:
             raise ValueError(f"{path or 'image'} is not a schoolgate category index")
         header = json.loads(bytes(self._view[_PREAMBLE.size : _PREAMBLE.size + header_length]))
@@ -136,6 +137,8 @@ class CategoryIndex:
         sections = {}
         for name in _SECTIONS:
             start, length = header["sections"][name]
+            if start + length > len(self._view):
+                raise ValueError(f"{path or 'image'} is truncated")
             view = self._view[start : start + length]
             sections[name] = view.cast(_SECTION_TYPES[name]) if name in _SECTION_TYPES else view
         self._sections = sections
@@ -374,9 +377,8 @@ def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tu
     builder = _Builder()
     reports = []
     total = sum(s.size for s in sources)
-    with progress(total if show_progress else 0, "compiling lists") as advance:
-        if not show_progress:
-            advance = lambda _n: None  # noqa: E731
+    reporter = progress(total, "compiling lists") if show_progress else nullcontext(_ignore_progress)
+    with reporter as advance:
         for source in sources:
             reports.append(_read_source(source, builder, advance))
     image = builder.image([s.name for s in sources])
@@ -391,7 +393,11 @@ def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tu
     return image, report
 
 
-def _read_source(source: ListSource, builder: _Builder, advance) -> SourceReport:
+def _ignore_progress(_n_bytes: int) -> None:
+    pass
+
+
+def _read_source(source: ListSource, builder: _Builder, advance: Callable[[int], None]) -> SourceReport:
     report = SourceReport(name=source.name, category=source.category, kind=source.kind.value)
     bit = builder.bit(source.category)
     url_list = source.kind is ListKind.URLS

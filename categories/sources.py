@@ -18,6 +18,7 @@ import ipaddress
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ _HOSTS_FILE_SELF_NAMES = frozenset(
     {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback", "0.0.0.0"}
 )
 _DOWNLOAD_TIMEOUT_SECONDS = 60
+_PROGRESS_INTERVAL_SECONDS = 0.2
 
 
 class ListKind(StrEnum):
@@ -202,13 +204,27 @@ def _download(url: str, dest: Path) -> None:
 
 @contextmanager
 def progress(total: int, description: str, stream: IO[str] | None = None) -> Iterator[Callable[[int], None]]:
-    """A byte-count progress bar on stderr, silent when stderr is not a terminal
-    (cron jobs and logs get the final report only)."""
+    """A byte-count progress line on stderr, silent when stderr is not a terminal
+    (cron jobs and logs get the final report only). Yields `advance(n_bytes)`."""
     stream = stream or sys.stderr
     if not stream.isatty():
         yield lambda _n: None
         return
-    from tqdm import tqdm  # only interactive runs need it
+    done = 0
+    shown = 0.0
 
-    with tqdm(total=total or None, desc=description, unit="B", unit_scale=True, file=stream, leave=False) as bar:
-        yield bar.update
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        now = time.monotonic()
+        if now - shown >= _PROGRESS_INTERVAL_SECONDS:
+            shown = now
+            share = f"{100 * done / total:3.0f}% of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            stream.write(f"\r{description}: {share}")
+            stream.flush()
+
+    try:
+        yield advance
+    finally:
+        stream.write("\r\033[K")  # clear the line for the report that follows
+        stream.flush()

@@ -4,6 +4,7 @@ and (from categories/ and reports/) manage lists and read the records."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -11,7 +12,9 @@ from importlib.resources import files
 from pathlib import Path
 
 from schoolgate.categories import cli as categories_cli
+from schoolgate import manage
 from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS
+from schoolgate.live import read_live
 from schoolgate.policy import PolicyInvalid, load_policy
 from schoolgate.reports import cli as reports_cli
 from schoolgate.urls import InvalidHost, parse_target
@@ -76,6 +79,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"schoolgate: the policy has problems:\n{e}", file=sys.stderr)
         return 1
     try:
+        engine = engine.with_live(asyncio.run(read_live(engine.policy.database_url)))
+    except Exception as e:  # no database yet, or unreachable: say so, decide without exceptions
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"schoolgate: exceptions and managed lists not consulted: {reason}", file=sys.stderr)
+    try:
         target = parse_target(args.url)
     except InvalidHost as e:
         print(f"schoolgate: {e}", file=sys.stderr)
@@ -88,7 +96,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         group, how = policy.groups[args.group], "given with --group"
     else:
         group, how = policy.group_for(args.client or "", args.user)
-    verdict = engine.decide(target, group)
+    verdict = engine.decide(target, group, user=args.user, client_ip=args.client)
     print(f"url:        {target.url()}")
     print(f"group:      {group.name} ({how})")
     print(f"verdict:    {verdict.action.value.upper()}")
@@ -142,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cats.set_defaults(func=cmd_categories)
 
     categories_cli.register(sub)
+    manage.register(sub)
     reports_cli.register(sub)
     return parser
 

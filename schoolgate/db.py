@@ -108,6 +108,91 @@ access_log = Table(
 )
 
 
+# --- live policy: what IT staff and teachers change while the gateway runs -------
+
+exceptions = Table(
+    "exceptions",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("kind", String(), nullable=False),  # domain | url | category
+    Column("host", String()),  # canonical host for domain/url exceptions
+    Column("path", String()),  # URL prefix for url exceptions
+    Column("category", String()),  # for category exceptions
+    Column("scope_kind", String(), nullable=False),  # group | users | network | user
+    Column("scope", Text(), nullable=False),  # group name, ",a,b," user list, CIDR, or a user
+    Column("starts_at", UtcDateTime(), nullable=False),
+    Column("ends_at", UtcDateTime(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("granted_by", String(), nullable=False),
+    Column("granted_role", String(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+    Column("revoked_by", String()),
+    Column("request_id", BigInteger()),
+    Index("ix_exceptions_ends_at", "ends_at"),
+)
+
+list_entries = Table(
+    "list_entries",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("action", String(), nullable=False),  # allow | block
+    Column("entry", String(), nullable=False),  # as written by IT staff
+    Column("host", String(), nullable=False),
+    Column("path", String(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("added_by", String(), nullable=False),
+    Column("added_at", UtcDateTime(), nullable=False),
+    Column("removed_at", UtcDateTime()),
+    Column("removed_by", String()),
+)
+
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("ref", String()),  # the block page's reference
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("client_ip", String(), nullable=False),
+    Column("username", String()),
+    Column("group_name", String(), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("host", String(), nullable=False),
+    Column("categories", Text(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("status", String(), nullable=False),  # pending | approved | refused
+    Column("decided_by", String()),
+    Column("decided_role", String()),
+    Column("decided_at", UtcDateTime()),
+    Column("note", Text()),
+    Column("exception_id", BigInteger()),
+    Index("ix_access_requests_status", "status", "created_at"),
+)
+
+# Append-only: the migration adds triggers that refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("actor", String(), nullable=False),
+    Column("role", String(), nullable=False),
+    Column("action", String(), nullable=False),  # e.g. exception.grant, request.approve, list.add
+    Column("object_kind", String(), nullable=False),
+    Column("object_id", BigInteger()),
+    Column("before", Text()),  # JSON
+    Column("after", Text()),  # JSON
+    Index("ix_audit_log_ts", "ts"),
+)
+
+# One row; bumped by every change above, so gateways poll one integer, not the tables.
+live_version = Table(
+    "live_version",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column("version", BigInteger(), nullable=False),
+)
+
 def is_sqlite(database_url: str) -> bool:
     return make_url(database_url).get_backend_name() == "sqlite"
 

@@ -4,6 +4,8 @@ Plain Python with no mitmproxy in it, so the gateway, `schoolgate explain` and
 the tests all run the same code.
 
 Order of precedence (documented in the README):
+0. exceptions granted by teachers or IT, while they last: one for a domain or
+   URL opens it; one for a category lifts that category's action;
 1. the school's local lists: the most specific matching entry decides
    (deeper host first, then longer URL prefix), so `allow bbc.co.uk` with
    `block bbc.co.uk/sport` blocks only the sport pages;
@@ -18,10 +20,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from schoolgate.categories.index import CategoryHit
 from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.grants import Grant
 from schoolgate.policy import Action, Group, ListEntry, Policy
 from schoolgate.urls import Target, parent_domains, path_matches_prefix
 
@@ -71,14 +75,22 @@ class LocalLists:
 
 
 class Decider:
-    def __init__(self, policy: Policy, categories: CategoryLookup):
+    def __init__(self, policy: Policy, categories: CategoryLookup,
+                 extra_entries: Iterable[ListEntry] = (), grants: Iterable[Grant] = ()):
         self.policy = policy
         self.categories = categories
-        self.local = LocalLists(policy.local)
+        self.local = LocalLists((*policy.local, *extra_entries))
+        self.grants = tuple(grants)
 
-    def decide(self, target: Target, group: Group) -> Verdict:
+    def decide(self, target: Target, group: Group, *, user: str | None = None,
+               client_ip: str | None = None, now: datetime | None = None) -> Verdict:
         hits = self.categories.lookup(target.host, target.match_path)
         names = tuple(sorted({hit.category for hit in hits}))
+        grants = self._grants_for(group, user, client_ip, now)
+
+        for grant in grants:
+            if grant.opens(target):
+                return _exception_verdict(grant, group, names)
 
         entry = self.local.most_specific(target)
         if entry is not None:
@@ -94,14 +106,21 @@ class Decider:
             )
 
         if hits:
+            lifted = {g.category: g for g in grants if g.kind == "category"}
+
+            def action(category: str) -> Action:
+                return Action.ALLOW if category in lifted else group.action_for(category)
+
             # Strictest action wins; among equals the more severe category is named.
-            decisive = max(hits, key=lambda h: (group.action_for(h.category).strictness, _severity(h.category)))
-            action = group.action_for(decisive.category)
+            decisive = max(hits, key=lambda h: (action(h.category).strictness, _severity(h.category)))
+            strictest_without = max(hits, key=lambda h: (group.action_for(h.category).strictness, _severity(h.category)))
+            if action(decisive.category).strictness < group.action_for(strictest_without.category).strictness:
+                return _exception_verdict(lifted[strictest_without.category], group, names)
             return Verdict(
-                action=action,
+                action=action(decisive.category),
                 rule="category",
                 reason=f"{decisive.entry} is listed as {_title(decisive.category)}; "
-                f"{group.title} policy: {action.value}",
+                f"{group.title} policy: {action(decisive.category).value}",
                 group=group.name,
                 categories=names,
                 matched=f"{decisive.category}:{decisive.entry}",
@@ -114,6 +133,25 @@ class Decider:
             reason=f"not on any list; {group.title} default: {group.default_action.value}",
             group=group.name,
         )
+
+    def _grants_for(self, group: Group, user: str | None, client_ip: str | None, now: datetime | None) -> list[Grant]:
+        if not self.grants:
+            return []
+        now = now or datetime.now(UTC)
+        return [g for g in self.grants if g.active(now) and g.covers(group.name, user, client_ip)]
+
+
+def _exception_verdict(grant: Grant, group: Group, categories: tuple[str, ...]) -> Verdict:
+    until = grant.ends_at.astimezone().strftime("%H:%M %d %b")
+    return Verdict(
+        action=Action.ALLOW,
+        rule="exception",
+        reason=f"{grant.what} opened for {grant.whom} by {grant.granted_by} ({grant.role}) until {until}: {grant.reason}",
+        group=group.name,
+        categories=categories,
+        matched=f"#{grant.id} {grant.what}",
+        source=f"exception #{grant.id}",
+    )
 
 
 def _title(category: str) -> str:

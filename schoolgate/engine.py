@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from schoolgate.categories.index import CategoryIndex, builtin_index
 from schoolgate.decide import Decider, Verdict
+from schoolgate.live import EMPTY, LiveState
 from schoolgate.policy import Group, Policy, load_policy
 from schoolgate.urls import Target
 
@@ -33,6 +34,7 @@ class Engine:
     index: CategoryIndex
     decider: Decider
     stamps: tuple[tuple[Path, tuple[int, int] | None], ...]
+    live: LiveState = EMPTY  # exceptions and managed list entries from the database
 
     @classmethod
     def load(cls, policy_path: str | Path, previous: Engine | None = None) -> Engine:
@@ -40,19 +42,27 @@ class Engine:
         broken index file. An unchanged index file is reused, not reopened."""
         policy = load_policy(policy_path)
         index = _open_index(policy.lists_index, previous)
+        live = previous.live if previous else EMPTY
         watched = (policy.path, *policy.watched_files, *((policy.lists_index,) if policy.lists_index else ()))
         return cls(
             policy=policy,
             index=index,
-            decider=Decider(policy, index),
+            decider=Decider(policy, index, live.entries, live.grants),
             stamps=tuple((p, _stamp(p)) for p in watched),
+            live=live,
         )
+
+    def with_live(self, live: LiveState) -> Engine:
+        return replace(self, live=live, decider=Decider(self.policy, self.index, live.entries, live.grants))
 
     def changed_on_disk(self) -> bool:
         return any(_stamp(path) != stamp for path, stamp in self.stamps)
 
-    def decide(self, target: Target, group: Group) -> Verdict:
-        return self.decider.decide(target, group)
+    def decide(self, target: Target, group: Group, *, user: str | None = None, client_ip: str | None = None) -> Verdict:
+        return self.decider.decide(target, group, user=user, client_ip=client_ip)
+
+    def listed_categories(self, target: Target) -> set[str]:
+        return {hit.category for hit in self.index.lookup(target.host, target.match_path)}
 
 
 def _open_index(path: Path | None, previous: Engine | None) -> CategoryIndex:

@@ -14,11 +14,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.urls import InvalidHost, normalise_entry
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,6 +37,13 @@ class Action(StrEnum):
 
 
 _STRICTNESS = {Action.ALLOW: 0, Action.MONITOR: 1, Action.WARN: 2, Action.BLOCK: 3}
+
+
+class Role(StrEnum):
+    """Who may change the live policy (exceptions, lists, requests)."""
+
+    TEACHER = "teacher"
+    IT_ADMIN = "it_admin"
 
 
 class UrlLogging(StrEnum):
@@ -111,6 +119,12 @@ class Policy:
     lists_sources: list[str] = field(default_factory=list)  # UT1 directories, archives or URLs
     lists_extra: list[tuple[Path, str]] = field(default_factory=list)  # (file, category)
     watched_files: tuple[Path, ...] = ()  # what a reload watches besides policy.toml
+    # [exceptions]: who may open what, for how long
+    lessons: tuple[tuple[time, time], ...] = ()
+    exception_default_minutes: int = 60
+    exception_max_minutes: Mapping[Role, int] = field(default_factory=lambda: {Role.TEACHER: 180, Role.IT_ADMIN: 30 * 24 * 60})
+    teacher_max_severity: Severity = Severity.LOW
+    teacher_groups: tuple[str, ...] = ()
 
     def group_for(self, client_ip: str, user: str | None) -> tuple[Group, str]:
         """The group a client belongs to, and how that was decided (for `explain`).
@@ -182,7 +196,7 @@ class _Locator:
         return None
 
 
-_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups"}
+_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups", "exceptions"}
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -392,6 +406,29 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         for file_text in spec if isinstance(spec, list) else [spec]:
             lists_extra.append((r.relative(str(file_text)), name))
 
+    exceptions = r.table(data, "exceptions")
+    lessons = []
+    for text in r.strings(exceptions, "exceptions", "lessons"):
+        try:
+            lessons.append(parse_lesson(text))
+        except ValueError as e:
+            r.problem(f"lesson {text!r} is not HH:MM-HH:MM ({e})", "exceptions", "lessons", value=text)
+    max_minutes = {
+        Role.TEACHER: r.get(exceptions, int, 180, "exceptions", "teacher_max_minutes"),
+        Role.IT_ADMIN: r.get(exceptions, int, 30 * 24 * 60, "exceptions", "it_admin_max_minutes"),
+    }
+    severity_text = r.get(exceptions, str, "low", "exceptions", "teacher_max_severity")
+    try:
+        teacher_max_severity = Severity[severity_text.upper()]
+    except KeyError:
+        r.problem(f"teacher_max_severity {severity_text!r}; use one of: "
+                  + ", ".join(s.name.lower() for s in Severity), "exceptions", "teacher_max_severity")
+        teacher_max_severity = Severity.LOW
+    teacher_groups = r.strings(exceptions, "exceptions", "teacher_groups")
+    for name in teacher_groups:
+        if name not in groups:
+            r.problem(f"teacher_groups names {name!r}, which is not a group", "exceptions", "teacher_groups", value=name)
+
     if r.problems:
         raise PolicyInvalid(r.problems)
     return Policy(
@@ -413,7 +450,21 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         lists_sources=[s if "://" in s else str(r.relative(s)) for s in r.strings(lists, "lists", "sources")],
         lists_extra=lists_extra,
         watched_files=tuple(watched),
+        lessons=tuple(lessons),
+        exception_default_minutes=r.get(exceptions, int, 60, "exceptions", "default_minutes"),
+        exception_max_minutes=max_minutes,
+        teacher_max_severity=teacher_max_severity,
+        teacher_groups=tuple(teacher_groups),
     )
+
+
+def parse_lesson(text: str) -> tuple[time, time]:
+    """`08:50-09:50` -> (08:50, 09:50); raises ValueError."""
+    start_text, _, end_text = text.partition("-")
+    start, end = time.fromisoformat(start_text.strip()), time.fromisoformat(end_text.strip())
+    if end <= start:
+        raise ValueError("it ends before it starts")
+    return start, end
 
 
 def _resolve_database_url(url: str, base: Path) -> str:

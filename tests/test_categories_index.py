@@ -126,11 +126,12 @@ def test_compile_report_counts_entries_and_malformed_lines(tmp_path: Path) -> No
     assert report.categories["pornography"] == 8  # 5 domains + 3 URL entries
     assert report.categories["gambling"] == 3
     assert "6 malformed lines skipped" in report.summary()
-    index = CategoryIndex.open(tmp_path / "lists.idx")
-    assert index.sizes() == report.categories
-    assert index.entry_count == report.entry_count
-    assert index.path == tmp_path / "lists.idx"
-    index.close()
+    with CategoryIndex.open(tmp_path / "lists.idx") as index:
+        assert index.sizes() == report.categories
+        assert index.entry_count == report.entry_count
+        assert index.path == tmp_path / "lists.idx"
+    with pytest.raises(ValueError):  # closed: the mapping is gone
+        index.lookup("porn.example", "/")
 
 
 def test_recompiling_replaces_the_file_atomically_while_the_old_index_serves(tmp_path: Path) -> None:
@@ -154,8 +155,17 @@ def test_recompiling_replaces_the_file_atomically_while_the_old_index_serves(tmp
 
 def test_open_refuses_a_file_that_is_not_an_index(tmp_path: Path) -> None:
     path = tmp_path / "not.idx"
-    path.write_bytes(b"\0" * 64)
-    with pytest.raises(ValueError, match="not a schoolgate category index"):
+    for content in (b"\0" * 64, b"SGC"):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="not a schoolgate category index"):
+            CategoryIndex.open(path)
+
+
+def test_open_refuses_a_truncated_index(tmp_path: Path) -> None:
+    path = tmp_path / "lists.idx"
+    compile_index(fixture_sources(), path, show_progress=False)
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="truncated"):
         CategoryIndex.open(path)
 
 

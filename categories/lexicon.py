@@ -1,0 +1,274 @@
+"""Safeguarding risk lexicon: which phrases in a search term or page text
+suggest a pupil may be at risk, under which risk and how seriously.
+
+The shipped phrases live in `lexicon/<language>.toml` (format described in
+`lexicon/en.toml`); see LEXICON.md for sources, severities and known limits.
+
+Matching runs one Aho-Corasick automaton over a *normalised* form of the text,
+built the same way for phrases and for text:
+
+1. Unicode compatibility-decompose, drop accents, case-fold and fold the
+   letters NFKD leaves alone ("ł" -> "l", "ø" -> "o"), so "Samobójstwo",
+   "SAMOBOJSTWO" and "ｓａｍｏｂｏｊｓｔｗｏ" are one string.
+2. Split into tokens of letters and digits; "@", "$", "!" and "|" stay inside a
+   token, since leetspeak uses them as letters ("k!ll", "$uicide").
+3. In a token that has at least one letter, read leetspeak digits and symbols
+   as letters (0->o, 1->i, 3->e, 4->a, 5->s, 7->t, 8->b, 9->g, @->a, $->s,
+   !->i, |->l). Tokens of digits alone ("1000", "2024") stay digits. "1" is
+   also "l" ("ki11"), so text with a "1" is matched a second time reading it so.
+4. Drop every separator and squeeze runs of one letter to one ("suiciiide",
+   "kill" -> "kil"), remembering where each token started and ended.
+
+A match counts only when it starts at a token start and ends at a token end
+(whole words: "skill myself" and "methodology" never match "kill myself" or
+"meth"). Between those ends the text may be split anywhere ("kill-myself",
+"killmyself", "k i l l  my self") for phrases of two or more words or of at
+least SPLITTABLE_MIN letters; shorter one-word phrases may only be spelt out
+letter by letter ("i s i s"), so that "this is is" is not "isis".
+
+Misspellings: each phrase may list its own ("suicide ~ sucide"), and words of
+TYPO_MIN letters or more also match with one interior letter dropped or two
+neighbouring interior letters swapped ("suicdie", "cocaien").
+
+Benign near-misses are kept out by choosing phrases that carry the risk
+("cut myself", not "cutting"; "how to make a bomb", not "bomb"), and by each
+group's `exclude` phrases: a hit lying inside an excluded phrase of the same
+risk ("drug store", "isis the goddess") is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import ahocorasick
+
+from schoolgate.categories.taxonomy import Severity
+
+RISKS: dict[str, str] = {
+    "self-harm": "Self-harm and suicide",
+    "extremism": "Extremism and radicalisation",
+    "sexual-exploitation": "Sexual exploitation and grooming",
+    "bullying": "Bullying",
+    "drugs": "Drugs",
+    "weapons-violence": "Weapons and violence",
+}
+
+LEXICON_DIR = Path(__file__).parent / "lexicon"
+SPLITTABLE_MIN = 7
+TYPO_MIN = 7
+
+_FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"})
+_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s", "!": "i", "|": "l"}
+_LEET_I = str.maketrans(_LEET)
+_LEET_L = str.maketrans({**_LEET, "1": "l"})
+_TOKEN = re.compile(r"[@$]?[^\W_]+(?:[@$!|]+[^\W_]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class RiskHit:
+    risk: str
+    severity: Severity
+    phrase: str  # the lexicon's canonical spelling, not the text as typed
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    hit: RiskHit
+    splittable: bool
+    excludes: bool  # an exclusion: suppresses same-risk hits inside its span
+
+
+@dataclass(frozen=True, slots=True)
+class _Normalised:
+    text: str
+    starts: list[bool]  # per character: begins a token
+    ends: list[bool]  # per character: ends a token
+    hard_splits: list[int]  # prefix count of boundaries between two multi-letter tokens
+
+    def split_between(self, start: int, end: int) -> bool:
+        """Whether a boundary between two multi-letter tokens lies inside [start, end]."""
+        return self.hard_splits[end] - self.hard_splits[start] > 0
+
+
+def _tokens(text: str, leet: dict[int, str]) -> list[str]:
+    decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_FOLD))
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_FOLD)
+    tokens = []
+    for token in _TOKEN.findall(plain):
+        if any(c.isalpha() for c in token):
+            token = token.translate(leet)
+        tokens.append("".join(c for c in token if c.isalnum()))
+    return tokens
+
+
+def _normalise(text: str, leet: dict[int, str] = _LEET_I) -> _Normalised:
+    chars: list[str] = []
+    starts: list[bool] = []
+    ends: list[bool] = []
+    hard_after: list[bool] = []  # a multi-letter/multi-letter boundary follows this character
+    previous_long = False
+    for token in _tokens(text, leet):
+        long = len(token) > 1
+        for i, c in enumerate(token):
+            first, last = i == 0, i == len(token) - 1
+            if chars and chars[-1] == c:
+                # A squeezed letter keeps both roles: "kill lamb" holds "kil" and "lamb".
+                starts[-1] |= first
+                ends[-1] |= last
+                continue
+            if first and chars:
+                hard_after[-1] = long and previous_long
+            chars.append(c)
+            starts.append(first)
+            ends.append(last)
+            hard_after.append(False)
+        previous_long = long
+    prefix = [0]
+    for hard in hard_after:
+        prefix.append(prefix[-1] + hard)
+    return _Normalised("".join(chars), starts, ends, prefix)
+
+
+def _normalisations(text: str) -> Iterator[_Normalised]:
+    yield _normalise(text)
+    if "1" in text:
+        yield _normalise(text, _LEET_L)
+
+
+def _typo_variants(phrase: str) -> set[str]:
+    """The phrase with one interior letter of a long word dropped, or two swapped."""
+    words = " ".join(_tokens(phrase, _LEET_I)).split(" ")
+    variants: set[str] = set()
+    for n, word in enumerate(words):
+        if len(word) < TYPO_MIN or not word.isalpha():
+            continue
+        edits = {word[:i] + word[i + 1 :] for i in range(1, len(word) - 1)}
+        edits |= {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(1, len(word) - 2)}
+        variants |= {" ".join([*words[:n], edit, *words[n + 1 :]]) for edit in edits}
+    return variants
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    risk: str
+    severity: Severity
+    language: str
+    phrases: tuple[str, ...]  # each "canonical ~ misspelling ~ ..."
+    exclude: tuple[str, ...]
+
+
+def _split_phrases(entries: Iterable[str]) -> Iterator[list[str]]:
+    for entry in entries:
+        for phrase in entry.split("|"):
+            spellings = [s.strip() for s in phrase.split("~") if s.strip()]
+            if spellings:
+                yield spellings
+
+
+def load_groups(path: Path) -> list[_Group]:
+    """The phrase groups of one lexicon file; ValueError names what is wrong."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    language = data["language"]
+    groups = []
+    for raw in data.get("group", []):
+        if raw["risk"] not in RISKS:
+            raise ValueError(f"{path.name}: unknown risk {raw['risk']!r}; known: {', '.join(RISKS)}")
+        groups.append(
+            _Group(
+                risk=raw["risk"],
+                severity=Severity[raw["severity"].upper()],
+                language=language,
+                phrases=tuple(raw["phrases"]),
+                exclude=tuple(raw.get("exclude", ())),
+            )
+        )
+    return groups
+
+
+class RiskLexicon:
+    """Risk phrases compiled into one automaton; see the module docstring for how text is matched."""
+
+    def __init__(self, groups: Iterable[_Group]) -> None:
+        patterns: dict[str, dict[tuple[str, bool], _Pattern]] = {}
+        self._phrases: set[tuple[str, str]] = set()
+
+        def add(spelling: str, pattern_for: _Pattern) -> None:
+            key = _normalise(spelling).text
+            if key:
+                # First loaded wins for a key and risk: "cocaine" is one English hit, not three.
+                patterns.setdefault(key, {}).setdefault((pattern_for.hit.risk, pattern_for.excludes), pattern_for)
+
+        for group in groups:
+            for spellings in _split_phrases(group.phrases):
+                hit = RiskHit(group.risk, group.severity, spellings[0], group.language)
+                for spelling in spellings:
+                    self._phrases.add((group.risk, spelling))
+                    pattern = _Pattern(hit, _splittable(spelling), excludes=False)
+                    add(spelling, pattern)
+                    for typo in _typo_variants(spelling):
+                        add(typo, pattern)
+            for spellings in _split_phrases(group.exclude):
+                for spelling in spellings:
+                    add(spelling, _Pattern(RiskHit(group.risk, Severity.NONE, spelling, group.language), True, excludes=True))
+
+        self._automaton = ahocorasick.Automaton()
+        for key, by_risk in patterns.items():
+            self._automaton.add_word(key, (len(key), tuple(by_risk.values())))
+        self._automaton.make_automaton()
+        self.pattern_count = len(patterns)
+
+    @classmethod
+    def load(cls, directory: Path = LEXICON_DIR) -> RiskLexicon:
+        """Every `*.toml` lexicon in a directory, English first so it names shared words."""
+        files = sorted(directory.glob("*.toml"), key=lambda p: (p.stem != "en", p.stem))
+        return cls(group for path in files for group in load_groups(path))
+
+    @classmethod
+    @cache
+    def default(cls) -> RiskLexicon:
+        """The shipped lexicon, compiled once per process."""
+        return cls.load()
+
+    def __len__(self) -> int:
+        """Phrases and listed misspellings (not generated typos)."""
+        return len(self._phrases)
+
+    def match(self, text: str) -> list[RiskHit]:
+        """Every distinct risk phrase in the text, highest severity first."""
+        found: dict[tuple[str, str], RiskHit] = {}
+        for normalised in _normalisations(text):
+            for hit in self._hits(normalised):
+                found.setdefault((hit.risk, hit.phrase), hit)
+        return sorted(found.values(), key=lambda h: (-h.severity, h.risk, h.phrase))
+
+    def worst(self, text: str) -> RiskHit | None:
+        hits = self.match(text)
+        return hits[0] if hits else None
+
+    def _hits(self, normalised: _Normalised) -> list[RiskHit]:
+        spans: list[tuple[int, int, _Pattern]] = []
+        for end, (length, patterns) in self._automaton.iter(normalised.text):
+            start = end - length + 1
+            if not (normalised.starts[start] and normalised.ends[end]):
+                continue
+            split = normalised.split_between(start, end)
+            spans.extend((start, end, p) for p in patterns if p.splittable or not split)
+        exclusions = [(start, end, p.hit.risk) for start, end, p in spans if p.excludes]
+        return [
+            p.hit
+            for start, end, p in spans
+            if not p.excludes
+            and not any(risk == p.hit.risk and s <= start and end <= e for s, e, risk in exclusions)
+        ]
+
+
+def _splittable(phrase: str) -> bool:
+    tokens = _tokens(phrase, _LEET_I)
+    return len(tokens) > 1 or sum(map(len, tokens)) >= SPLITTABLE_MIN

@@ -1,0 +1,193 @@
+"""Exceptions and access requests, live, on real gateways sharing one database:
+granted through the real CLI, honoured on the next poll by every gateway,
+ended on time, audited."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+
+import pytest
+
+from schoolgate.cli import main
+from support.clients import curl, httpx_client
+
+POLICY = """\
+[gateway]
+database = "DATABASE"
+metrics_port = {metrics_port}
+default_group = "secondary"
+
+[categories]
+games = "block"
+pornography = "block"
+
+[groups.primary]
+networks = ["127.0.0.2/32"]
+
+[groups.secondary]
+networks = ["127.0.0.1/32", "127.0.0.3/32"]
+
+[exceptions]
+teacher_groups = ["primary", "secondary"]
+"""
+
+
+@pytest.fixture
+def shared_db(tmp_path):
+    return tmp_path / "shared.db"
+
+
+@pytest.fixture
+def start(gateway_factory, shared_db):
+    def start_gateway():
+        return gateway_factory(POLICY.replace("DATABASE", f"sqlite+aiosqlite:///{shared_db}"),
+                               options={"schoolgate_live_ms": 200})
+    return start_gateway
+
+
+def cli(capsys, gateway, *args: str) -> tuple[int, str, str]:
+    code = main([*args, "--policy", str(gateway.policy_path)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def audit(gateway) -> list[str]:
+    with sqlite3.connect(_db(gateway)) as db:
+        return [row[0] for row in db.execute("SELECT action FROM audit_log ORDER BY id")]
+
+
+def _db(gateway) -> str:
+    return re.search(r'database = "sqlite\+aiosqlite:///(.+)"', gateway.policy_path.read_text()).group(1)
+
+
+def test_grant_opens_for_one_group_only_and_closes_on_time(start, capsys):
+    gw = start()
+    assert curl(gw, "http://games.test/", source_ip="127.0.0.2").status == 403
+
+    code, out, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:primary", "--until", "+4s",
+                         "--reason", "game design lesson", "--by", "mr.smith", "--role", "teacher")
+    assert code == 0, err
+    assert re.match(r"exception #1: games.test open for group primary until", out)
+
+    wait_for(lambda: curl(gw, "http://games.test/", source_ip="127.0.0.2").status == 200)
+    assert curl(gw, "http://games.test/", source_ip="127.0.0.3").status == 403  # another group: still blocked
+    wait_for(lambda: curl(gw, "http://games.test/", source_ip="127.0.0.2").status == 403, timeout=8)
+
+    gw.stop()
+    with sqlite3.connect(_db(gw)) as db:
+        rules = [r[0] for r in db.execute("SELECT rule FROM access_log WHERE host = 'games.test' AND verdict = 'allow'")]
+    assert rules and all(rule == "exception #1 games.test" for rule in rules)
+
+
+def test_teacher_cannot_open_a_high_severity_category(start, capsys):
+    gw = start()
+    code, out, err = cli(capsys, gw, "exceptions", "grant", "category:pornography", "--for", "group:secondary",
+                         "--until", "+30m", "--reason", "research", "--by", "mr.smith", "--role", "teacher")
+    assert code == 1 and "refused: teachers may not open pornography" in err
+    code, out, err = cli(capsys, gw, "exceptions", "grant", "adult.test", "--for", "group:secondary",
+                         "--until", "+30m", "--reason", "research", "--by", "mr.smith", "--role", "teacher")
+    assert code == 1 and "teachers may not open pornography" in err  # naming the domain does not help
+    time.sleep(0.5)
+    assert curl(gw, "http://adult.test/").status == 403
+    assert audit(gw) == ["exception.refused", "exception.refused"]
+
+
+def test_bad_cli_input_is_explained(start, capsys):
+    gw = start()
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:year9", "--until", "+5m", "--reason", "x")
+    assert code == 1 and "unknown group 'year9'; groups are: primary, secondary" in err
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:primary", "--until", "2020-01-01T09:00", "--reason", "x")
+    assert code == 1 and "the end time 2020-01-01 09:00 is in the past" in err
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games..test", "--for", "group:primary", "--until", "+5m", "--reason", "x")
+    assert code == 1 and "'games..test' is not a domain or URL" in err
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "room12", "--until", "+5m", "--reason", "x")
+    assert code == 1 and "use group:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME" in err
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:primary", "--until", "soon", "--reason", "x")
+    assert code == 1 and "cannot read the time 'soon'" in err
+    code, _, err = cli(capsys, gw, "allow", "add", "bad host", "--reason", "x")
+    assert code == 1 and "is not a domain or URL" in err
+
+
+def test_request_from_the_block_page_approved_through_the_cli_opens_the_site(start, capsys):
+    gw = start()
+    with httpx_client(gw, source_ip="127.0.0.3") as client:
+        blocked = client.get("https://games.test/maths-game")
+        assert blocked.status_code == 403
+        fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', blocked.text))
+        fields = {k: v.replace("&amp;", "&") for k, v in fields.items()}
+        forged = client.post("https://games.test/.well-known/schoolgate/request-access",
+                             data={**fields, "sig": "0" * 32, "reason": "x"})
+        assert forged.status_code == 400
+        sent = client.post("https://games.test/.well-known/schoolgate/request-access",
+                           data={**fields, "reason": "We use it in maths <today>"})
+        assert sent.status_code == 200 and "Request sent" in sent.text
+        assert "&lt;today&gt;" not in sent.text and "<today>" not in sent.text  # the reason is not echoed at all
+
+    code, out, _ = cli(capsys, gw, "requests", "list")
+    (line,) = out.splitlines()
+    assert "#1" in line and "127.0.0.3 (secondary)" in line and "https://games.test/maths-game" in line
+    assert "We use it in maths <today>" in line and fields["ref"] in line
+
+    code, out, err = cli(capsys, gw, "requests", "approve", "1", "--until", "+10m", "--by", "mr.smith", "--role", "teacher")
+    assert code == 0, err
+    assert "request #1 approved: exception #1 opens games.test for network 127.0.0.3" in out
+    with httpx_client(gw, source_ip="127.0.0.3") as client:
+        wait_for(lambda: client.get("https://games.test/maths-game").status_code == 200)
+    assert curl(gw, "http://games.test/", source_ip="127.0.0.1").status == 403  # only that pupil's device
+
+    code, _, err = cli(capsys, gw, "requests", "approve", "1", "--until", "+10m")
+    assert code == 1 and "no pending access request #1" in err
+    assert audit(gw) == ["request.create", "exception.grant", "request.approve"]
+
+
+def test_two_gateways_sharing_a_database_both_honour_a_new_exception(start, capsys):
+    first, second = start(), start()
+    for gw in (first, second):
+        assert curl(gw, "http://games.test/").status == 403
+    code, _, err = cli(capsys, first, "exceptions", "grant", "games.test/lesson", "--for", "network:127.0.0.0/30",
+                       "--until", "+10m", "--reason", "cover lesson")
+    assert code == 0, err
+    for gw in (first, second):
+        wait_for(lambda: curl(gw, "http://games.test/lesson/3").status == 200)
+        assert curl(gw, "http://games.test/other").status == 403  # only the URL prefix
+    code, _, _ = cli(capsys, second, "exceptions", "revoke", "1")
+    assert code == 0
+    for gw in (first, second):
+        wait_for(lambda: curl(gw, "http://games.test/lesson/3").status == 403)
+
+
+def test_managed_lists_apply_live_and_the_audit_trail_is_append_only(start, capsys):
+    gw = start()
+    assert curl(gw, "http://adult.test/").status == 403
+    assert cli(capsys, gw, "allow", "add", "adult.test/sex-education", "--reason", "PSHE unit", "--by", "ms.it")[0] == 0
+    assert cli(capsys, gw, "block", "add", "news.test", "--reason", "fake news site", "--by", "ms.it")[0] == 0
+    wait_for(lambda: curl(gw, "http://adult.test/sex-education/1").status == 200)
+    assert curl(gw, "http://news.test/").status == 403
+    code, out, _ = cli(capsys, gw, "allow", "list")
+    assert "adult.test/sex-education" in out and "added by ms.it" in out
+    assert cli(capsys, gw, "block", "remove", "news.test", "--by", "ms.it")[0] == 0
+    wait_for(lambda: curl(gw, "http://news.test/").status == 200)
+    code, _, err = cli(capsys, gw, "block", "add", "news.test", "--reason", "x", "--role", "teacher")
+    assert code == 1 and "only IT admins change the allow and block lists" in err
+
+    code, out, _ = cli(capsys, gw, "audit", "--format", "json")
+    trail = [json.loads(line) for line in out.splitlines()]
+    assert [(e["actor"], e["action"]) for e in trail] == [
+        ("ms.it", "list.allow.add"), ("ms.it", "list.block.add"), ("ms.it", "list.block.remove"),
+    ]
+    assert trail[2]["before"] == {"entry": "news.test", "reason": "fake news site"}
+    with sqlite3.connect(_db(gw)) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE audit_log SET actor = 'someone else'")
+    with sqlite3.connect(_db(gw)) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM audit_log")

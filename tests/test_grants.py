@@ -1,0 +1,101 @@
+"""Who may open what, for how long: the policy's [exceptions] rules."""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schoolgate.grants import Grant, GrantRequest, ScopeKind, check, lesson_end, normalise_scope
+from schoolgate.policy import Role, load_policy
+from schoolgate.urls import parse_target
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+POLICY = """\
+[groups.pupils]
+networks = ["10.20.0.0/16"]
+[groups.staff]
+networks = ["10.30.0.0/16"]
+
+[exceptions]
+lessons = ["08:50-09:50", "09:50-10:50"]
+default_minutes = 30
+teacher_max_minutes = 120
+teacher_max_severity = "low"
+teacher_groups = ["pupils"]
+"""
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = Path(tmp_path_factory.mktemp("p")) / "policy.toml"
+    path.write_text(POLICY)
+    return load_policy(path)
+
+
+def ask(target: str, *, role=Role.TEACHER, scope=(ScopeKind.GROUP, "pupils"), minutes=45, reason="lesson") -> GrantRequest:
+    return GrantRequest(target=target, scope_kind=scope[0], scope=scope[1], starts_at=NOW,
+                        ends_at=NOW + timedelta(minutes=minutes), reason=reason, actor="mr.smith", role=role)
+
+
+def test_teacher_may_open_low_severity_for_pupils(policy):
+    assert check(policy, ask("category:games"), set(), NOW) == []
+    assert check(policy, ask("youtube.example/watch?v=abc"), {"streaming"}, NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "listed", "message"),
+    [
+        ("category:pornography", set(), "teachers may not open pornography"),
+        ("category:self-harm", set(), "teachers may not open self-harm"),
+        ("category:extremism", set(), "teachers may not open extremism"),
+        ("adult.example", {"pornography", "news"}, "teachers may not open pornography"),  # by domain
+        ("category:gambling", set(), "gambling is higher (ask IT)"),
+        ("category:illegal", set(), "illegal cannot be opened by anyone"),
+    ],
+)
+def test_teacher_refused_above_their_limits(policy, target, listed, message):
+    assert any(message in p for p in check(policy, ask(target), listed, NOW))
+
+
+def test_it_admin_may_open_more_but_never_illegal(policy):
+    assert check(policy, ask("category:gambling", role=Role.IT_ADMIN, scope=(ScopeKind.GROUP, "staff")), set(), NOW) == []
+    assert check(policy, ask("category:illegal", role=Role.IT_ADMIN), set(), NOW) == ["illegal cannot be opened by anyone"]
+
+
+def test_scopes_times_and_reasons(policy):
+    assert "teachers may grant exceptions only for pupils" in check(policy, ask("category:games", scope=(ScopeKind.GROUP, "staff")), set(), NOW)
+    assert any("unknown group 'year9'" in p for p in check(policy, ask("category:games", scope=(ScopeKind.GROUP, "year9")), set(), NOW))
+    assert check(policy, ask("category:games", scope=(ScopeKind.NETWORK, "10.20.3.0/24")), set(), NOW) == []
+    assert any("is not a network" in p for p in check(policy, ask("category:games", scope=(ScopeKind.NETWORK, "room 12")), set(), NOW))
+    assert "name at least one user" in check(policy, ask("category:games", scope=(ScopeKind.USERS, " , ")), set(), NOW)
+    assert any("at most 2 h 0 min" in p for p in check(policy, ask("category:games", minutes=121), set(), NOW))
+    assert any("in the past" in p for p in check(policy, ask("category:games", minutes=-5), set(), NOW))
+    assert "give a reason; it is kept in the audit trail" in check(policy, ask("category:games", reason=" "), set(), NOW)
+    assert any("unknown category 'gamez'" in p for p in check(policy, ask("category:gamez"), set(), NOW))
+    assert any("is not a domain or URL" in p for p in check(policy, ask("bad..host"), set(), NOW))
+
+
+def test_default_end_is_the_end_of_the_lesson(policy):
+    local = datetime.now().astimezone().replace(hour=9, minute=15, second=0, microsecond=0)
+    assert lesson_end(policy, local).astimezone().strftime("%H:%M") == "09:50"
+    outside = local.replace(hour=12)
+    assert lesson_end(policy, outside) == outside + timedelta(minutes=30)
+
+
+def test_scope_matching():
+    def grant(kind: ScopeKind, scope: str) -> Grant:
+        return Grant(1, "domain", "games.test", "", "", kind, normalise_scope(kind, scope), NOW, NOW + timedelta(hours=1),
+                     "mr.smith", "teacher", "lesson")
+
+    assert grant(ScopeKind.GROUP, "pupils").covers("pupils", None, "10.0.0.1")
+    assert not grant(ScopeKind.GROUP, "pupils").covers("staff", None, "10.0.0.1")
+    assert grant(ScopeKind.USERS, "amy, ben").covers("pupils", "ben", None)
+    assert not grant(ScopeKind.USERS, "amy, ben").covers("pupils", "be", None)
+    assert not grant(ScopeKind.USERS, "amy").covers("pupils", None, None)
+    assert grant(ScopeKind.NETWORK, "10.20.3.7/24").covers("pupils", None, "10.20.3.99")
+    assert not grant(ScopeKind.NETWORK, "10.20.3.0/24").covers("pupils", None, "10.20.4.1")
+    assert grant(ScopeKind.USER, "amy").covers("x", "amy", None)
+    g = grant(ScopeKind.GROUP, "pupils")
+    assert g.opens(parse_target("http://www.games.test/x")) and not g.opens(parse_target("http://games.testing/"))
+    assert g.active(NOW) and not g.active(NOW + timedelta(hours=1)) and not g.active(NOW - timedelta(seconds=1))
