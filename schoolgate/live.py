@@ -68,6 +68,16 @@ def _grant_from_row(row: Any) -> Grant:
     )
 
 
+def _managed_entry(text: str, role: Role) -> tuple[str, str]:
+    """Check who may edit the managed lists and normalise the entry."""
+    if role is not Role.IT_ADMIN:
+        raise GrantRefused(["only IT admins change the allow and block lists"])
+    try:
+        return normalise_entry(text)
+    except InvalidHost as e:
+        raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+
+
 def _json(values: dict[str, Any] | None) -> str | None:
     return None if values is None else json.dumps(values, default=str, sort_keys=True)
 
@@ -186,12 +196,7 @@ class LiveStore:
             await self._bump(conn)
 
     async def add_entry(self, action: Action, text: str, reason: str, actor: str, role: Role) -> int:
-        if role is not Role.IT_ADMIN:
-            raise GrantRefused(["only IT admins change the allow and block lists"])
-        try:
-            host, path = normalise_entry(text)
-        except InvalidHost as e:
-            raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+        host, path = _managed_entry(text, role)
         async with self.engine.begin() as conn:
             existing = (await conn.execute(select(list_entries).where(
                 list_entries.c.host == host, list_entries.c.path == path, list_entries.c.removed_at.is_(None)))).first()
@@ -205,12 +210,7 @@ class LiveStore:
         return new_id
 
     async def remove_entry(self, action: Action, text: str, actor: str, role: Role) -> None:
-        if role is not Role.IT_ADMIN:
-            raise GrantRefused(["only IT admins change the allow and block lists"])
-        try:
-            host, path = normalise_entry(text)
-        except InvalidHost as e:
-            raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+        host, path = _managed_entry(text, role)
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(list_entries).where(
                 list_entries.c.action == action.value, list_entries.c.host == host, list_entries.c.path == path,

@@ -13,6 +13,7 @@ import pytest
 
 from schoolgate.cli import main
 from support.clients import curl, httpx_client
+from support.waiting import wait_for
 
 POLICY = """\
 [gateway]
@@ -52,14 +53,6 @@ def cli(capsys, gateway, *args: str) -> tuple[int, str, str]:
     code = main([*args, "--policy", str(gateway.policy_path)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def audit(gateway) -> list[str]:

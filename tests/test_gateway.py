@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import sqlite3
 import ssl
-import time
 import bcrypt
 import httpx
 import pytest
 
 from support.clients import curl, httpx_client
+from support.waiting import wait_for
 from support.upstream import expected_body
 
 POLICY = """\
@@ -290,14 +290,6 @@ def test_odd_requests_get_clear_errors(gateway, upstream):
     assert fronted.status == 403
     ip = curl(gateway, "http://[::1]:9/")  # IP literal, nothing listening: decided, then a gateway error
     assert ip.status == 502
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def test_tls_name_is_decided_too_so_sni_cannot_hide_behind_a_passthrough_connect(gateway, upstream):

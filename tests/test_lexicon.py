@@ -1,0 +1,152 @@
+"""Risk lexicon: obfuscated and other-language variants are caught, benign
+near-misses are not, and the shipped data is well-formed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schoolgate.categories.lexicon import LEXICON_DIR, RISKS, RiskHit, RiskLexicon, load_groups
+from schoolgate.categories.taxonomy import Severity
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> RiskLexicon:
+    return RiskLexicon.default()
+
+
+def phrases(hits: list[RiskHit]) -> set[tuple[str, str]]:
+    return {(h.risk, h.phrase) for h in hits}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kill myself",
+        "KILL MYSELF",
+        "k i l l  my self",
+        "kill-myself",
+        "killmyself",
+        "kill.my.self",
+        "k1ll mys3lf",
+        "ki11 myself",  # "1" read as "l"
+        "kiiiill myyyself",
+        "I think I'll kill myself tonight!!",
+    ],
+)
+def test_obfuscated_spellings_are_caught(lexicon: RiskLexicon, text: str) -> None:
+    assert ("self-harm", "kill myself") in phrases(lexicon.match(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("suiciiide", "suicide"),
+        ("sucide", "suicide"),  # listed misspelling
+        ("suicdie", "suicide"),  # generated: swapped letters
+        ("suicde", "suicide"),
+        ("$u1c1d3", "suicide"),
+        ("Suïcide", "suicide"),
+        ("ｓｕｉｃｉｄｅ", "suicide"),  # full-width
+        ("herion", "heroin"),
+        ("cociane", "cocaine"),  # generated: swapped letters
+    ],
+)
+def test_misspellings_leetspeak_and_accents(lexicon: RiskLexicon, text: str, phrase: str) -> None:
+    assert phrase in {h.phrase for h in lexicon.match(text)}
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "risk"),
+    [
+        ("jak się zabić", "pl", "self-harm"),
+        ("jak sie zabic", "pl", "self-harm"),  # typed without Polish letters
+        ("CHCE SIE ZABIC", "pl", "self-harm"),
+        ("gdzie kupić dopalacze", "pl", "drugs"),
+        ("comment se suicider", "fr", "self-harm"),
+        ("je veux mourir", "fr", "self-harm"),
+        ("comment fabriquer une bombe", "fr", "weapons-violence"),
+        ("cómo suicidarme", "es", "self-harm"),
+        ("como suicidarme", "es", "self-harm"),
+        ("quiero matarme", "es", "self-harm"),
+        ("me hacen bullying", "es", "bullying"),
+    ],
+)
+def test_other_languages(lexicon: RiskLexicon, text: str, language: str, risk: str) -> None:
+    worst = lexicon.worst(text)
+    assert worst is not None and worst.language == language and worst.risk == risk
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cutting board",
+        "kill time",
+        "how to kill time on a train",
+        "shoot a photo",
+        "drug store opening hours",
+        "drugstore near me",
+        "isis the goddess",
+        "egyptian goddess isis",
+        "this is is a typo",
+        "overdose of vitamin d symptoms",
+        "bomb the test",
+        "skill myself up in python",
+        "methodology",
+        "weed killer",
+        "suicide squad cast",
+        "heroine of the novel",
+        "american bully puppy",
+        "grooming my dog",
+        "ecstasy of gold lyrics",
+        "1000 ways to die",
+    ],
+)
+def test_benign_near_misses_are_not_flagged(lexicon: RiskLexicon, text: str) -> None:
+    assert lexicon.match(text) == []
+
+
+def test_intent_outranks_topic(lexicon: RiskLexicon) -> None:
+    hits = lexicon.match("best way to kill myself")
+    assert hits[0] == RiskHit("self-harm", Severity.CRITICAL, "best way to kill myself", "en")
+    assert [h.severity for h in hits] == sorted((h.severity for h in hits), reverse=True)
+    assert lexicon.worst("suicide").severity == Severity.MEDIUM  # type: ignore[union-attr]
+    assert lexicon.worst("how to self harm").severity >= Severity.HIGH  # type: ignore[union-attr]
+    assert lexicon.worst("nothing to see here") is None
+
+
+def test_hits_are_distinct_and_cover_several_risks(lexicon: RiskLexicon) -> None:
+    hits = lexicon.match("buy weed and buy weed, then how to make a bomb")
+    assert len(hits) == len(set(hits))
+    assert {h.risk for h in hits} == {"drugs", "weapons-violence"}
+
+
+def test_exclusion_only_covers_its_own_span(lexicon: RiskLexicon) -> None:
+    assert phrases(lexicon.match("isis the goddess and join isis")) >= {("extremism", "join isis")}
+    assert ("drugs", "drugs") in phrases(lexicon.match("drug store selling drugs"))
+
+
+def test_shipped_lexicon_is_large_and_complete(lexicon: RiskLexicon) -> None:
+    assert len(lexicon) >= 500
+    languages = {g.language for path in LEXICON_DIR.glob("*.toml") for g in load_groups(path)}
+    assert {"en", "pl", "fr", "es"} <= languages
+    for language in languages:
+        risks = {g.risk for path in LEXICON_DIR.glob(f"{language}.toml") for g in load_groups(path)}
+        assert risks == set(RISKS), language
+
+
+def test_default_is_built_once() -> None:
+    assert RiskLexicon.default() is RiskLexicon.default()
+
+
+def test_custom_lexicon_and_bad_risk(tmp_path: Path) -> None:
+    (tmp_path / "xx.toml").write_text(
+        'language = "xx"\n[[group]]\nrisk = "drugs"\nseverity = "high"\nphrases = ["foo bar | bazq ~ bazk"]\n'
+    )
+    custom = RiskLexicon.load(tmp_path)
+    assert len(custom) == 3
+    assert [h.phrase for h in custom.match("Foo-Bar and BAZK")] == ["bazq", "foo bar"]
+    (tmp_path / "xx.toml").write_text('language = "xx"\n[[group]]\nrisk = "gambling"\nseverity = "high"\nphrases = ["x"]\n')
+    with pytest.raises(ValueError, match="unknown risk 'gambling'"):
+        RiskLexicon.load(tmp_path)
