@@ -17,7 +17,8 @@ built the same way for phrases and for text:
    !->i, |->l). Tokens of digits alone ("1000", "2024") stay digits. "1" is
    also "l" ("ki11"), so text with a "1" is matched a second time reading it so.
 4. Drop every separator and squeeze runs of one letter to one ("suiciiide",
-   "kill" -> "kil"), remembering where each token started and ended.
+   "kill" -> "kil"; digits are not squeezed: "1488" is not "148"), remembering
+   where each token started and ended.
 
 A match counts only when it starts at a token start and ends at a token end
 (whole words: "skill myself" and "methodology" never match "kill myself" or
@@ -26,9 +27,11 @@ A match counts only when it starts at a token start and ends at a token end
 least SPLITTABLE_MIN letters; shorter one-word phrases may only be spelt out
 letter by letter ("i s i s"), so that "this is is" is not "isis".
 
-Misspellings: each phrase may list its own ("suicide ~ sucide"), and words of
-TYPO_MIN letters or more also match with one interior letter dropped or two
-neighbouring interior letters swapped ("suicdie", "cocaien").
+Misspellings: each phrase may list its own ("suicide ~ sucide"). Words also
+match with two neighbouring interior letters swapped ("suicdie", "herion") from
+SWAP_MIN letters, or one interior letter dropped ("marjuana") from DROP_MIN
+letters, counted after squeezing; shorter words give too many real words
+("cannabis" less a "b" is Portuguese "canais").
 
 Benign near-misses are kept out by choosing phrases that carry the risk
 ("cut myself", not "cutting"; "how to make a bomb", not "bomb"), and by each
@@ -61,7 +64,8 @@ RISKS: dict[str, str] = {
 
 LEXICON_DIR = Path(__file__).parent / "lexicon"
 SPLITTABLE_MIN = 7
-TYPO_MIN = 7
+SWAP_MIN = 6
+DROP_MIN = 8
 
 _FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"})
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s", "!": "i", "|": "l"}
@@ -118,7 +122,7 @@ def _normalise(text: str, leet: dict[int, str] = _LEET_I) -> _Normalised:
         long = len(token) > 1
         for i, c in enumerate(token):
             first, last = i == 0, i == len(token) - 1
-            if chars and chars[-1] == c:
+            if chars and chars[-1] == c and c.isalpha():
                 # A squeezed letter keeps both roles: "kill lamb" holds "kil" and "lamb".
                 starts[-1] |= first
                 ends[-1] |= last
@@ -144,13 +148,16 @@ def _normalisations(text: str) -> Iterator[_Normalised]:
 
 def _typo_variants(phrase: str) -> set[str]:
     """The phrase with one interior letter of a long word dropped, or two swapped."""
-    words = " ".join(_tokens(phrase, _LEET_I)).split(" ")
+    words = [_normalise(token).text for token in _tokens(phrase, _LEET_I)]
     variants: set[str] = set()
     for n, word in enumerate(words):
-        if len(word) < TYPO_MIN or not word.isalpha():
+        if not word.isalpha():
             continue
-        edits = {word[:i] + word[i + 1 :] for i in range(1, len(word) - 1)}
-        edits |= {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(1, len(word) - 2)}
+        edits: set[str] = set()
+        if len(word) >= SWAP_MIN:
+            edits |= {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(1, len(word) - 2)}
+        if len(word) >= DROP_MIN:
+            edits |= {word[:i] + word[i + 1 :] for i in range(1, len(word) - 1)}
         variants |= {" ".join([*words[:n], edit, *words[n + 1 :]]) for edit in edits}
     return variants
 

@@ -8,10 +8,11 @@ by spelling.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import posixpath
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import idna
@@ -19,6 +20,7 @@ import idna
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _HOST_OK = re.compile(r"^[a-z0-9_*](?:[a-z0-9_\-*]*)(?:\.[a-z0-9_\-*]+)*$")
+_HEX_LABEL = re.compile(r"0x[0-9a-f]*")
 # Hosts longer than DNS allows are refused rather than hashed and looked up.
 MAX_HOST_LENGTH = 253
 
@@ -27,9 +29,9 @@ class InvalidHost(ValueError):
     """A host that cannot be a real DNS name or IP address."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a request is for, in canonical form."""
+class Target(NamedTuple):
+    """What a request is for, in canonical form. (A NamedTuple: it is made for
+    every request, and a frozen dataclass costs several times as much to build.)"""
 
     host: str  # lower-case punycode, no trailing dot, or a canonical IP literal
     port: int | None
@@ -77,6 +79,9 @@ def _whatwg_ipv4(host: str) -> str | None:
     return str(ipaddress.IPv4Address(value))
 
 
+# Pupils' browsers ask for the same few thousand hosts all day; a bounded cache
+# makes the common case a dictionary hit. Invalid hosts raise and are not cached.
+@functools.lru_cache(maxsize=65536)
 def normalise_host(raw: str) -> str:
     """Canonical form of a host: strips userinfo, port, brackets and trailing dots,
     lower-cases, turns IDN into punycode and IP literals into their canonical text.
@@ -101,7 +106,7 @@ def normalise_host(raw: str) -> str:
     if not host:
         raise InvalidHost(f"empty host: {raw!r}")
     last_label = host.rsplit(".", 1)[-1]
-    if last_label.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last_label):
+    if last_label.isdigit() or _HEX_LABEL.fullmatch(last_label):
         # A name ending in a number is an IPv4 address to a browser, or nothing.
         ip = _whatwg_ipv4(host)
         if ip is None:
@@ -144,10 +149,15 @@ def normalise_path(raw: str) -> str:
     """Lower-cased path with `%7E`-style escapes of unreserved characters decoded,
     duplicate slashes folded and `.`/`..` resolved, so `/A/./b/../%73horts` and
     `/a/shorts` are one path for list matching."""
-    path = _decode_unreserved(raw or "/").lower()
-    path = re.sub(r"/{2,}", "/", path)
+    path = (raw or "/").lower()
+    if "%" in path:
+        path = _decode_unreserved(path).lower()
     if not path.startswith("/"):
         path = "/" + path
+    if "//" in path:
+        path = re.sub(r"/{2,}", "/", path)
+    if "/." not in path:
+        return path  # nothing to resolve: the common case
     resolved = posixpath.normpath(path)
     if resolved.startswith("//"):
         resolved = resolved[1:]

@@ -45,12 +45,15 @@ def test_obfuscated_spellings_are_caught(lexicon: RiskLexicon, text: str) -> Non
         ("suiciiide", "suicide"),
         ("sucide", "suicide"),  # listed misspelling
         ("suicdie", "suicide"),  # generated: swapped letters
-        ("suicde", "suicide"),
+        ("suicde", "suicide"),  # listed
+        ("herion", "heroin"),  # listed
+        ("heorin", "heroin"),  # generated: swapped letters
+        ("methamphetmine", "methamphetamine"),  # generated: dropped letter
+        ("maijuana", "marijuana"),
         ("$u1c1d3", "suicide"),
         ("Suïcide", "suicide"),
         ("ｓｕｉｃｉｄｅ", "suicide"),  # full-width
-        ("herion", "heroin"),
-        ("cociane", "cocaine"),  # generated: swapped letters
+        ("cociane", "cocaine"),
     ],
 )
 def test_misspellings_leetspeak_and_accents(lexicon: RiskLexicon, text: str, phrase: str) -> None:
@@ -101,6 +104,8 @@ def test_other_languages(lexicon: RiskLexicon, text: str, language: str, risk: s
         "grooming my dog",
         "ecstasy of gold lyrics",
         "1000 ways to die",
+        "148 in addr arpa",  # digits are not squeezed into "1488"
+        "canais de tv",  # Portuguese, one letter from "cannabis"
     ],
 )
 def test_benign_near_misses_are_not_flagged(lexicon: RiskLexicon, text: str) -> None:
