@@ -10,6 +10,7 @@ which knows nothing of mitmproxy and is shared with `schoolgate explain`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -23,9 +24,23 @@ from urllib.parse import parse_qs, urlencode
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 
-from schoolgate import metrics
+from schoolgate import flags, metrics
+from schoolgate.addons.circumvention import is_doh_request
 from schoolgate.addons.identity import Authenticator, BadCredentials, client_address
-from schoolgate.addons.pages import REQUEST_ACCESS_PATH, SECURITY_HEADERS, block_page, request_sent_page, warning_page
+from schoolgate.addons.safesearch import apply_query, enforce
+from schoolgate.addons.searchterms import SearchTerm, extract_search, extract_search_from_body
+from schoolgate.addons.pages import (
+    REQUEST_ACCESS_PATH,
+    SECURITY_HEADERS,
+    block_page,
+    request_sent_page,
+    support_for,
+    warning_page,
+)
+from schoolgate.alerts import Alert, AlertDispatcher
+from schoolgate.categories.index import CategoryHit
+from schoolgate.categories.lexicon import RISKS, RiskHit, RiskLexicon
+from schoolgate.categories.taxonomy import HEADINGS, Severity
 from schoolgate.db import create_engine
 from schoolgate.decide import Verdict
 from schoolgate.engine import Engine
@@ -39,6 +54,25 @@ log = logging.getLogger("schoolgate")
 PROCEED_PATH = "/.well-known/schoolgate/proceed"
 # How long "I understand, continue" on a warning lasts for that pupil and site.
 WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
+
+
+def fail_closed(hook):
+    """A bug in a hook must not let a request through undecided (mitmproxy would
+    log the error and carry on): refuse it, say so, and log the traceback."""
+
+    @functools.wraps(hook)
+    def guarded(self, flow: http.HTTPFlow):
+        try:
+            return hook(self, flow)
+        except Exception:
+            log.exception("schoolgate could not decide %s %s; refused", flow.request.method, flow.request.pretty_url)
+            metrics.DECISION_ERRORS.inc()
+            flow.response = http.Response.make(
+                503, "The school's web filter could not check this page, so it is not shown. Please tell IT.\n",
+                {"Content-Type": "text/plain; charset=utf-8"})
+            return None
+
+    return guarded
 
 
 @dataclass(slots=True)
@@ -60,6 +94,8 @@ class Decision:
     decision_us: int
     reference: str | None = None
     recorded: bool = False
+    search: SearchTerm | None = None
+    search_hit: RiskHit | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +122,8 @@ class SchoolGate:
         self.acknowledged: dict[tuple[str, str | None, str], float] = {}
         self.secret = secrets.token_bytes(32)
         self.live_store: LiveStore | None = None
+        self.alerts: AlertDispatcher | None = None
+        self.lexicon = RiskLexicon.default()
         self._watchers: list[asyncio.Task] = []
         self._live_failing = False
         self._refused_stamps: object = None
@@ -122,12 +160,16 @@ class SchoolGate:
             if self.writer is None:
                 self.writer = RecordWriter(engine.policy.database_url)
                 self.live_store = LiveStore(create_engine(engine.policy.database_url))
+                if engine.policy.alerts is not None:
+                    self.alerts = AlertDispatcher(engine.policy.alerts)
             self._serve_metrics(engine)
 
     async def running(self) -> None:
         assert self.writer is not None
         await self.writer.start()  # also brings the schema up to date
         await self._refresh_live()
+        if self.alerts is not None:
+            self.alerts.start()
         self._watchers = [asyncio.create_task(self._watch_policy()), asyncio.create_task(self._watch_live())]
         assert self.engine is not None
         log.info(
@@ -140,12 +182,16 @@ class SchoolGate:
             task.cancel()
         if self.writer:
             await self.writer.close()
+        if self.alerts:
+            await self.alerts.close()
         if self.live_store:
             await self.live_store.engine.dispose()
 
     def _install(self, engine: Engine) -> None:
         if self.engine is not None and engine.policy.database_url != self.engine.policy.database_url:
             log.warning("the database setting changed; it takes effect when the gateway restarts")
+        if self.engine is not None and engine.policy.alerts != self.engine.policy.alerts:
+            log.warning("the [alerts] settings changed; they take effect when the gateway restarts")
         self.engine = engine
         self._refused_stamps = None
         metrics.POLICY_RELOADS.labels("ok").inc()
@@ -242,6 +288,7 @@ class SchoolGate:
 
     # --- CONNECT and TLS ------------------------------------------------------------
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return
@@ -313,6 +360,7 @@ class SchoolGate:
 
     # --- HTTP -----------------------------------------------------------------------
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.live:
             return
@@ -334,12 +382,23 @@ class SchoolGate:
             return
         if targets[0].path == REQUEST_ACCESS_PATH and request.method == "POST":
             return self._request_access(flow, who)  # awaited by mitmproxy: it writes to the database
-        target, verdict, decision_us = self._decide(who, *targets)
-        decision = Decision(who, target, verdict, verdict.action.value, verdict.rule_text, decision_us)
-        flow.metadata["schoolgate"] = decision
         assert self.engine is not None
         policy = self.engine.policy
+        search = None
+        if policy.search_terms:
+            search = extract_search(targets[0]) or (
+                extract_search_from_body(targets[0], request.headers.get("content-type"), request.raw_content or b"")
+                if request.method == "POST" else None)
+        search_hit = self.lexicon.worst(search.query) if search else None
+        seen_as = (_DOH_BY_SHAPE,) if is_doh_request(
+            request.method, targets[0], request.headers.get("content-type"), request.headers.get("accept")) else ()
+        target, verdict, decision_us = self._decide(who, *targets, search_hit=search_hit, seen_as=seen_as)
+        decision = Decision(who, target, verdict, verdict.action.value, verdict.rule_text, decision_us,
+                            search=search, search_hit=search_hit)
+        flow.metadata["schoolgate"] = decision
         now = datetime.now(UTC)
+        if verdict.action in (Action.ALLOW, Action.MONITOR) and who.group.safe_search:
+            _enforce_safe_search(request, target)
         if verdict.action is Action.BLOCK:
             decision.reference = new_reference()
             url = flow.request.pretty_url
@@ -347,6 +406,7 @@ class SchoolGate:
                 school=policy.school_name, contact=policy.contact, url=url,
                 categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
                 request_fields={"url": url, "ref": decision.reference, "sig": self._sign(who, url, decision.reference)},
+                support=support_for(search_hit.risk if search_hit else ("self-harm" if "self-harm" in verdict.categories else None)),
             )
             flow.response = http.Response.make(403, page, _page_headers("block", decision.reference))
         elif verdict.action is Action.WARN:
@@ -435,11 +495,13 @@ class SchoolGate:
 
     # --- deciding and recording -----------------------------------------------------
 
-    def _decide(self, who: Who, *targets: Target) -> tuple[Target, Verdict, int]:
+    def _decide(self, who: Who, *targets: Target, search_hit: RiskHit | None = None,
+                seen_as: tuple[CategoryHit, ...] = ()) -> tuple[Target, Verdict, int]:
         """The strictest verdict over the given names of one request (the first wins ties)."""
         assert self.engine is not None
         started = time.perf_counter()
-        decided = [(target, self.engine.decide(target, who.group, user=who.user, client_ip=who.client_ip))
+        decided = [(target, self.engine.decide(target, who.group, user=who.user, client_ip=who.client_ip,
+                                               search_hit=search_hit, seen_as=seen_as))
                    for target in targets]
         target, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
         elapsed = time.perf_counter() - started
@@ -457,18 +519,24 @@ class SchoolGate:
             decision.reference, response.status_code if response else None,
             len(flow.request.raw_content or b""),
             len(response.raw_content) if response is not None and response.raw_content is not None else None,
-            decision.decision_us,
+            decision.decision_us, search=decision.search, search_hit=decision.search_hit,
         )
 
     def _write(self, who: Who, target: Target, method: str, verdict: Verdict, recorded_verdict: str, rule: str,
                reference: str | None, status: int | None, bytes_in: int | None, bytes_out: int | None,
-               decision_us: int | None) -> None:
+               decision_us: int | None, *, search: SearchTerm | None = None, search_hit: RiskHit | None = None) -> None:
         assert self.engine is not None and self.writer is not None
+        policy = self.engine.policy
+        flag = flags.assess(verdict.categories, search_hit, ip_literal=verdict.rule == "ip-literal",
+                            minimum=policy.flag_min_severity)
+        if flag is not None and reference is None:
+            reference = new_reference()  # every flagged record can be opened by reference from an alert
+        ts = datetime.now(UTC)
         category = verdict.matched.split(":", 1)[0] if verdict.rule == "category" else ("local" if verdict.rule.startswith("local") else "none")
         metrics.REQUESTS.labels(who.group.name, recorded_verdict, category).inc()
         self.writer.submit(
             AccessRecord(
-                ts=datetime.now(UTC),
+                ts=ts,
                 instance=ctx.options.schoolgate_instance,
                 seq=0,
                 client_ip=who.client_ip,
@@ -478,7 +546,7 @@ class SchoolGate:
                 scheme=target.scheme,
                 host=target.host,
                 port=target.port,
-                url=url_for_log(target.url(), target.scheme, target.host, target.port, self.engine.policy.log_urls),
+                url=url_for_log(target.url(), target.scheme, target.host, target.port, policy.log_urls),
                 categories=verdict.categories,
                 verdict=recorded_verdict,
                 rule=rule,
@@ -488,8 +556,20 @@ class SchoolGate:
                 bytes_out=bytes_out,
                 ref=reference,
                 decision_us=decision_us,
+                search_engine=search.engine if search else None,
+                search_term=search.query if search else None,
+                flag=flag.risk if flag else None,
+                flag_severity=int(flag.severity) if flag else None,
+                flag_detail=flag.detail if flag else None,
             )
         )
+        if flag is not None and self.alerts is not None and reference is not None:
+            self.alerts.submit(Alert(
+                record_ref=reference, time=ts, risk=flag.risk, severity=flag.severity, group=who.group.name,
+                user_key=who.user or who.client_ip,
+                summary=f"{_risk_title(flag.risk)}: {'a search' if search_hit else 'a site visit'} "
+                        f"({recorded_verdict}) in group {who.group.title}",
+            ))
 
 
 def _page_headers(verdict: str, reference: str) -> dict[str, str]:
@@ -502,3 +582,23 @@ def _login_required() -> http.Response:
         "Please log in to use the school's internet.\n",
         {"Proxy-Authenticate": 'Basic realm="schoolgate"', "Content-Type": "text/plain; charset=utf-8"},
     )
+
+
+# A DNS-over-HTTPS query is treated as category doh whatever server it goes to.
+_DOH_BY_SHAPE = CategoryHit("doh", "a DNS-over-HTTPS request")
+
+
+def _risk_title(risk: str) -> str:
+    return RISKS.get(risk) or HEADINGS.get(risk) or ("Getting round the filter" if risk == flags.CIRCUMVENTION else risk)
+
+
+def _enforce_safe_search(request: http.Request, target: Target) -> None:
+    """Rewrite the request as each service documents for networks that enforce SafeSearch."""
+    change = enforce(target)
+    if change is None:
+        return
+    if change.set_query:
+        path, _, query = request.path.partition("?")
+        request.path = f"{path}?{apply_query(query, change.set_query)}"
+    for name, value in change.set_headers.items():
+        request.headers[name] = value

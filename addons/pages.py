@@ -29,6 +29,22 @@ SECURITY_HEADERS = {
 }
 
 
+# Shown on a page blocked for a safeguarding reason: a pupil searching for how to
+# hurt themselves needs a way to reach help more than a refusal.
+_SUPPORT = {
+    "self-harm": "If you are struggling, you are not alone. Talk to someone you trust, "
+    "call Childline free on 0800 1111, or Samaritans on 116 123, any time, day or night.",
+    "sexual-exploitation": "If someone online is making you feel uncomfortable or asking for pictures, "
+    "tell a trusted adult, call Childline free on 0800 1111, or report it to CEOP.",
+    "bullying": "If someone is bullying you, tell a trusted adult or call Childline free on 0800 1111.",
+}
+
+
+def support_for(risk: str | None) -> str:
+    """Help to show for a safeguarding risk (empty when there is none)."""
+    return _SUPPORT.get(risk or "", "")
+
+
 def _category_titles(categories: tuple[str, ...]) -> str:
     if not categories:
         return "—"
@@ -72,15 +88,16 @@ def render(
 
 
 def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime,
-               reference: str, request_fields: dict[str, str] | None = None) -> str:
-    """The block page; with `request_fields` (signed hidden fields) it offers "ask for access"."""
-    actions = ""
+               reference: str, request_fields: dict[str, str] | None = None, support: str = "") -> str:
+    """The block page; with `request_fields` (signed hidden fields) it offers "ask for access";
+    `support` is help for a pupil who may be at risk, shown first."""
+    actions = f'<p class="support">{html.escape(support)}</p>' if support else ""
     if request_fields is not None:
         hidden = "".join(
             f'<input type="hidden" name="{html.escape(k, quote=True)}" value="{html.escape(v, quote=True)}">'
             for k, v in request_fields.items()
         )
-        actions = (
+        actions += (
             f'<form class="request" method="post" action="{REQUEST_ACCESS_PATH}">{hidden}'
             '<label for="reason">Need this page for your work? Tell your teacher why:</label>'
             '<textarea id="reason" name="reason" maxlength="500" rows="3" required></textarea>'

@@ -22,14 +22,34 @@ from schoolgate.categories.lexicon import RiskLexicon
 
 REPO = Path(__file__).resolve().parent.parent
 EVERYDAY = [
-    "year 9 maths revision", "photosynthesis equation", "how to draw a cat", "minecraft house ideas",
-    "cutting board", "kill time on a bus", "bbc bitesize gcse chemistry", "what is the capital of peru",
-    "shoot a photo in low light", "drug store opening hours", "isis the goddess", "french verbs être",
-    "jak napisać list po angielsku", "cómo se dice hello", "how long is the river nile", "taylor swift lyrics",
+    "year 9 maths revision",
+    "photosynthesis equation",
+    "how to draw a cat",
+    "minecraft house ideas",
+    "cutting board",
+    "kill time on a bus",
+    "bbc bitesize gcse chemistry",
+    "what is the capital of peru",
+    "shoot a photo in low light",
+    "drug store opening hours",
+    "isis the goddess",
+    "french verbs être",
+    "jak napisać list po angielsku",
+    "cómo se dice hello",
+    "how long is the river nile",
+    "taylor swift lyrics",
 ]
 RISKY = [
-    "how to k1ll myself", "k i l l my self", "suiciiide methods", "sucide forum", "buy weed near me",
-    "jak się zabić", "comment se suicider", "cómo suicidarme", "how to make a bomb", "am i being groomed",
+    "how to k1ll myself",
+    "k i l l my self",
+    "suiciiide methods",
+    "sucide forum",
+    "buy weed near me",
+    "jak się zabić",
+    "comment se suicider",
+    "cómo suicidarme",
+    "how to make a bomb",
+    "am i being groomed",
 ]
 
 

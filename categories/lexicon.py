@@ -103,7 +103,7 @@ class _Normalised:
 
 def _tokens(text: str, leet: dict[int, str]) -> list[str]:
     decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_FOLD))
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_FOLD)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
     tokens = []
     for token in _TOKEN.findall(plain):
         if any(c.isalpha() for c in token):
@@ -158,6 +158,8 @@ def _typo_variants(phrase: str) -> set[str]:
             edits |= {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(1, len(word) - 2)}
         if len(word) >= DROP_MIN:
             edits |= {word[:i] + word[i + 1 :] for i in range(1, len(word) - 1)}
+        # An edit that makes a double letter squeezes into a shorter, likelier real word ("matate" -> "maatte" -> "mate").
+        edits = {edit for edit in edits if _normalise(edit).text == edit}
         variants |= {" ".join([*words[:n], edit, *words[n + 1 :]]) for edit in edits}
     return variants
 
@@ -187,6 +189,8 @@ def load_groups(path: Path) -> list[_Group]:
     for raw in data.get("group", []):
         if raw["risk"] not in RISKS:
             raise ValueError(f"{path.name}: unknown risk {raw['risk']!r}; known: {', '.join(RISKS)}")
+        if raw["severity"].upper() not in Severity.__members__:
+            raise ValueError(f"{path.name}: unknown severity {raw['severity']!r}")
         groups.append(
             _Group(
                 risk=raw["risk"],
@@ -212,6 +216,7 @@ class RiskLexicon:
                 # First loaded wins for a key and risk: "cocaine" is one English hit, not three.
                 patterns.setdefault(key, {}).setdefault((pattern_for.hit.risk, pattern_for.excludes), pattern_for)
 
+        typos: list[tuple[str, _Pattern]] = []
         for group in groups:
             for spellings in _split_phrases(group.phrases):
                 hit = RiskHit(group.risk, group.severity, spellings[0], group.language)
@@ -219,11 +224,13 @@ class RiskLexicon:
                     self._phrases.add((group.risk, spelling))
                     pattern = _Pattern(hit, _splittable(spelling), excludes=False)
                     add(spelling, pattern)
-                    for typo in _typo_variants(spelling):
-                        add(typo, pattern)
+                    typos.extend((typo, pattern) for typo in _typo_variants(spelling))
             for spellings in _split_phrases(group.exclude):
                 for spelling in spellings:
                     add(spelling, _Pattern(RiskHit(group.risk, Severity.NONE, spelling, group.language), True, excludes=True))
+        # After every listed phrase, so a generated typo never shadows a real phrase's severity.
+        for typo, pattern in typos:
+            add(typo, pattern)
 
         self._automaton = ahocorasick.Automaton()
         for key, by_risk in patterns.items():
@@ -271,8 +278,7 @@ class RiskLexicon:
         return [
             p.hit
             for start, end, p in spans
-            if not p.excludes
-            and not any(risk == p.hit.risk and s <= start and end <= e for s, e, risk in exclusions)
+            if not p.excludes and not any(risk == p.hit.risk and s <= start and end <= e for s, e, risk in exclusions)
         ]
 
 

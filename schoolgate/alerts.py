@@ -196,7 +196,11 @@ class AlertDispatcher:
                 # Only the error type and status: exception text can hold the webhook URL.
                 log.warning(
                     "alert %s by %s failed (attempt %d of %d): %s",
-                    alert.record_ref, channel, attempt, self.settings.max_attempts, _describe(error),
+                    alert.record_ref,
+                    channel,
+                    attempt,
+                    self.settings.max_attempts,
+                    _describe(error),
                 )
             if attempt < self.settings.max_attempts:
                 await asyncio.sleep(delay)

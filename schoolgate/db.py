@@ -96,6 +96,11 @@ access_log = Table(
     Column("bytes_out", BigInteger()),
     Column("ref", String()),
     Column("decision_us", Integer()),
+    Column("search_engine", String()),
+    Column("search_term", Text()),
+    Column("flag", String()),
+    Column("flag_severity", Integer()),
+    Column("flag_detail", Text()),
     Index("ix_access_log_ts", "ts"),
     Index("ix_access_log_username_ts", "username", "ts"),
     Index("ix_access_log_client_ip_ts", "client_ip", "ts"),
@@ -105,6 +110,7 @@ access_log = Table(
     Index("ix_access_log_ref", "ref"),
     Index("ix_access_log_verdict_ts", "verdict", "ts"),
     Index("ix_access_log_instance_seq", "instance", "seq"),
+    Index("ix_access_log_flag_severity_ts", "flag_severity", "ts"),
 )
 
 

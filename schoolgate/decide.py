@@ -4,6 +4,8 @@ Plain Python with no mitmproxy in it, so the gateway, `schoolgate explain` and
 the tests all run the same code.
 
 Order of precedence (documented in the README):
+- a search typed into the site whose words reach the policy's
+   block_searches_at severity is blocked first;
 0. exceptions granted by teachers or IT, while they last: one for a domain or
    URL opens it; one for a category lifts that category's action;
 1. the school's local lists: the most specific matching entry decides
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from schoolgate.categories.index import CategoryHit
+from schoolgate.categories.lexicon import RISKS, RiskHit
 from schoolgate.categories.taxonomy import CATEGORIES
 from schoolgate.grants import Grant
 from schoolgate.policy import Action, Group, ListEntry, Policy
@@ -82,10 +85,28 @@ class Decider:
         self.local = LocalLists((*policy.local, *extra_entries))
         self.grants = tuple(grants)
 
-    def decide(self, target: Target, group: Group, *, user: str | None = None,
-               client_ip: str | None = None, now: datetime | None = None) -> Verdict:
-        hits = self.categories.lookup(target.host, target.match_path)
+    def decide(self, target: Target, group: Group, *, user: str | None = None, client_ip: str | None = None,
+               now: datetime | None = None, search_hit: RiskHit | None = None,
+               seen_as: tuple[CategoryHit, ...] = ()) -> Verdict:
+        """`search_hit` is the worst lexicon match of a search typed into the site;
+        `seen_as` are categories the request shows by itself (a DNS-over-HTTPS query
+        to an unlisted server is still category doh)."""
+        hits = [*self.categories.lookup(target.host, target.match_path), *seen_as]
         names = tuple(sorted({hit.category for hit in hits}))
+
+        block_at = self.policy.block_searches_at
+        if search_hit is not None and block_at is not None and search_hit.severity >= block_at:
+            # Before exceptions and local lists: opening a search engine does not open every search.
+            return Verdict(
+                action=Action.BLOCK,
+                rule="search-term",
+                reason=f"this search looks like a search about {RISKS[search_hit.risk].lower()}",
+                group=group.name,
+                categories=names,
+                matched=f"{search_hit.risk}:{search_hit.language}",
+                source="risk lexicon",
+            )
+
         grants = self._grants_for(group, user, client_ip, now)
 
         for grant in grants:
@@ -103,6 +124,16 @@ class Decider:
                 categories=names,
                 matched=entry.text,
                 source=entry.source,
+            )
+
+        if target.is_ip and group.block_ip_literals:
+            return Verdict(
+                action=Action.BLOCK,
+                rule="ip-literal",
+                reason="sites asked for by bare IP address are blocked, as they bypass the filter's lists",
+                group=group.name,
+                categories=names,
+                matched=target.host,
             )
 
         if hits:

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from schoolgate.categories.index import CategoryIndex, builtin_index
 from schoolgate.decide import Decider, Verdict
@@ -58,8 +59,9 @@ class Engine:
     def changed_on_disk(self) -> bool:
         return any(_stamp(path) != stamp for path, stamp in self.stamps)
 
-    def decide(self, target: Target, group: Group, *, user: str | None = None, client_ip: str | None = None) -> Verdict:
-        return self.decider.decide(target, group, user=user, client_ip=client_ip)
+    def decide(self, target: Target, group: Group, **context: Any) -> Verdict:
+        """See Decider.decide for the context (user, client_ip, search_hit, seen_as)."""
+        return self.decider.decide(target, group, **context)
 
     def listed_categories(self, target: Target) -> set[str]:
         return {hit.category for hit in self.index.lookup(target.host, target.match_path)}

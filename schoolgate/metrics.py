@@ -23,6 +23,11 @@ DECISION_SECONDS = Histogram(
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2),
     registry=REGISTRY,
 )
+DECISION_ERRORS = Counter(
+    "schoolgate_decision_errors",
+    "Requests refused because deciding them failed (a bug: the request is not let through).",
+    registry=REGISTRY,
+)
 RECORD_QUEUE_DEPTH = Gauge(
     "schoolgate_record_queue_depth",
     "Access records waiting to be written to the database.",

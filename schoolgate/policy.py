@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from schoolgate.alerts import AlertSettings
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.urls import InvalidHost, normalise_entry
 
@@ -94,6 +95,8 @@ class Group:
     default_action: Action
     categories: Mapping[str, Action]  # effective: global defaults overlaid with the group's own
     require_auth: bool
+    safe_search: bool = False  # enforce SafeSearch / YouTube restricted mode
+    block_ip_literals: bool = False  # refuse sites asked for by bare IP address (a common bypass)
 
     def action_for(self, category: str) -> Action:
         return self.categories.get(category, self.default_action)
@@ -125,6 +128,11 @@ class Policy:
     exception_max_minutes: Mapping[Role, int] = field(default_factory=lambda: {Role.TEACHER: 180, Role.IT_ADMIN: 30 * 24 * 60})
     teacher_max_severity: Severity = Severity.LOW
     teacher_groups: tuple[str, ...] = ()
+    # [monitoring] and [alerts]: what the DSL hears about
+    search_terms: bool = True
+    flag_min_severity: Severity = Severity.MEDIUM
+    block_searches_at: Severity | None = Severity.CRITICAL
+    alerts: AlertSettings | None = None
 
     def group_for(self, client_ip: str, user: str | None) -> tuple[Group, str]:
         """The group a client belongs to, and how that was decided (for `explain`).
@@ -196,7 +204,7 @@ class _Locator:
         return None
 
 
-_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups", "exceptions"}
+_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups", "exceptions", "monitoring", "alerts"}
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -258,6 +266,17 @@ class _Reader:
             if (action := self.action(value, *key, name)) is not None:
                 actions[name] = action
         return actions
+
+    def severity(self, data: Mapping[str, Any], default: str, *key: str, allow_none_word: bool = False) -> Severity | None:
+        text = self.get(data, str, default, *key)
+        if allow_none_word and text == "never":
+            return None
+        try:
+            return Severity[text.upper()]
+        except KeyError:
+            words = [s.name.lower() for s in Severity] + (["never"] if allow_none_word else [])
+            self.problem(f"{'.'.join(key)} = {text!r}; use one of: {', '.join(words)}", *key)
+            return Severity[default.upper()]
 
     def relative(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -337,9 +356,12 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
             default_action=(r.action(group_default, "groups", name, "default_action") if group_default else None) or default_action,
             categories={**global_categories, **own},
             require_auth=r.get(spec, bool, False, "groups", name, "require_auth"),
+            safe_search=r.get(spec, bool, False, "groups", name, "safe_search"),
+            block_ip_literals=r.get(spec, bool, False, "groups", name, "block_ip_literals"),
         )
         for key in spec:
-            if key not in {"title", "networks", "users", "categories", "default_action", "require_auth"}:
+            if key not in {"title", "networks", "users", "categories", "default_action", "require_auth",
+                           "safe_search", "block_ip_literals"}:
                 r.problem(f"unknown setting {key!r} in [groups.{name}]", "groups", name, key)
     if not groups:
         r.problem("the policy defines no groups; add at least one [groups.NAME] table", "groups")
@@ -417,17 +439,14 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         Role.TEACHER: r.get(exceptions, int, 180, "exceptions", "teacher_max_minutes"),
         Role.IT_ADMIN: r.get(exceptions, int, 30 * 24 * 60, "exceptions", "it_admin_max_minutes"),
     }
-    severity_text = r.get(exceptions, str, "low", "exceptions", "teacher_max_severity")
-    try:
-        teacher_max_severity = Severity[severity_text.upper()]
-    except KeyError:
-        r.problem(f"teacher_max_severity {severity_text!r}; use one of: "
-                  + ", ".join(s.name.lower() for s in Severity), "exceptions", "teacher_max_severity")
-        teacher_max_severity = Severity.LOW
+    teacher_max_severity = r.severity(exceptions, "low", "exceptions", "teacher_max_severity")
     teacher_groups = r.strings(exceptions, "exceptions", "teacher_groups")
     for name in teacher_groups:
         if name not in groups:
             r.problem(f"teacher_groups names {name!r}, which is not a group", "exceptions", "teacher_groups", value=name)
+
+    monitoring = r.table(data, "monitoring")
+    alerts = _alert_settings(r, r.table(data, "alerts"), r.get(monitoring, str, "", "monitoring", "console_url"))
 
     if r.problems:
         raise PolicyInvalid(r.problems)
@@ -455,6 +474,45 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         exception_max_minutes=max_minutes,
         teacher_max_severity=teacher_max_severity,
         teacher_groups=tuple(teacher_groups),
+        search_terms=r.get(monitoring, bool, True, "monitoring", "search_terms"),
+        flag_min_severity=r.severity(monitoring, "medium", "monitoring", "flag_min_severity"),
+        block_searches_at=r.severity(monitoring, "critical", "monitoring", "block_searches_at", allow_none_word=True),
+        alerts=alerts,
+    )
+
+
+def _alert_settings(r: _Reader, alerts: Mapping[str, Any], console_url: str) -> AlertSettings | None:
+    """[alerts] with its [alerts.email] and [alerts.webhook] channels; None when no channel is set."""
+    email = r.table(alerts, "alerts", "email")
+    webhook = r.table(alerts, "alerts", "webhook")
+    smtp_host = r.get(email, str, "", "alerts", "email", "host") or None
+    webhook_url = r.get(webhook, str, "", "alerts", "webhook", "url") or None
+    if not smtp_host and not webhook_url:
+        return None
+    recipients = r.strings(email, "alerts", "email", "to")
+    if smtp_host and not recipients:
+        r.problem("[alerts.email] has a host but no recipients (to = [...])", "alerts", "email", "host")
+    password = None
+    if password_file := r.get(email, str, "", "alerts", "email", "password_file"):
+        try:  # kept out of policy.toml, which is widely readable
+            password = r.relative(password_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            r.problem(f"cannot read the SMTP password file: {e}", "alerts", "email", "password_file")
+    if not console_url:
+        r.problem("alerts need [monitoring] console_url, the link the DSL follows", "alerts")
+    return AlertSettings(
+        console_url=console_url,
+        smtp_host=smtp_host,
+        smtp_port=r.get(email, int, 25, "alerts", "email", "port"),
+        smtp_from=r.get(email, str, "schoolgate@localhost", "alerts", "email", "from"),
+        smtp_to=recipients,
+        smtp_starttls=r.get(email, bool, False, "alerts", "email", "starttls"),
+        smtp_user=r.get(email, str, "", "alerts", "email", "user") or None,
+        smtp_password=password,
+        webhook_url=webhook_url,
+        min_severity=r.severity(alerts, "high", "alerts", "min_severity") or Severity.HIGH,
+        per_user_window_s=60 * r.get(alerts, int, 15, "alerts", "per_user_minutes"),
+        max_per_hour=r.get(alerts, int, 60, "alerts", "max_per_hour"),
     )
 
 

@@ -67,6 +67,11 @@ class AccessRecord:
     bytes_out: int | None  # response body
     ref: str | None  # reference shown on the block or warning page
     decision_us: int | None
+    search_engine: str | None = None  # where a search term was typed (google, youtube, ...)
+    search_term: str | None = None
+    flag: str | None = None  # safeguarding risk for the DSL (self-harm, extremism, circumvention, ...)
+    flag_severity: int | None = None  # categories.taxonomy.Severity
+    flag_detail: str | None = None  # what raised it: a category, a phrase in the search, a DoH request
 
 
 def url_for_log(url: str, scheme: str, host: str, port: int | None, mode: UrlLogging) -> str | None:

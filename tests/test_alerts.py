@@ -11,7 +11,7 @@ import pytest
 
 from schoolgate.alerts import Alert, AlertDispatcher, AlertSettings, redact_url
 from schoolgate.categories.taxonomy import Severity
-from support_alerts import SmtpSink, WebhookReceiver, free_port
+from support.alerts import SmtpSink, WebhookReceiver, free_port
 
 CONSOLE = "https://console.school.example/incidents/"
 PUPIL = "jsmith.year9"

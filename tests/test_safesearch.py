@@ -35,7 +35,9 @@ def test_search_engines_get_their_parameter_and_it_wins(url: str, parameter: str
     ["https://www.youtube.com/watch?v=x", "https://m.youtube.com/", "https://youtubei.googleapis.com/youtubei/v1/search"],
 )
 def test_youtube_gets_the_restrict_header(url: str) -> None:
-    assert enforce(parse_target(url)) == SafeSearchChange(set_headers={"YouTube-Restrict": "Strict"}, reason="YouTube restricted mode (strict)")
+    assert enforce(parse_target(url)) == SafeSearchChange(
+        set_headers={"YouTube-Restrict": "Strict"}, reason="YouTube restricted mode (strict)"
+    )
     moderate = enforce(parse_target(url), youtube_mode="Moderate")
     assert moderate is not None and moderate.set_headers == {"YouTube-Restrict": "Moderate"}
 
