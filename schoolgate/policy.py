@@ -133,6 +133,13 @@ class Policy:
     flag_min_severity: Severity = Severity.MEDIUM
     block_searches_at: Severity | None = Severity.CRITICAL
     alerts: AlertSettings | None = None
+    # [retention]: access logs are personal data, kept only as long as this says
+    records_days: int = 180
+    flagged_days: int = 2190  # flagged records and their incidents: safeguarding files are kept longer
+    # [console]: the review console (`schoolgate console`)
+    console_host: str = "127.0.0.1"
+    console_port: int = 8600
+    console_secret_file: Path | None = None  # signs session cookies; created on first start when missing
 
     def group_for(self, client_ip: str, user: str | None) -> tuple[Group, str]:
         """The group a client belongs to, and how that was decided (for `explain`).
@@ -204,7 +211,8 @@ class _Locator:
         return None
 
 
-_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups", "exceptions", "monitoring", "alerts"}
+_TOP_LEVEL = {"school", "gateway", "tls", "auth", "lists", "local", "categories", "groups", "exceptions", "monitoring",
+              "alerts", "retention", "console"}
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -448,6 +456,15 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
     monitoring = r.table(data, "monitoring")
     alerts = _alert_settings(r, r.table(data, "alerts"), r.get(monitoring, str, "", "monitoring", "console_url"))
 
+    retention = r.table(data, "retention")
+    records_days = r.get(retention, int, 180, "retention", "records_days")
+    flagged_days = r.get(retention, int, 2190, "retention", "flagged_days")
+    if records_days < 1 or flagged_days < records_days:
+        r.problem("retention: records_days must be at least 1 and flagged_days at least records_days",
+                  "retention", "flagged_days")
+    console = r.table(data, "console")
+    secret_text = r.get(console, str, "var/console.secret", "console", "secret_file")
+
     if r.problems:
         raise PolicyInvalid(r.problems)
     return Policy(
@@ -478,6 +495,11 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         flag_min_severity=r.severity(monitoring, "medium", "monitoring", "flag_min_severity"),
         block_searches_at=r.severity(monitoring, "critical", "monitoring", "block_searches_at", allow_none_word=True),
         alerts=alerts,
+        records_days=records_days,
+        flagged_days=flagged_days,
+        console_host=r.get(console, str, "127.0.0.1", "console", "host"),
+        console_port=r.get(console, int, 8600, "console", "port"),
+        console_secret_file=r.relative(secret_text),
     )
 
 
