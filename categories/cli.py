@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from schoolgate.categories.index import CategoryHit, CategoryIndex, CompileReport, builtin_index, compile_index
-from schoolgate.categories.sources import ListSource, open_ut1, parse_extra, plain_source
+from schoolgate.categories.sources import ListSource, builtin_tree, open_ut1, parse_extra, plain_source
 from schoolgate.categories.taxonomy import CATEGORIES
 from schoolgate.urls import InvalidHost, parse_target
 
@@ -94,7 +94,8 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
 
 def _compile(locations: list[str], extras: list[ListSource], output: Path) -> CompileReport:
     with ExitStack() as stack:
-        sources: list[ListSource] = []
+        # schoolgate's own curated list (DoH resolvers, VPN sites, ...) is always part of the index.
+        sources: list[ListSource] = list(builtin_tree().sources)
         for location in locations:
             tree = stack.enter_context(open_ut1(location))
             sources += tree.sources
@@ -149,7 +150,10 @@ def classify(index: CategoryIndex, lines: Iterable[str]) -> Iterable[tuple[str, 
         except (InvalidHost, ValueError) as e:
             yield url, [], str(e)
             continue
-        yield url, lookup(target.host, target.match_path), None
+        hits = lookup(target.host, target.match_path)
+        if len(hits) > 1:  # most severe first, so the first category printed is the one that matters
+            hits.sort(key=lambda hit: (-CATEGORIES[hit.category].severity, hit.category))
+        yield url, hits, None
 
 
 def _write_text(out: IO[str], url: str, hits: list[CategoryHit], error: str | None) -> None:

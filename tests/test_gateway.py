@@ -13,10 +13,13 @@ import ssl
 import bcrypt
 import httpx
 import pytest
+from pathlib import Path
 
 from support.clients import curl, httpx_client
 from support.waiting import wait_for
 from support.upstream import expected_body
+
+REPO = Path(__file__).resolve().parents[1]
 
 POLICY = """\
 [school]
@@ -312,3 +315,22 @@ def test_device_without_the_school_ca_is_recorded(gateway, upstream):
     (row,) = records(gateway)
     assert row["method"] == "CONNECT" and row["host"] == "allowed.test"
     assert "does this device trust the school certificate?" in row["rule"]
+
+
+def test_a_new_category_index_is_picked_up_while_serving(gateway_factory, policy, upstream, tmp_path):
+    from schoolgate.cli import main
+
+    index = tmp_path / "categories.idx"
+    extra = tmp_path / "school-games.txt"
+    extra.write_text("fun.test\n")
+    indexed = policy.replace("[local]", f'[lists]\nindex = "{index}"\n\n[local]')
+    gw = gateway_factory(indexed, options={"schoolgate_reload_ms": 200})
+    assert curl(gw, "http://fun.test/").status == 200  # no index yet: the built-in list
+    assert curl(gw, "http://adult.test/").status == 403
+
+    assert main(["lists", "update", "--policy", str(gw.policy_path), "--source", str(REPO / "tests/fixtures/ut1"),
+                 "--extra", f"{extra}:gambling", "--output", str(index)]) == 0
+    wait_for(lambda: curl(gw, "http://fun.test/").status == 403)
+    assert curl(gw, "http://casino.example/").status == 403  # from the UT1 fixture (gambling)
+    assert curl(gw, "http://adult.test/").status == 403  # the built-in list is compiled in too
+    assert curl(gw, "http://allowed.test/").status == 200
