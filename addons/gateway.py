@@ -40,7 +40,7 @@ from schoolgate.addons.pages import (
 from schoolgate.alerts import Alert, AlertDispatcher
 from schoolgate.categories.index import CategoryHit
 from schoolgate.categories.lexicon import RISKS, RiskHit, RiskLexicon
-from schoolgate.categories.taxonomy import HEADINGS, Severity
+from schoolgate.categories.taxonomy import HEADINGS
 from schoolgate.db import create_engine
 from schoolgate.decide import Verdict
 from schoolgate.engine import Engine
