@@ -132,6 +132,9 @@ class SchoolGate:
     # --- lifecycle -----------------------------------------------------------------
 
     def load(self, loader) -> None:
+        # mitmproxy logs each client connection with its address; access data belongs in the
+        # database under the retention policy, not in the service journal.
+        logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
         loader.add_option("schoolgate_policy", str, "policy.toml", "Path to the school's policy file.")
         loader.add_option(
             "schoolgate_instance", str, socket.gethostname(), "Name of this gateway process in access records."
@@ -382,46 +385,64 @@ class SchoolGate:
             return
         if targets[0].path == REQUEST_ACCESS_PATH and request.method == "POST":
             return self._request_access(flow, who)  # awaited by mitmproxy: it writes to the database
-        assert self.engine is not None
-        policy = self.engine.policy
-        search = None
-        if policy.search_terms:
-            search = extract_search(targets[0]) or (
-                extract_search_from_body(targets[0], request.headers.get("content-type"), request.raw_content or b"")
-                if request.method == "POST" else None)
-        search_hit = self.lexicon.worst(search.query) if search else None
+        search, search_hit = self._search(request, targets[0])
         seen_as = (_DOH_BY_SHAPE,) if is_doh_request(
             request.method, targets[0], request.headers.get("content-type"), request.headers.get("accept")) else ()
         target, verdict, decision_us = self._decide(who, *targets, search_hit=search_hit, seen_as=seen_as)
         decision = Decision(who, target, verdict, verdict.action.value, verdict.rule_text, decision_us,
                             search=search, search_hit=search_hit)
         flow.metadata["schoolgate"] = decision
-        now = datetime.now(UTC)
-        if verdict.action in (Action.ALLOW, Action.MONITOR) and who.group.safe_search:
-            _enforce_safe_search(request, target)
         if verdict.action is Action.BLOCK:
-            decision.reference = new_reference()
-            url = flow.request.pretty_url
-            page = block_page(
-                school=policy.school_name, contact=policy.contact, url=url,
-                categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
-                request_fields={"url": url, "ref": decision.reference, "sig": self._sign(who, url, decision.reference)},
-                support=support_for(search_hit.risk if search_hit else ("self-harm" if "self-harm" in verdict.categories else None)),
-            )
-            flow.response = http.Response.make(403, page, _page_headers("block", decision.reference))
-        elif verdict.action is Action.WARN:
-            key = (who.client_ip, who.user, target.host)
-            if self.acknowledged.get(key, 0) > time.monotonic():
-                decision.recorded_verdict = Action.ALLOW.value
-                decision.rule = "warning-acknowledged " + verdict.rule_text
-                return
-            decision.reference = new_reference()
-            page = warning_page(
-                school=policy.school_name, contact=policy.contact, url=flow.request.pretty_url,
-                categories=verdict.categories, reason=verdict.reason, when=now, reference=decision.reference,
-                proceed_href=self._proceed_link(who, target, flow.request.pretty_url),
-            )
-            flow.response = http.Response.make(403, page, _page_headers("warn", decision.reference))
+            flow.response = self._block_page(flow, decision)
+        elif verdict.action is Action.WARN and not self._acknowledged(decision):
+            flow.response = self._warning_page(flow, decision)
+        elif who.group.safe_search:
+            _enforce_safe_search(request, target)
+
+    def _search(self, request: http.Request, target: Target) -> tuple[SearchTerm | None, RiskHit | None]:
+        """A search typed into the site, and the worst risk phrase in it."""
+        assert self.engine is not None
+        if not self.engine.policy.search_terms:
+            return None, None
+        search = extract_search(target)
+        if search is None and request.method == "POST":
+            search = extract_search_from_body(target, request.headers.get("content-type"), request.raw_content or b"")
+        return search, (self.lexicon.worst(search.query) if search else None)
+
+    def _block_page(self, flow: http.HTTPFlow, decision: Decision) -> http.Response:
+        assert self.engine is not None
+        policy, verdict, who = self.engine.policy, decision.verdict, decision.who
+        decision.reference = reference = new_reference()
+        url = flow.request.pretty_url
+        risk = decision.search_hit.risk if decision.search_hit else ("self-harm" if "self-harm" in verdict.categories else None)
+        page = block_page(
+            school=policy.school_name, contact=policy.contact, url=url, categories=verdict.categories,
+            reason=verdict.reason, when=datetime.now(UTC), reference=reference,
+            request_fields={"url": url, "ref": reference, "sig": self._sign(who, url, reference)},
+            support=support_for(risk),
+        )
+        return http.Response.make(403, page, _page_headers("block", reference))
+
+    def _acknowledged(self, decision: Decision) -> bool:
+        """Whether this pupil chose to continue past this site's warning lately (then it is allowed)."""
+        key = (decision.who.client_ip, decision.who.user, decision.target.host)
+        if self.acknowledged.get(key, 0) <= time.monotonic():
+            return False
+        decision.recorded_verdict = Action.ALLOW.value
+        decision.rule = "warning-acknowledged " + decision.verdict.rule_text
+        return True
+
+    def _warning_page(self, flow: http.HTTPFlow, decision: Decision) -> http.Response:
+        assert self.engine is not None
+        policy, verdict = self.engine.policy, decision.verdict
+        decision.reference = reference = new_reference()
+        url = flow.request.pretty_url
+        page = warning_page(
+            school=policy.school_name, contact=policy.contact, url=url, categories=verdict.categories,
+            reason=verdict.reason, when=datetime.now(UTC), reference=reference,
+            proceed_href=self._proceed_link(decision.who, decision.target, url),
+        )
+        return http.Response.make(403, page, _page_headers("warn", reference))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._record_flow(flow)
@@ -460,7 +481,10 @@ class SchoolGate:
             return
         assert self.engine is not None
         destination, verdict, decision_us = self._decide(who, destination)
-        self.acknowledged[(who.client_ip, who.user, here.host)] = time.monotonic() + WARNING_ACKNOWLEDGED_SECONDS
+        now = time.monotonic()
+        if len(self.acknowledged) > 10_000:  # bounded: forget the expired ones
+            self.acknowledged = {k: t for k, t in self.acknowledged.items() if t > now}
+        self.acknowledged[(who.client_ip, who.user, here.host)] = now + WARNING_ACKNOWLEDGED_SECONDS
         flow.metadata["schoolgate"] = Decision(who, destination, verdict, "proceed", verdict.rule_text, decision_us)
         flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store"})
 

@@ -1,0 +1,102 @@
+"""A throw-away PostgreSQL server on loopback, from Debian's postgresql binaries.
+
+initdb and postgres refuse to run as root, so when the tests run as root the
+server runs as the `postgres` OS user, with its data directory and unix socket
+in a temporary directory that user owns.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gateway import free_ports
+
+START_TIMEOUT = 30
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's bin directory, or None."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    return candidates[-1].parent if candidates else None
+
+
+@dataclass
+class PostgresServer:
+    bin: Path
+    root: Path  # data directory and socket live under here
+    port: int
+    user: str | None  # OS user to run as (None: ourselves)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin / program), *args]
+        if self.user:
+            command = ["runuser", "-u", self.user, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=START_TIMEOUT + 10)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
+                   "-c fsync=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options,
+                  "-w", "-t", str(START_TIMEOUT), "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        done = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
+                         "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
+        return done.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def log_text(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_postgres() -> PostgresServer:
+    """initdb and start a server; the caller stops it and removes `root`."""
+    bin = postgres_bin()
+    if bin is None:
+        raise FileNotFoundError("no /usr/lib/postgresql/*/bin/postgres")
+    user = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="sg-pg-"))
+    if user:
+        entry = pwd.getpwnam(user)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+    server = PostgresServer(bin=bin, root=root, port=free_ports(1)[0], user=user)
+    try:
+        server.init()
+        server.start()
+    except BaseException:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return server
+
+
+def wait_until_accepting(server: PostgresServer, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while server._run("pg_isready", "-h", "127.0.0.1", "-p", str(server.port), check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"PostgreSQL not accepting after {timeout} s:\n{server.log_text()[-2000:]}")
+        time.sleep(0.1)
