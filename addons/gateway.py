@@ -14,7 +14,6 @@ import functools
 import hashlib
 import hmac
 import logging
-import secrets
 import socket
 import time
 import weakref
@@ -44,15 +43,18 @@ from schoolgate.categories.taxonomy import HEADINGS
 from schoolgate.db import create_engine
 from schoolgate.decide import Verdict
 from schoolgate.engine import Engine
+from schoolgate.keys import load_or_create_secret
 from schoolgate.live import LiveStore
 from schoolgate.policy import Action, Group, PolicyInvalid
-from schoolgate.records import AccessRecord, RecordWriter, new_reference, url_for_log
+from schoolgate.records import AccessRecord, RecordWriter, default_spool_path, new_reference, url_for_log
 from schoolgate.urls import InvalidHost, Target, parse_target, target_from_parts
 
 log = logging.getLogger("schoolgate")
 
 PROCEED_PATH = "/.well-known/schoolgate/proceed"
-# How long "I understand, continue" on a warning lasts for that pupil and site.
+# "I understand, continue" is remembered in a cookie on the warned site, signed and bound
+# to the pupil, so any gateway process honours it; it is removed before requests go upstream.
+ACK_COOKIE = "schoolgate_ack"
 WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
 
 
@@ -119,8 +121,7 @@ class SchoolGate:
         self.tunnel_users: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
         # Tunnels awaiting their TLS handshake; a failed one (CA not trusted) is still recorded.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = weakref.WeakKeyDictionary()
-        self.acknowledged: dict[tuple[str, str | None, str], float] = {}
-        self.secret = secrets.token_bytes(32)
+        self.secret = b""  # from the policy's gateway secret file, shared by all gateway processes
         self.live_store: LiveStore | None = None
         self.alerts: AlertDispatcher | None = None
         self.lexicon = RiskLexicon.default()
@@ -146,6 +147,14 @@ class SchoolGate:
             "schoolgate_live_ms", int, 1000,
             "Milliseconds between checks of the database for new exceptions and list changes.",
         )
+        loader.add_option(
+            "schoolgate_metrics_port", int, -1,
+            "Metrics port of this process, overriding the policy's (set per worker by `schoolgate run --workers`).",
+        )
+        loader.add_option(
+            "schoolgate_spool_max_mb", int, 1024,
+            "Most megabytes of access records kept on local disk while the database is unreachable.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -160,8 +169,15 @@ class SchoolGate:
             except (OSError, ValueError) as e:
                 raise exceptions.OptionsError(f"cannot load policy {ctx.options.schoolgate_policy}: {e}") from e
             self._install(engine)
+            if not self.secret:
+                assert engine.policy.gateway_secret_file is not None
+                self.secret = load_or_create_secret(engine.policy.gateway_secret_file)
             if self.writer is None:
-                self.writer = RecordWriter(engine.policy.database_url)
+                self.writer = RecordWriter(
+                    engine.policy.database_url,
+                    spool_path=default_spool_path(engine.policy.database_url, ctx.options.schoolgate_instance),
+                    max_spool_bytes=ctx.options.schoolgate_spool_max_mb << 20,
+                )
                 self.live_store = LiveStore(create_engine(engine.policy.database_url))
                 if engine.policy.alerts is not None:
                     self.alerts = AlertDispatcher(engine.policy.alerts)
@@ -206,12 +222,13 @@ class SchoolGate:
             metrics.LIST_ENTRIES.labels(f"local-{action.value}").set(sum(e.action is action for e in engine.policy.local))
 
     def _serve_metrics(self, engine: Engine) -> None:
-        wanted = (engine.policy.metrics_address, engine.policy.metrics_port)
+        port = ctx.options.schoolgate_metrics_port
+        wanted = (engine.policy.metrics_address, port if port >= 0 else engine.policy.metrics_port)
         if self._served_metrics is not None:
             if wanted != self._served_metrics:
                 log.warning("the metrics address changed; it takes effect when the gateway restarts")
             return
-        if engine.policy.metrics_port:
+        if wanted[1]:
             try:
                 metrics.serve(*wanted)
             except OSError as e:
@@ -385,6 +402,9 @@ class SchoolGate:
             return
         if targets[0].path == REQUEST_ACCESS_PATH and request.method == "POST":
             return self._request_access(flow, who)  # awaited by mitmproxy: it writes to the database
+        acknowledgement = request.cookies.get(ACK_COOKIE)
+        if acknowledgement is not None:
+            del request.cookies[ACK_COOKIE]  # ours, not the site's
         search, search_hit = self._search(request, targets[0])
         seen_as = (_DOH_BY_SHAPE,) if is_doh_request(
             request.method, targets[0], request.headers.get("content-type"), request.headers.get("accept")) else ()
@@ -394,7 +414,7 @@ class SchoolGate:
         flow.metadata["schoolgate"] = decision
         if verdict.action is Action.BLOCK:
             flow.response = self._block_page(flow, decision)
-        elif verdict.action is Action.WARN and not self._acknowledged(decision):
+        elif verdict.action is Action.WARN and not self._acknowledged(decision, acknowledgement):
             flow.response = self._warning_page(flow, decision)
         elif who.group.safe_search:
             _enforce_safe_search(request, target)
@@ -418,15 +438,17 @@ class SchoolGate:
         page = block_page(
             school=policy.school_name, contact=policy.contact, url=url, categories=verdict.categories,
             reason=verdict.reason, when=datetime.now(UTC), reference=reference,
-            request_fields={"url": url, "ref": reference, "sig": self._sign(who, url, reference)},
+            request_fields={"url": url, "ref": reference, "sig": self._sign(who, "request", url, reference)},
             support=support_for(risk),
         )
         return http.Response.make(403, page, _page_headers("block", reference))
 
-    def _acknowledged(self, decision: Decision) -> bool:
+    def _acknowledged(self, decision: Decision, cookie: str | None) -> bool:
         """Whether this pupil chose to continue past this site's warning lately (then it is allowed)."""
-        key = (decision.who.client_ip, decision.who.user, decision.target.host)
-        if self.acknowledged.get(key, 0) <= time.monotonic():
+        expires, _, sig = (cookie or "").partition(".")
+        if not (expires.isdigit() and int(expires) > time.time()):
+            return False
+        if not hmac.compare_digest(sig, self._sign(decision.who, "ack", decision.target.host, expires)):
             return False
         decision.recorded_verdict = Action.ALLOW.value
         decision.rule = "warning-acknowledged " + decision.verdict.rule_text
@@ -459,7 +481,7 @@ class SchoolGate:
 
     def _proceed_link(self, who: Who, target: Target, url: str) -> str:
         expires = int(time.time()) + 15 * 60  # the page itself stays usable for a lesson-sized while
-        query = urlencode({"to": url, "exp": expires, "sig": self._sign(who, target.host, expires)})
+        query = urlencode({"to": url, "exp": expires, "sig": self._sign(who, "proceed", target.host, expires)})
         return f"{PROCEED_PATH}?{query}"
 
     def _proceed(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
@@ -472,7 +494,7 @@ class SchoolGate:
                 destination.host == here.host
                 and expires.isdigit()
                 and int(expires) > time.time()
-                and hmac.compare_digest(sig, self._sign(who, here.host, int(expires)))
+                and hmac.compare_digest(sig, self._sign(who, "proceed", here.host, int(expires)))
             )
         except InvalidHost:
             valid = False
@@ -481,19 +503,19 @@ class SchoolGate:
             return
         assert self.engine is not None
         destination, verdict, decision_us = self._decide(who, destination)
-        now = time.monotonic()
-        if len(self.acknowledged) > 10_000:  # bounded: forget the expired ones
-            self.acknowledged = {k: t for k, t in self.acknowledged.items() if t > now}
-        self.acknowledged[(who.client_ip, who.user, here.host)] = now + WARNING_ACKNOWLEDGED_SECONDS
+        until = str(int(time.time()) + WARNING_ACKNOWLEDGED_SECONDS)
+        cookie = (f"{ACK_COOKIE}={until}.{self._sign(who, 'ack', here.host, until)}; Path=/; "
+                  f"Max-Age={WARNING_ACKNOWLEDGED_SECONDS}; HttpOnly; SameSite=Lax"
+                  + ("; Secure" if here.scheme == "https" else ""))
         flow.metadata["schoolgate"] = Decision(who, destination, verdict, "proceed", verdict.rule_text, decision_us)
-        flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store"})
+        flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store", "Set-Cookie": cookie})
 
     async def _request_access(self, flow: http.HTTPFlow, who: Who) -> None:
         """The block page's "ask for access" form: store the request for a teacher or IT."""
         form = flow.request.urlencoded_form
         url, reference, sig = form.get("url", ""), form.get("ref", ""), form.get("sig", "")
         reason = form.get("reason", "").strip()
-        if not hmac.compare_digest(sig, self._sign(who, url, reference)) or not reason:
+        if not hmac.compare_digest(sig, self._sign(who, "request", url, reference)) or not reason:
             flow.response = http.Response.make(400, "Go back to the block page and try again.\n", {"Content-Type": "text/plain"})
             return
         assert self.engine is not None and self.live_store is not None

@@ -140,6 +140,7 @@ class Policy:
     console_host: str = "127.0.0.1"
     console_port: int = 8600
     console_secret_file: Path | None = None  # signs session cookies; created on first start when missing
+    gateway_secret_file: Path | None = None  # signs warning and request-access links; shared by all gateways
 
     def group_for(self, client_ip: str, user: str | None) -> tuple[Group, str]:
         """The group a client belongs to, and how that was decided (for `explain`).
@@ -500,6 +501,7 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         console_host=r.get(console, str, "127.0.0.1", "console", "host"),
         console_port=r.get(console, int, 8600, "console", "port"),
         console_secret_file=r.relative(secret_text),
+        gateway_secret_file=r.relative(r.get(gateway, str, "var/gateway.secret", "gateway", "secret_file")),
     )
 
 

@@ -334,3 +334,20 @@ def test_a_new_category_index_is_picked_up_while_serving(gateway_factory, policy
     assert curl(gw, "http://casino.example/").status == 403  # from the UT1 fixture (gambling)
     assert curl(gw, "http://adult.test/").status == 403  # the built-in list is compiled in too
     assert curl(gw, "http://allowed.test/").status == 200
+
+
+def test_warning_acknowledged_on_one_gateway_holds_on_another_and_never_reaches_the_site(gateway_factory, policy, upstream, tmp_path):
+    shared = policy.replace("[gateway]", f'[gateway]\nsecret_file = "{tmp_path / "gateway.secret"}"')
+    first, second = gateway_factory(shared), gateway_factory(shared)
+    with httpx_client(first, source_ip="127.0.0.3") as client:
+        warning = client.get("https://games.test/play", headers={"Cookie": "session=abc"})
+        link = re.search(r'href="([^"]+)"', warning.text).group(1).replace("&amp;", "&")
+        assert client.get("https://games.test" + link, follow_redirects=False).status_code == 303
+        cookies = client.cookies
+    with httpx_client(second, source_ip="127.0.0.3", cookies=cookies) as client:
+        page = client.get("https://games.test/play", headers={"Cookie": f"session=abc; schoolgate_ack={cookies['schoolgate_ack']}"})
+        assert page.status_code == 200
+    with httpx_client(second, source_ip="127.0.0.1") as other:  # the cookie is bound to the pupil's device
+        assert other.get("https://games.test/play", headers={"Cookie": f"schoolgate_ack={cookies['schoolgate_ack']}"}).status_code == 403
+    (seen,) = upstream.requests_for("games.test")
+    assert seen.headers["cookie"] == "session=abc"
