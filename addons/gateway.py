@@ -19,6 +19,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
 from mitmproxy import connection, ctx, exceptions, http, tls
@@ -152,6 +153,11 @@ class SchoolGate:
             "Metrics port of this process, overriding the policy's (set per worker by `schoolgate run --workers`).",
         )
         loader.add_option(
+            "schoolgate_spool_dir", str, "",
+            "Directory for access records kept while the database is unreachable "
+            "(default: beside an SQLite database, else the working directory).",
+        )
+        loader.add_option(
             "schoolgate_spool_max_mb", int, 1024,
             "Most megabytes of access records kept on local disk while the database is unreachable.",
         )
@@ -173,9 +179,10 @@ class SchoolGate:
                 assert engine.policy.gateway_secret_file is not None
                 self.secret = load_or_create_secret(engine.policy.gateway_secret_file)
             if self.writer is None:
+                spool_dir = Path(ctx.options.schoolgate_spool_dir) if ctx.options.schoolgate_spool_dir else None
                 self.writer = RecordWriter(
                     engine.policy.database_url,
-                    spool_path=default_spool_path(engine.policy.database_url, ctx.options.schoolgate_instance),
+                    spool_path=default_spool_path(engine.policy.database_url, ctx.options.schoolgate_instance, spool_dir),
                     max_spool_bytes=ctx.options.schoolgate_spool_max_mb << 20,
                 )
                 self.live_store = LiveStore(create_engine(engine.policy.database_url))
@@ -438,7 +445,9 @@ class SchoolGate:
         page = block_page(
             school=policy.school_name, contact=policy.contact, url=url, categories=verdict.categories,
             reason=verdict.reason, when=datetime.now(UTC), reference=reference,
-            request_fields={"url": url, "ref": reference, "sig": self._sign(who, "request", url, reference)},
+            # A blocked search about self-harm calls for help, not for a form asking to see the results.
+            request_fields=None if verdict.rule == "search-term" else
+            {"url": url, "ref": reference, "sig": self._sign(who, "request", url, reference)},
             support=support_for(risk),
         )
         return http.Response.make(403, page, _page_headers("block", reference))

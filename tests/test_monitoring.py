@@ -137,6 +137,7 @@ def test_severe_searches_can_be_blocked_with_support_information(start, upstream
     blocked = search(gw, "https://www.google.com/search?q=", "how to kill myself")
     assert blocked.status == 403 and "search about self-harm" in blocked.text
     assert "Childline" in blocked.text and "Samaritans" in blocked.text
+    assert "Ask for access" not in blocked.text
     assert upstream.requests_for("www.google.com") == []
     assert search(gw, "https://www.google.com/search?q=", "self harm support").status == 200  # topic words only flag
 
