@@ -1,7 +1,9 @@
-"""`schoolgate lookup`, `schoolgate log` and `schoolgate db upgrade`.
+"""`schoolgate lookup`, `log`, `db upgrade`, `console`, `accounts`, `report` and `purge`.
 
 Access records are personal data about pupils and staff: these commands are
 for IT staff on the server itself, print plain text, and send nothing anywhere.
+Passwords are read from the terminal (or one line of stdin), never from the
+command line, where other users of the server could see them.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import getpass
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,9 +25,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.db import create_engine, is_sqlite, upgrade
-from schoolgate.policy import PolicyInvalid, load_policy
+from schoolgate.policy import Policy, PolicyInvalid, load_policy
 from schoolgate.records import AccessRecord, normalise_reference, record_as_json
+from schoolgate.reports import accounts as console_accounts
+from schoolgate.reports.accounts import AccountError, ConsoleRole
 from schoolgate.reports.queries import find_by_ref, recent
+from schoolgate.reports.report import build_report, render_html, report_csv
+from schoolgate.reports.retention import purge
 
 VERDICTS = ("allow", "block", "warn", "proceed", "monitor")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -54,15 +61,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_database_options(db_upgrade)
     db_upgrade.set_defaults(func=upgrade_command)
 
+    console = subparsers.add_parser("console", help="serve the review console (DSLs, IT staff, teachers)")
+    console.add_argument("--host", help="address to listen on (default: the policy's [console] host)")
+    console.add_argument("--port", type=int, help="port (default: the policy's [console] port)")
+    _add_policy_option(console)
+    console.set_defaults(func=console_command)
+
+    accounts = subparsers.add_parser("accounts", help="console accounts: add, list, passwd, disable")
+    account_commands = accounts.add_subparsers(dest="accounts_command", required=True, metavar="COMMAND")
+    add = account_commands.add_parser("add", help="create an account; the password is asked for (or read from stdin)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=[r.value for r in ConsoleRole])
+    add.add_argument("--groups", default="", help="teachers: groups they may open sites for, comma-separated")
+    passwd = account_commands.add_parser("passwd", help="set a new password (asked for, or read from stdin)")
+    passwd.add_argument("username")
+    disable = account_commands.add_parser("disable", help="refuse further sign-ins and end open sessions")
+    disable.add_argument("username")
+    listing = account_commands.add_parser("list", help="accounts, roles and groups")
+    for parser in (add, passwd, disable, listing):
+        _add_policy_option(parser)
+        parser.set_defaults(func=accounts_command)
+
+    report = subparsers.add_parser("report", help="the period report as HTML (printable to PDF) or CSV")
+    report.add_argument("--from", dest="start", required=True, type=date.fromisoformat, help="first day, e.g. 2026-09-01")
+    report.add_argument("--to", dest="end", required=True, type=date.fromisoformat, help="last day, included")
+    report.add_argument("--output", type=Path, help="report.html or report.csv (default: HTML on stdout)")
+    report.add_argument("--identities", action="store_true",
+                        help="name pupils in the open-incident list (for the DSL's own copy)")
+    _add_policy_option(report)
+    report.set_defaults(func=report_command)
+
+    purge_parser = subparsers.add_parser("purge", help="delete records past the policy's [retention]")
+    purge_parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    _add_policy_option(purge_parser)
+    purge_parser.set_defaults(func=purge_command)
+
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    _add_policy_option(parser)
+    parser.add_argument("--database", metavar="URL", help="database URL, instead of the policy's")
+
+
+def _add_policy_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         type=Path,
         default=Path(os.environ.get("SCHOOLGATE_POLICY", "policy.toml")),
-        help="policy file naming the database (default: ./policy.toml or $SCHOOLGATE_POLICY)",
+        help="policy file (default: ./policy.toml or $SCHOOLGATE_POLICY)",
     )
-    parser.add_argument("--database", metavar="URL", help="database URL, instead of the policy's")
 
 
 def parse_since(text: str) -> datetime:
@@ -200,3 +246,111 @@ def _write_csv(records: list[AccessRecord], out: TextIO) -> None:
 def _write_json(records: list[AccessRecord], out: TextIO) -> None:
     json.dump([record_as_json(r) for r in records], out, indent=1)
     out.write("\n")
+
+
+# --- console, accounts, report, purge ------------------------------------------------
+
+def _policy(args: argparse.Namespace) -> Policy:
+    try:
+        return load_policy(args.policy)
+    except PolicyInvalid as e:
+        print(f"the policy has problems:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def _with_engine(policy: Policy, work: Callable[[AsyncEngine], Coroutine[Any, Any, Any]]) -> Any:
+    """Bring the schema up to date, then run `work` with an engine."""
+
+    async def run() -> Any:
+        await upgrade(policy.database_url)
+        engine = create_engine(policy.database_url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def console_command(args: argparse.Namespace) -> int:
+    from schoolgate.reports.console.app import serve  # the web stack loads only for this command
+
+    policy = _policy(args)
+    serve(policy, args.host or policy.console_host, args.port or policy.console_port)
+    return 0
+
+
+def read_new_password(stdin: TextIO | None = None) -> str:
+    """Asked twice on a terminal; otherwise the first line of stdin (for scripts)."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        return stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("Again: ") != password:
+        raise AccountError("the two passwords differ")
+    return password
+
+
+def _operator() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def accounts_command(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    command = args.accounts_command
+    try:
+        if command == "list":
+            for account in _with_engine(policy, console_accounts.list_accounts):
+                state = "active" if account.active else f"disabled {account.disabled_at:%Y-%m-%d}"
+                print(f"{account.username:24} {account.role.value:9} {state:20} {','.join(account.groups)}")
+        elif command == "add":
+            role = ConsoleRole(args.role)
+            groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+            if unknown := [g for g in groups if g not in policy.groups]:
+                raise AccountError(f"no group {', '.join(unknown)}; groups are: {', '.join(policy.groups)}")
+            if role is ConsoleRole.TEACHER and not groups:
+                raise AccountError("give a teacher the groups they may open sites for (--groups)")
+            password = read_new_password()
+            _with_engine(policy, lambda e: console_accounts.add_account(e, args.username, role, password, groups,
+                                                                        _operator()))
+            print(f"account {args.username} ({role.title}) created")
+        elif command == "passwd":
+            password = read_new_password()
+            _with_engine(policy, lambda e: console_accounts.set_password(e, args.username, password, _operator()))
+            print(f"password of {args.username} changed")
+        else:
+            _with_engine(policy, lambda e: console_accounts.disable_account(e, args.username, _operator()))
+            print(f"account {args.username} disabled")
+    except AccountError as e:
+        print(f"schoolgate: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _local_midnight(day: date) -> datetime:
+    return datetime.combine(day, time()).astimezone().astimezone(UTC)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    if args.end < args.start:
+        print("schoolgate: --to is before --from", file=sys.stderr)
+        return 2
+    start, end = _local_midnight(args.start), _local_midnight(args.end + timedelta(days=1))
+    report = _with_engine(policy, lambda e: build_report(e, start, end))
+    as_csv = args.output is not None and args.output.suffix.lower() == ".csv"
+    text = report_csv(report) if as_csv else render_html(report, school=policy.school_name,
+                                                         with_identities=args.identities)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8", newline="")
+        print(f"report for {args.start} to {args.end} written to {args.output}")
+    return 0
+
+
+def purge_command(args: argparse.Namespace) -> int:
+    """The counts are logged by the purge itself (stderr here, the journal under systemd)."""
+    policy = _policy(args)
+    _with_engine(policy, lambda e: purge(e, policy, dry_run=args.dry_run))
+    return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -74,3 +74,20 @@ async def _count_by(connection: AsyncConnection, column: ColumnElement[str], sin
     query = select(column, func.count()).where(access_log.c.ts >= since).group_by(column).order_by(column)
     rows = await connection.execute(query)
     return {key: count for key, count in rows}
+
+
+async def surrounding(engine: AsyncEngine, record_id: int, minutes: int = 10) -> list[tuple[int, AccessRecord]]:
+    """The same person's requests in the minutes either side of a record, oldest first.
+
+    "The same person" is the signed-in user when there is one, else the device's address."""
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(access_log).where(access_log.c.id == record_id))).first()
+        if row is None:
+            return []
+        c = access_log.c
+        same_person = c.username == row.username if row.username else c.client_ip == row.client_ip
+        window = timedelta(minutes=minutes)
+        query = (select(access_log).where(same_person, c.ts.between(row.ts - window, row.ts + window))
+                 .order_by(c.ts, c.id))
+        rows = await connection.execute(query)
+        return [(values["id"], record_from_row(values)) for values in rows.mappings()]

@@ -12,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from schoolgate.categories import cli as categories_cli
-from schoolgate import manage
+from schoolgate import manage, workers
 from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS
 from schoolgate.live import read_live
 from schoolgate.policy import PolicyInvalid, load_policy
@@ -52,9 +52,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     print(f"schoolgate: proxy on {args.listen_host}:{args.listen_port}, policy {policy.path}, "
           f"school CA in {confdir} (install mitmproxy-ca-cert.pem on pupils' devices)", file=sys.stderr)
+    if args.workers > 1:
+        if policy.metrics_port:
+            print(f"schoolgate: {args.workers} workers; metrics on http://{policy.metrics_address}:"
+                  f"{policy.metrics_port}-{policy.metrics_port + args.workers - 1}/metrics", file=sys.stderr)
+        workers.ensure_ca(confdir)
+        return workers.Supervisor(workers.plan(argv, args.workers, policy.metrics_port)).run()
     if policy.metrics_port:
         print(f"schoolgate: metrics on http://{policy.metrics_address}:{policy.metrics_port}/metrics", file=sys.stderr)
     os.execv(argv[0], argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -129,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", help="mitmproxy mode, e.g. transparent (default: explicit proxy)")
     run.add_argument("--confdir", help="where the school CA lives (default: var/ca beside the policy)")
     run.add_argument("--quiet", action="store_true", help="no per-request output")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="gateway processes sharing the listening address (one core each; default 1)")
     run.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="further mitmdump options after --")
     run.set_defaults(func=cmd_run)
 

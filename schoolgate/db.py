@@ -199,6 +199,73 @@ live_version = Table(
     Column("version", BigInteger(), nullable=False),
 )
 
+# --- review console (reports/console): accounts, incidents, login throttling, sessions ---
+
+console_accounts = Table(
+    "console_accounts",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("username", String(), nullable=False, unique=True),
+    Column("role", String(), nullable=False),  # dsl | it_admin | teacher
+    Column("password_hash", String(), nullable=False),  # argon2id, PHC string
+    Column("groups", Text(), nullable=False),  # ",a,b,": groups a teacher may grant exceptions for
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("disabled_at", UtcDateTime()),
+)
+
+# One per flagged access_log row, created lazily when the queue or a report is read.
+# No foreign key: access records are purged on their own schedule (reports.retention).
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("record_id", BigInteger(), nullable=False, unique=True),
+    Column("ref", String()),
+    Column("status", String(), nullable=False),  # new | reviewing | closed | escalated
+    Column("assigned", String()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("updated_by", String()),
+    Index("ix_incidents_status", "status"),
+)
+
+incident_notes = Table(
+    "incident_notes",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("incident_id", BigInteger(), nullable=False),
+    Column("author", String(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("text", Text(), nullable=False),
+    Column("status_from", String()),
+    Column("status_to", String()),  # set when the note went with a status change
+    Index("ix_incident_notes_incident_id", "incident_id"),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("username", String(), nullable=False),
+    Column("client_ip", String(), nullable=False),
+    Column("succeeded", Integer(), nullable=False),  # 0 | 1
+    Index("ix_login_attempts_username_ts", "username", "ts"),
+    Index("ix_login_attempts_client_ip_ts", "client_ip", "ts"),
+)
+
+# Server-side sessions, so logging out, disabling an account and the idle timeout
+# end a session for good; the signed cookie carries only the token.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(), primary_key=True),  # sha256 of the cookie's token
+    Column("username", String(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_seen", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime()),
+)
+
+
 def is_sqlite(database_url: str) -> bool:
     return make_url(database_url).get_backend_name() == "sqlite"
 
@@ -238,7 +305,15 @@ async def upgrade(database_url: str) -> None:
         await engine.dispose()
 
 
+# Any fixed number; PostgreSQL advisory locks are named by integers.
+_MIGRATION_LOCK_KEY = 0x5C0016A7E
+
+
 def _upgrade_head(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Gateways starting together would race to create the same tables: one
+        # migrates while the others wait here, then find nothing left to do.
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
     config = alembic_config()
     config.attributes["connection"] = connection
     context = MigrationContext.configure(connection)

@@ -82,6 +82,15 @@ def _json(values: dict[str, Any] | None) -> str | None:
     return None if values is None else json.dumps(values, default=str, sort_keys=True)
 
 
+async def record_audit(conn: AsyncConnection, actor: str, role: str, action: str, kind: str,
+                       object_id: int | None, before: dict | None, after: dict | None) -> None:
+    """Append one row to the audit trail, in the caller's transaction (shared with the console)."""
+    await conn.execute(insert(audit_log).values(
+        ts=_now(), actor=actor, role=role, action=action, object_kind=kind, object_id=object_id,
+        before=_json(before), after=_json(after),
+    ))
+
+
 class LiveStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -142,10 +151,7 @@ class LiveStore:
 
     async def _audit(self, conn: AsyncConnection, actor: str, role: str, action: str, kind: str,
                      object_id: int | None, before: dict | None, after: dict | None) -> None:
-        await conn.execute(insert(audit_log).values(
-            ts=_now(), actor=actor, role=role, action=action, object_kind=kind, object_id=object_id,
-            before=_json(before), after=_json(after),
-        ))
+        await record_audit(conn, actor, role, action, kind, object_id, before, after)
 
     async def _bump(self, conn: AsyncConnection) -> None:
         await conn.execute(update(live_version).where(live_version.c.id == 1).values(version=live_version.c.version + 1))

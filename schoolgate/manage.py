@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace, work: Callable[[Policy, LiveStore], Awaitable
         return 1
 
 
-def _listed(policy: Policy, target: str) -> set[str]:
+def listed_categories(policy: Policy, target: str) -> set[str]:
     """Categories the site is listed in, so a grant names what it really opens."""
     from schoolgate.engine import Engine  # opens the category index; only grants need it
 
@@ -137,7 +137,7 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
         if args.change == "grant":
             parse_target(args.target)  # a clear error before anything else
             request = _grant_request(policy, args, args.target, parse_scope(args.scope))
-            grant = await store.grant(policy, request, _listed(policy, args.target))
+            grant = await store.grant(policy, request, listed_categories(policy, args.target))
             print(f"exception #{grant.id}: {grant.what} open for {grant.whom} "
                   f"until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
         elif args.change == "revoke":
@@ -181,7 +181,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
             args.reason = f"request #{args.id}: {asked.reason}"
         grant = _grant_request(policy, args, target, scope)
         exception_id = await store.decide_request(args.id, approve=True, actor=actor, role=role, note=args.note or "",
-                                                  policy=policy, grant=grant, listed_categories=_listed(policy, target))
+                                                  policy=policy, grant=grant, listed_categories=listed_categories(policy, target))
         print(f"request #{args.id} approved: exception #{exception_id} opens {target} for "
               f"{scope[0].value} {scope[1]} until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
         return 0

@@ -59,6 +59,11 @@ RECORDS_SPOOLED = Counter(
     "Access records written to the local spool file because the database could not take them.",
     registry=REGISTRY,
 )
+RECORD_SPOOL_BYTES = Gauge(
+    "schoolgate_record_spool_bytes",
+    "Size of the local spool of access records waiting for the database (0 when it is reachable and caught up).",
+    registry=REGISTRY,
+)
 POLICY_RELOADS = Counter(
     "schoolgate_policy_reloads",
     "Policy loads, by result (ok, failed).",

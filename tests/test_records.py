@@ -324,7 +324,9 @@ def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_
 
     asyncio.run(scenario())
     assert stored_rows(path, "status") == [(1,), (3,)]
-    assert [json.loads(line)["status"] for line in spool.read_text().splitlines()] == [2]
+    assert not spool.exists()
+    rejected = tmp_path / "spool.rejected.jsonl"
+    assert [json.loads(line)["status"] for line in rejected.read_text().splitlines()] == [2]
 
 
 def test_a_record_submitted_after_close_is_spooled(tmp_path: Path) -> None:

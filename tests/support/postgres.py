@@ -12,9 +12,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from .gateway import free_ports
 
@@ -61,7 +64,9 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         done = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-                         "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
+                         "-v", "ON_ERROR_STOP=1", "-At", "-c", sql, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql: {done.stderr.strip()}")
         return done.stdout.strip()
 
     def create_database(self, name: str) -> str:
@@ -94,9 +99,22 @@ def start_postgres() -> PostgresServer:
     return server
 
 
-def wait_until_accepting(server: PostgresServer, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while server._run("pg_isready", "-h", "127.0.0.1", "-p", str(server.port), check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"PostgreSQL not accepting after {timeout} s:\n{server.log_text()[-2000:]}")
-        time.sleep(0.1)
+# Fixtures for test modules to import: `from support.postgres import database_url, postgres`.
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A server for the session; skips the test when PostgreSQL is not installed."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt install postgresql)")
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A fresh database on the session's server."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")

@@ -76,6 +76,7 @@ class RequestLog:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as mitmproxy expects from real servers
+    disable_nagle_algorithm = True  # else each keep-alive response waits ~40 ms for a delayed ACK
     server: _Server
 
     def _handle(self) -> None:

@@ -1,0 +1,100 @@
+"""The console's ASGI app and `schoolgate console`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from schoolgate.db import create_engine, upgrade
+from schoolgate.policy import Policy
+from schoolgate.reports.console import live_views, views
+from schoolgate.reports.console.pages import Console, error
+from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
+from schoolgate.reports.retention import purge_daily
+
+log = logging.getLogger("schoolgate.console")
+
+ROUTES = [
+    Route("/", views.home),
+    Route("/login", views.login, methods=["GET", "POST"]),
+    Route("/logout", views.logout, methods=["POST"]),
+    Route("/incidents", views.queue),
+    Route("/incidents.csv", views.queue_csv),
+    Route("/incidents/{key}", views.incident, methods=["GET", "POST"]),
+    Route("/incidents/{key}/export.csv", views.incident_csv),
+    Route("/report", views.report_page),
+    Route("/report.csv", views.report_download),
+    Route("/exceptions", live_views.exceptions_page),
+    Route("/exceptions/grant", live_views.grant_exception, methods=["POST"]),
+    Route("/exceptions/{id:int}/revoke", live_views.revoke_exception, methods=["POST"]),
+    Route("/requests", live_views.requests_page),
+    Route("/requests/{id:int}/{decision:str}", live_views.decide_request, methods=["POST"]),
+    Route("/lists", live_views.lists_page),
+    Route("/lists/{action:str}", live_views.change_list, methods=["POST"]),
+    Route("/settings", live_views.settings_page),
+    Mount("/static", StaticFiles(packages=[("schoolgate.reports.console", "static")]), name="static"),
+]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    titles = {404: "Page not found", 405: "Not allowed"}
+    return error(request, status, titles.get(status, "Something went wrong"), "Use the menu to find your way back.")
+
+
+def create_app(policy: Policy, secret: str, *, purge_in_background: bool = True) -> Starlette:
+    """The console over the policy's database, whose schema must be up to date.
+
+    The engine is made and disposed of in the serving event loop (lifespan); the
+    retention purge runs there too, daily, unless `purge_in_background` is off."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_engine(policy.database_url)
+        app.state.console = Console(policy=policy, engine=engine)
+        purging = asyncio.create_task(purge_daily(engine, policy)) if purge_in_background else None
+        try:
+            yield
+        finally:
+            if purging:
+                purging.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purging
+            await engine.dispose()
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(SecurityHeaders),
+            # Re-issued on every response, so max_age is the idle timeout in the browser too.
+            Middleware(SessionMiddleware, secret_key=secret, session_cookie="schoolgate_console",
+                       max_age=int(IDLE_TIMEOUT.total_seconds()), same_site="strict", https_only=False),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+def serve(policy: Policy, host: str, port: int) -> None:
+    """Upgrade the schema, then serve until interrupted (`schoolgate console`)."""
+    import uvicorn  # only the serving command needs it
+
+    if policy.console_secret_file is None:
+        raise ValueError("the policy names no [console] secret_file")
+    secret = load_secret(policy.console_secret_file)
+    asyncio.run(upgrade(policy.database_url))
+    log.info("review console on http://%s:%d/", host, port)
+    # No access log: its lines would carry addresses and filter values (user names).
+    uvicorn.run(create_app(policy, secret), host=host, port=port, access_log=False, server_header=False,
+                log_level="warning")

@@ -1,0 +1,215 @@
+"""The period report (console page, printable to PDF, and `schoolgate report`) and CSV exports.
+
+The trend counts records per UTC day (one portable GROUP BY) over the period's local
+days, so in British Summer Time the hour after midnight counts towards the day before. The chart is inline SVG drawn here: the report
+must print and open offline, and the console's Content-Security-Policy allows
+no scripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from markupsafe import Markup, escape
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.db import access_log
+from schoolgate.reports.console import templating
+from schoolgate.reports.incidents import OPEN, Incident, IncidentFilter, queue
+
+BLOCKED = ("block",)
+TOP_SITES = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    day: date
+    requests: int
+    blocked: int
+    flagged: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodReport:
+    start: datetime
+    end: datetime
+    total: int
+    blocked: int
+    flagged: int
+    by_category: list[tuple[str, int, int]]  # category, requests, blocked
+    by_group: list[tuple[str, int, int, int]]  # group, requests, blocked, flagged
+    by_severity: list[tuple[str, int]]  # severity name, flagged records
+    by_risk: list[tuple[str, int]]  # flag (self-harm, circumvention, ...), flagged records
+    top_blocked: list[tuple[str, int]]  # host, blocked attempts
+    days: list[Day]
+    open_incidents: list[Incident]
+
+    @property
+    def last_day(self) -> datetime:
+        """The end is exclusive (midnight after the last day); this is a moment in that last day."""
+        return self.end - timedelta(microseconds=1)
+
+    def category_title(self, category: str) -> str:
+        return CATEGORIES[category].title if category in CATEGORIES else category
+
+
+async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> PeriodReport:
+    """Counts over [start, end): a handful of GROUP BY queries, whatever the size of the log."""
+    c = access_log.c
+    in_period = (c.ts >= start, c.ts < end)
+    async with engine.connect() as conn:
+        per_group_rows = (await conn.execute(
+            select(c.group_name, c.verdict, c.flag_severity.is_not(None), func.count())
+            .where(*in_period).group_by(c.group_name, c.verdict, c.flag_severity.is_not(None)))).all()
+        per_categories = (await conn.execute(
+            select(c.categories, c.verdict, func.count()).where(*in_period).group_by(c.categories, c.verdict))).all()
+        per_severity = (await conn.execute(
+            select(c.flag_severity, c.flag, func.count()).where(*in_period, c.flag_severity.is_not(None))
+            .group_by(c.flag_severity, c.flag))).all()
+        top_blocked = (await conn.execute(
+            select(c.host, func.count().label("n")).where(*in_period, c.verdict.in_(BLOCKED))
+            .group_by(c.host).order_by(func.count().desc(), c.host).limit(TOP_SITES))).all()
+        per_day = (await conn.execute(
+            select(func.date(c.ts), c.verdict, c.flag_severity.is_not(None), func.count())
+            .where(*in_period).group_by(func.date(c.ts), c.verdict, c.flag_severity.is_not(None)))).all()
+    open_incidents = await queue(engine, IncidentFilter(start=start, end=end, statuses=OPEN))
+
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for group, verdict, flagged, n in per_group_rows:
+        groups[group][0] += n
+        groups[group][1] += n if verdict in BLOCKED else 0
+        groups[group][2] += n if flagged else 0
+    categories: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for listed, verdict, n in per_categories:
+        for category in filter(None, listed.split(",")):
+            categories[category][0] += n
+            categories[category][1] += n if verdict in BLOCKED else 0
+    severities: Counter[int] = Counter()
+    risks: Counter[str] = Counter()
+    for severity, flag, n in per_severity:
+        severities[severity] += n
+        risks[flag or "unspecified"] += n
+
+    return PeriodReport(
+        start=start, end=end,
+        total=sum(v[0] for v in groups.values()),
+        blocked=sum(v[1] for v in groups.values()),
+        flagged=sum(v[2] for v in groups.values()),
+        by_category=sorted(((k, *v) for k, v in categories.items()), key=lambda r: (-r[2], -r[1], r[0])),  # type: ignore[misc]
+        by_group=sorted(((k, *v) for k, v in groups.items()), key=lambda r: r[0]),  # type: ignore[misc]
+        by_severity=[(templating.severity_name(s), severities[s]) for s in sorted(severities, reverse=True)],
+        by_risk=risks.most_common(),
+        top_blocked=[(host, n) for host, n in top_blocked],
+        days=_days(start, end, per_day),
+        open_incidents=open_incidents,
+    )
+
+
+def _days(start: datetime, end: datetime, rows: Iterable[Any]) -> list[Day]:
+    counts: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for day, verdict, flagged, n in rows:
+        key = day if isinstance(day, date) else date.fromisoformat(str(day))
+        counts[key][0] += n
+        counts[key][1] += n if verdict in BLOCKED else 0
+        counts[key][2] += n if flagged else 0
+    first, last = start.astimezone().date(), (end - timedelta(microseconds=1)).astimezone().date()
+    span = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return [Day(d, *counts[d]) for d in span]
+
+
+# --- the trend chart ------------------------------------------------------------------
+
+def trend_svg(days: list[Day], width: int = 760, height: int = 220) -> Markup:
+    """Bars of blocked attempts per day with flagged records as a line, as accessible inline SVG."""
+    left, bottom, top = 44, 28, 12
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    peak = max([d.blocked for d in days] + [d.flagged for d in days] + [1])
+    step = plot_w / max(len(days), 1)
+    bar = max(step * 0.7, 1.0)
+
+    def y(value: int) -> float:
+        return top + plot_h - plot_h * value / peak
+
+    span = f"{days[0].day.isoformat()} to {days[-1].day.isoformat()}" if days else ""
+    parts = [f'<svg class="trend" viewBox="0 0 {width} {height}" role="img" aria-labelledby="trend-title" '
+             f'xmlns="http://www.w3.org/2000/svg"><title id="trend-title">Blocked attempts and flagged records '
+             f'per day, {escape(span)}</title>']
+    for tick in sorted({0, peak // 2, peak}):
+        parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#d5dbe3"/>'
+                     f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11" '
+                     f'fill="#4a5565">{tick}</text>')
+    label_every = max(1, len(days) // 10)
+    points = []
+    for i, day in enumerate(days):
+        x = left + i * step + (step - bar) / 2
+        parts.append(f'<rect x="{x:.1f}" y="{y(day.blocked):.1f}" width="{bar:.1f}" '
+                     f'height="{top + plot_h - y(day.blocked):.1f}" fill="#3b5b8c"><title>{day.day}: '
+                     f'{day.blocked} blocked, {day.flagged} flagged, {day.requests} requests</title></rect>')
+        points.append(f"{x + bar / 2:.1f},{y(day.flagged):.1f}")
+        if i % label_every == 0:
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 10}" text-anchor="middle" font-size="11" '
+                         f'fill="#4a5565">{day.day:%d %b}</text>')
+    if points:
+        parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#c0392b" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="#c0392b"/>' for p in points)
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def render_html(report: PeriodReport, *, school: str, with_identities: bool) -> str:
+    """The report as one self-contained HTML file (styles inlined), for `schoolgate report`."""
+    return templating.environment().get_template("report.html").render(
+        report=report, school=school, with_identities=with_identities, standalone=True,
+        stylesheet=Markup(templating.stylesheet()), chart=trend_svg(report.days))
+
+
+# --- CSV ------------------------------------------------------------------------------
+
+INCIDENT_COLUMNS = ("incident", "status", "time_utc", "severity", "risk", "detail", "user", "device", "group",
+                    "search_engine", "search_term", "verdict", "host", "url", "categories", "reference")
+
+
+def _cell(value: object) -> str:
+    """Text a spreadsheet will not run: a pupil's search term can start with = or @."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _csv(rows: Iterable[Iterable[object]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerows([_cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
+def incidents_csv(items: Iterable[Incident]) -> str:
+    def row(i: Incident) -> list[object]:
+        r = i.record
+        return [i.id, i.status.value, r.ts.isoformat(timespec="seconds"), templating.severity_name(r.flag_severity),
+                r.flag, r.flag_detail, r.user, r.client_ip, r.group, r.search_engine, r.search_term, r.verdict, r.host,
+                r.url, " ".join(r.categories), r.ref]
+
+    return _csv([INCIDENT_COLUMNS, *(row(i) for i in items)])
+
+
+def report_csv(report: PeriodReport) -> str:
+    """The report's tables as one long CSV: section, item, then its counts."""
+    rows: list[list[object]] = [["section", "item", "requests", "blocked", "flagged"],
+                                ["period", f"{report.start.isoformat()} to {report.end.isoformat()}",
+                                 report.total, report.blocked, report.flagged]]
+    rows += [["category", category, n, blocked, ""] for category, n, blocked in report.by_category]
+    rows += [["group", group, n, blocked, flagged] for group, n, blocked, flagged in report.by_group]
+    rows += [["severity", name, "", "", n] for name, n in report.by_severity]
+    rows += [["risk", name, "", "", n] for name, n in report.by_risk]
+    rows += [["top blocked site", host, "", n, ""] for host, n in report.top_blocked]
+    rows += [["day", d.day.isoformat(), d.requests, d.blocked, d.flagged] for d in report.days]
+    rows += [["open incident", f"#{i.id} {i.status.value} {i.record.flag}", "", "", 1] for i in report.open_incidents]
+    return _csv(rows)

@@ -1,0 +1,208 @@
+"""The review console end to end in headless Chromium (Debian's /usr/bin/chromium driven by
+Playwright) over a database filled by a real gateway run: the DSL triages a flagged self-harm
+search, a teacher is kept out of the flagged queue, wrong passwords are refused then throttled,
+and the CSV export downloads. With SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import pytest
+from support.clients import curl
+from support.gateway import REPO
+from test_console import ConsoleServer, cli
+
+from schoolgate.policy import load_policy
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The README's screenshots are refreshed only on request (SCHOOLGATE_SCREENSHOTS=1 ./dev test ...),
+# so an ordinary test run leaves the working tree as it was.
+SCREENSHOTS = REPO / "docs" / "screenshots" if os.environ.get("SCHOOLGATE_SCREENSHOTS") else None
+
+POLICY = """\
+[school]
+name = "Example Academy"
+
+[gateway]
+database = "{database}"
+metrics_port = {metrics_port}
+default_group = "pupils"
+
+[monitoring]
+block_searches_at = "never"
+
+[categories]
+pornography = "block"
+
+[groups.pupils]
+title = "Pupils (secondary)"
+networks = ["127.0.0.1/32"]
+safe_search = true
+
+[groups.staff]
+title = "Staff"
+networks = ["127.0.0.2/32"]
+
+[exceptions]
+teacher_groups = ["pupils"]
+
+[console]
+secret_file = "{dir}/console.secret"
+"""
+
+ACCOUNTS = {"j.lee": ("dsl", "Safeguarding-2026!"), "m.patel": ("teacher", "Teaching-2026!"),
+            "it.office": ("it_admin", "Network-2026!")}
+
+
+@pytest.fixture
+def filled_by_gateway(gateway_factory, upstream, monkeypatch):
+    """A real gateway run: a pupil's searches (one about self-harm) and browsing, and a staff request."""
+    gw = gateway_factory(POLICY)
+
+    def search(url: str, query: str, source_ip: str = "127.0.0.1") -> int:
+        return curl(gw, url + quote_plus(query), source_ip=source_ip).status
+
+    assert search("http://www.google.co.uk/search?q=", "history homework tudors") == 200
+    assert curl(gw, "https://www.bbc.co.uk/bitesize").status == 200
+    assert search("https://www.bing.com/search?q=", "how to kill myself") == 200  # flagged, not blocked
+    assert curl(gw, "http://www.pornhub.com/").status == 403
+    assert search("https://www.youtube.com/results?search_query=", "minecraft") == 200
+    assert search("https://www.google.com/search?q=", "lesson plans", source_ip="127.0.0.2") == 200
+    gw.stop()
+
+    policy = load_policy(gw.policy_path)
+    for name, (role, password) in ACCOUNTS.items():
+        groups = ["--groups", "pupils"] if role == "teacher" else []
+        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
+                   monkeypatch=monkeypatch) == 0
+    return policy
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sg-chromium-") as profile:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, accept_downloads=True,
+            viewport={"width": 1280, "height": 800}, locale="en-GB")
+        context.set_default_timeout(15_000)
+        yield context
+        context.close()
+
+
+def sign_in(page, base: str, username: str, password: str) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def sign_out(page) -> None:
+    page.get_by_role("button", name="Sign out").click()
+
+
+def shoot(page, name: str) -> None:
+    directory = SCREENSHOTS or Path(tempfile.gettempdir()) / "schoolgate-screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
+
+
+def audit_actions(policy) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(policy.database_url.split("///", 1)[1]) as db:
+        return [tuple(r) for r in db.execute("SELECT actor, role, action FROM audit_log ORDER BY id")]
+
+
+def test_dsl_teacher_and_throttling_in_a_real_browser(filled_by_gateway, browser, tmp_path) -> None:
+    policy = filled_by_gateway
+    with ConsoleServer(policy) as server:
+        base = server.url
+        page = browser.new_page()
+        page.goto(f"{base}/login")
+        shoot(page, "login")
+
+        # The DSL sees the flagged self-harm search in the queue.
+        sign_in(page, base, "j.lee", ACCOUNTS["j.lee"][1])
+        page.wait_for_url(f"{base}/incidents")
+        row = page.get_by_role("row").filter(has_text="how to kill myself")
+        playwright_api.expect(row).to_contain_text("self-harm")
+        playwright_api.expect(row).to_contain_text("critical")
+        playwright_api.expect(page.get_by_role("row").filter(has_text="history homework")).to_have_count(0)
+        shoot(page, "queue")
+
+        # Its context: the same pupil's other requests in the minutes around it.
+        row.get_by_role("link").click()
+        playwright_api.expect(page.get_by_role("heading", level=1)).to_contain_text("Self-harm")
+        context = page.locator("section", has_text="Context:")
+        for seen in ("history homework tudors", "www.bbc.co.uk/bitesize", "www.pornhub.com", "minecraft"):
+            playwright_api.expect(context).to_contain_text(seen)
+        playwright_api.expect(context).not_to_contain_text("lesson plans")  # a member of staff, not this pupil
+
+        # Closed with a note, kept with who and when.
+        page.get_by_label("Note").fill("Spoke to the pupil with their head of year; parents informed. Referred to Kooth.")
+        page.get_by_label("Status").select_option("closed")
+        page.get_by_role("button", name="Save").click()
+        notes = page.locator("#notes")
+        playwright_api.expect(notes).to_contain_text("Referred to Kooth.")
+        playwright_api.expect(notes).to_contain_text("j.lee")
+        playwright_api.expect(notes).to_contain_text("status new → closed")
+        playwright_api.expect(notes.locator("time")).to_have_count(1)
+        shoot(page, "incident")
+        actions = [a for actor, role, a in audit_actions(policy) if (actor, role) == ("j.lee", "dsl")]
+        assert actions[:4] == ["login.ok", "view.queue", "view.incident", "incident.closed"]
+
+        # The export downloads valid CSV.
+        page.goto(f"{base}/incidents?status=all")
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download CSV").click()
+        saved = tmp_path / "export.csv"
+        download.value.save_as(saved)
+        rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8-sig"))))
+        # The blocked pornography site is flagged by the gateway too.
+        assert {(r["risk"], r["status"], r["search_term"], r["device"]) for r in rows} == {
+            ("self-harm", "closed", "how to kill myself", "127.0.0.1"), ("pornography", "new", "", "127.0.0.1")}
+        assert ("j.lee", "dsl", "export.csv") in audit_actions(policy)
+
+        page.goto(f"{base}/report")
+        playwright_api.expect(page.locator("svg.trend")).to_have_count(1)
+        playwright_api.expect(page.locator("section", has_text="Top blocked sites")).to_contain_text("www.pornhub.com")
+        shoot(page, "report")
+        sign_out(page)
+
+        # A teacher cannot open the flagged queue, but can open a site for their group.
+        sign_in(page, base, "m.patel", ACCOUNTS["m.patel"][1])
+        page.wait_for_url(f"{base}/requests")
+        response = page.goto(f"{base}/incidents")
+        assert response is not None and response.status == 403
+        playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("Not available to your role")
+        playwright_api.expect(page.locator("main")).not_to_contain_text("how to kill myself")
+        page.goto(f"{base}/exceptions")
+        page.get_by_label("Site or page").fill("www.youtube.com/watch?v=dQw4w9WgXcQ")
+        page.get_by_label("For how long").select_option("60")
+        page.get_by_label("Reason").fill("Year 9 music: video for the lesson")
+        page.get_by_role("button", name="Open").click()
+        playwright_api.expect(page.get_by_role("status")).to_contain_text("Opened www.youtube.com/watch")
+        shoot(page, "exceptions")
+        sign_out(page)
+
+        # Wrong passwords are refused, then the account is throttled even with the right one.
+        for _ in range(5):
+            sign_in(page, base, "it.office", "not-the-password")
+            playwright_api.expect(page.get_by_role("alert")).to_contain_text("do not match an active account")
+        sign_in(page, base, "it.office", ACCOUNTS["it.office"][1])
+        playwright_api.expect(page.get_by_role("alert")).to_contain_text("Too many failed sign-ins")
+        assert page.url.startswith(f"{base}/login")
+        it_actions = [a for actor, _, a in audit_actions(policy) if actor == "it.office"]
+        assert it_actions == ["login.failed"] * 5 + ["login.throttled"]
+

@@ -1,0 +1,112 @@
+"""`schoolgate run --workers 2`: two gateway processes on one address (SO_REUSEPORT),
+sharing a PostgreSQL database, each recording its own instance; a killed worker is
+restarted, and SIGTERM makes every worker flush and exit."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from support.clients import CURL
+from support.gateway import REPO, free_ports
+from support.postgres import PostgresServer, database_url, postgres  # noqa: F401  (fixtures)
+from support.waiting import wait_for
+
+POLICY = """\
+[gateway]
+database = "{database}"
+metrics_port = {metrics_port}
+default_group = "pupils"
+
+[categories]
+games = "block"
+
+[groups.pupils]
+networks = ["127.0.0.1/32"]
+"""
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=1).close()
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+def _fetch(proxy_port: int, url: str) -> int:
+    # A new connection each time, so the kernel spreads them over the workers.
+    done = subprocess.run([CURL, "-q", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                           "--proxy", f"http://127.0.0.1:{proxy_port}", url], capture_output=True, text=True)
+    return int(done.stdout or 0)
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, database_url: str, upstream) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    proxy_port, metrics_port = free_ports(2)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.format(database=database_url, metrics_port=metrics_port))
+    command = [
+        sys.executable, "-m", "schoolgate", "run", "--policy", str(policy), "--listen-host", "127.0.0.1",
+        "--listen-port", str(proxy_port), "--workers", "2", "--quiet", "--",
+        "-s", str(REPO / "tests" / "support" / "loopback_addon.py"),
+        "--set", f"loopback_http_port={upstream.http_port}", "--set", f"loopback_https_port={upstream.https_port}",
+        "--set", f"schoolgate_spool_dir={tmp_path}",
+    ]
+    with open(tmp_path / "supervisor.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for n in range(2):
+            wait_for(lambda n=n: _answers(f"http://127.0.0.1:{metrics_port + n}/metrics"), timeout=30)
+        yield process, proxy_port, metrics_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.wait()
+
+
+def _rows(postgres: PostgresServer, database_url: str) -> list[tuple[str, int]]:
+    out = postgres.psql("SELECT instance, seq FROM access_log ORDER BY id", database_url.rsplit("/", 1)[1])
+    return [(line.split("|")[0], int(line.split("|")[1])) for line in out.splitlines()]
+
+
+def test_workers_share_one_address_restart_after_a_crash_and_flush_on_sigterm(
+    supervisor, postgres: PostgresServer, database_url: str
+) -> None:
+    process, proxy_port, metrics_port = supervisor
+    host = socket.gethostname()
+    for n in range(30):
+        assert _fetch(proxy_port, f"http://school.test/a/{n}") == 200
+        assert _fetch(proxy_port, f"http://games.test/a/{n}") == 403
+    wait_for(lambda: len(_rows(postgres, database_url)) == 60)
+    assert {instance for instance, _ in _rows(postgres, database_url)} == {f"{host}-0", f"{host}-1"}
+
+    workers = psutil.Process(process.pid).children()
+    assert len(workers) == 2
+    [first] = [w for w in workers if f"schoolgate_instance={host}-0" in w.cmdline()]
+    first.kill()
+    wait_for(lambda: not _answers(f"http://127.0.0.1:{metrics_port}/metrics"))
+    # Restarted under the same name: its metrics port answers once it is running.
+    wait_for(lambda: _answers(f"http://127.0.0.1:{metrics_port}/metrics"), timeout=30)
+    assert len(psutil.Process(process.pid).children()) == 2
+
+    for n in range(20):
+        assert _fetch(proxy_port, f"http://school.test/c/{n}") == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+
+    rows = _rows(postgres, database_url)
+    assert len(rows) == 60 + 20
+    for instance in {instance for instance, _ in rows}:
+        seqs = [seq for name, seq in rows if name == instance]
+        assert seqs == list(range(1, len(seqs) + 1)), f"{instance}: {seqs}"
