@@ -39,8 +39,7 @@ from schoolgate.addons.pages import (
 )
 from schoolgate.alerts import Alert, AlertDispatcher
 from schoolgate.categories.index import CategoryHit
-from schoolgate.categories.lexicon import RISKS, RiskHit, RiskLexicon
-from schoolgate.categories.taxonomy import HEADINGS
+from schoolgate.categories.lexicon import RiskHit, RiskLexicon
 from schoolgate.db import create_engine
 from schoolgate.decide import Verdict
 from schoolgate.engine import Engine
@@ -357,9 +356,8 @@ class SchoolGate:
             candidates = [target_from_parts("https", name, address[1] if address else 443, "/") for name in dict.fromkeys(names)]
         except InvalidHost:
             return  # mitmproxy decrypts by default, so the request hook still decides
-        if tunnel is not None:
+        if tunnel is not None:  # the CONNECT name is the server address, already a candidate
             who, method = tunnel.who, tunnel.method
-            candidates.append(tunnel.target)
         else:
             client_ip = client_address(client.peername)
             who, method = Who(client_ip, None, self.engine.policy.group_for(client_ip, None)[0]), "TLS"
@@ -622,7 +620,7 @@ class SchoolGate:
             self.alerts.submit(Alert(
                 record_ref=reference, time=ts, risk=flag.risk, severity=flag.severity, group=who.group.name,
                 user_key=who.user or who.client_ip,
-                summary=f"{_risk_title(flag.risk)}: {'a search' if search_hit else 'a site visit'} "
+                summary=f"{flags.risk_title(flag.risk)}: {'a search' if search_hit else 'a site visit'} "
                         f"({recorded_verdict}) in group {who.group.title}",
             ))
 
@@ -641,10 +639,6 @@ def _login_required() -> http.Response:
 
 # A DNS-over-HTTPS query is treated as category doh whatever server it goes to.
 _DOH_BY_SHAPE = CategoryHit("doh", "a DNS-over-HTTPS request")
-
-
-def _risk_title(risk: str) -> str:
-    return RISKS.get(risk) or HEADINGS.get(risk) or ("Getting round the filter" if risk == flags.CIRCUMVENTION else risk)
 
 
 def _enforce_safe_search(request: http.Request, target: Target) -> None:

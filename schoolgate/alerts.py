@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from schoolgate.categories.lexicon import RISKS
 from schoolgate.categories.taxonomy import Severity
+from schoolgate.flags import risk_title
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def alert_fields(alert: Alert, console_url: str) -> dict[str, str]:
     return {
         "severity": alert.severity.name,
         "risk": alert.risk,
-        "risk_title": RISKS.get(alert.risk, alert.risk),
+        "risk_title": risk_title(alert.risk),
         "group": alert.group,
         "time": alert.time.isoformat(timespec="seconds"),
         "summary": alert.summary,

@@ -4,17 +4,18 @@ Plain Python with no mitmproxy in it, so the gateway, `schoolgate explain` and
 the tests all run the same code.
 
 Order of precedence (documented in the README):
-- a search typed into the site whose words reach the policy's
-   block_searches_at severity is blocked first;
-0. exceptions granted by teachers or IT, while they last: one for a domain or
+1. a search typed into the site whose words reach the policy's
+   block_searches_at severity is blocked;
+2. exceptions granted by teachers or IT, while they last: one for a domain or
    URL opens it; one for a category lifts that category's action;
-1. the school's local lists: the most specific matching entry decides
+3. the school's local lists: the most specific matching entry decides
    (deeper host first, then longer URL prefix), so `allow bbc.co.uk` with
    `block bbc.co.uk/sport` blocks only the sport pages;
-2. category lists: every category the host, its parent domains or a URL entry
+4. a bare IP address, for groups with block_ip_literals, is blocked;
+5. category lists: every category the host, its parent domains or a URL entry
    is listed in; the strictest of the group's actions for them wins, so a
    site in both `news` and `pornography` is treated as pornography;
-3. the group's default action.
+6. the group's default action.
 """
 
 from __future__ import annotations

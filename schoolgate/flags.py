@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from schoolgate.categories.lexicon import RiskHit
-from schoolgate.categories.taxonomy import CATEGORIES, Severity
+from schoolgate.categories.lexicon import RISKS, RiskHit
+from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS, Severity
 
 CIRCUMVENTION = "circumvention"
 # Categories whose purpose is getting round the filter, whatever their UKSIC heading.
@@ -49,3 +49,8 @@ def assess(categories: Iterable[str], search_hit: RiskHit | None = None, *, ip_l
         return None
     worst = max(concerns, key=lambda flag: flag.severity)
     return worst if worst.severity >= minimum else None
+
+
+def risk_title(risk: str) -> str:
+    """A flag's risk as people read it: a lexicon risk, a UK safeguarding heading, or circumvention."""
+    return RISKS.get(risk) or HEADINGS.get(risk) or ("Getting round the filter" if risk == CIRCUMVENTION else risk)

@@ -8,20 +8,19 @@ import json
 import socket
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Self
 
 
-class SmtpSink:
-    """Enough SMTP (RFC 5321) for smtplib: greets, accepts any envelope, stores DATA."""
+class _LoopbackServer:
+    """An asyncio server on 127.0.0.1 (a free port unless given); subclasses `_serve` one connection."""
 
     def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
         self.received = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, port: int = 0) -> SmtpSink:
-        self._server = await asyncio.start_server(self._session, "127.0.0.1", port)
+    async def start(self, port: int = 0) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -30,7 +29,18 @@ class SmtpSink:
         self._server.close()
         await self._server.wait_closed()
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class SmtpSink(_LoopbackServer):
+    """Enough SMTP (RFC 5321) for smtplib: greets, accepts any envelope, stores DATA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[EmailMessage] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 sink ESMTP\r\n")
         while line := await reader.readline():
             verb = line[:4].upper()
@@ -55,31 +65,19 @@ class SmtpSink:
         writer.close()
 
 
-class WebhookReceiver:
+class WebhookReceiver(_LoopbackServer):
     """HTTP/1.1 server recording each request's path and JSON body; answers `status`."""
 
     def __init__(self, status: int = 200) -> None:
+        super().__init__()
         self.status = status
         self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.received = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self, port: int = 0) -> WebhookReceiver:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook?token=s3cret"
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request_line = (await reader.readline()).decode()
         headers: dict[str, str] = {}
         while (line := await reader.readline()) not in (b"\r\n", b""):
