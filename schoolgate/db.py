@@ -317,8 +317,9 @@ def _upgrade_head(connection: Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     context = MigrationContext.configure(connection)
-    before = context.get_current_revision()
-    command.upgrade(config, "head")
-    after = MigrationContext.configure(connection).get_current_revision()
+    before = context.get_current_heads()
+    # "heads": migrations added side by side (each revising the same parent) all apply.
+    command.upgrade(config, "heads")
+    after = MigrationContext.configure(connection).get_current_heads()
     if after != before:
-        log.info("database schema upgraded from %s to %s", before or "empty", after)
+        log.info("database schema upgraded from %s to %s", ",".join(before) or "empty", ",".join(after))
