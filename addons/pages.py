@@ -1,22 +1,28 @@
-"""The pages the gateway shows in place of a site: the block page and the warning.
+"""The pages the gateway shows in place of a site: the block page, the warning and
+"request sent", rendered through Jinja2 with autoescaping.
 
-Everything a page echoes (URL, host, reason, school name) is HTML-escaped: the
-URL is attacker-controlled, and a block page must never become an XSS vector on
-the blocked site's origin.
+Everything a page echoes (URL, host, reason, school name) is escaped by the
+template engine: the URL is attacker-controlled, and a block page must never
+become an XSS vector on the blocked site's origin.
 """
 
 from __future__ import annotations
 
-import html
+from dataclasses import dataclass
 from datetime import datetime
-from importlib.resources import files
-from string import Template
+from urllib.parse import urlsplit
+
+import jinja2
 
 from schoolgate.categories.taxonomy import CATEGORIES
 
 REQUEST_ACCESS_PATH = "/.well-known/schoolgate/request-access"
 
-_TEMPLATE = Template(files("schoolgate.addons").joinpath("templates/page.html").read_text(encoding="utf-8"))
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("schoolgate.addons", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,  # a misspelt field is a bug, not an empty line on the page
+)
 # Long URLs are cut for display only; the record keeps what the policy says to keep.
 _MAX_URL_SHOWN = 300
 
@@ -40,6 +46,27 @@ _SUPPORT = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Branding:
+    """The school's name, contact and, optionally, its logo and own words on every page."""
+
+    school: str
+    contact: str
+    logo_url: str = ""
+    block_message: str = "The school's internet filter has blocked this page."
+    warning_message: str = "This page may not be suitable for school. You can continue, and your visit will be recorded."
+    footer: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """Security headers; the logo's origin is the only other source a page may load."""
+        if not self.logo_url:
+            return dict(SECURITY_HEADERS)
+        parts = urlsplit(self.logo_url)
+        source = "data:" if parts.scheme == "data" else f"{parts.scheme}://{parts.netloc}"
+        return {**SECURITY_HEADERS,
+                "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"] + f"; img-src {source}"}
+
+
 def support_for(risk: str | None) -> str:
     """Help to show for a safeguarding risk (empty when there is none)."""
     return _SUPPORT.get(risk or "", "")
@@ -55,97 +82,52 @@ def _shown_url(url: str) -> str:
     return url if len(url) <= _MAX_URL_SHOWN else url[:_MAX_URL_SHOWN] + "…"
 
 
-def render(
-    *,
-    title: str,
-    message: str,
-    colour: str,
-    school: str,
-    contact: str,
-    url: str,
-    categories: tuple[str, ...],
-    reason: str,
-    when: datetime,
-    reference: str,
-    actions_html: str = "",
-) -> str:
-    """Fill the page template; every value is escaped except `actions_html`,
-    which callers build from escaped parts."""
-    e = html.escape
-    return _TEMPLATE.substitute(
-        title=e(title),
-        message=e(message),
-        colour=colour,
-        school=e(school),
-        contact=e(contact),
-        url=e(_shown_url(url)),
-        categories=e(_category_titles(categories)),
-        reason=e(reason),
-        time=e(when.astimezone().strftime("%d %b %Y, %H:%M:%S %Z")),
-        reference=e(reference),
-        actions=actions_html,
+def render(*, title: str, message: str, colour: str, brand: Branding, url: str, categories: tuple[str, ...],
+           reason: str, when: datetime, reference: str, support: str = "", proceed_href: str = "",
+           request_fields: dict[str, str] | None = None, askable: bool = True) -> str:
+    return _TEMPLATES.get_template("page.html").render(
+        askable=askable,
+        title=title, message=message, colour=colour, school=brand.school, contact=brand.contact,
+        logo_url=brand.logo_url, footer=brand.footer, url=_shown_url(url),
+        categories=_category_titles(categories), reason=reason,
+        time=when.astimezone().strftime("%d %b %Y, %H:%M:%S %Z"), reference=reference,
+        support=support, proceed_href=proceed_href, request_fields=request_fields or {},
+        request_action=REQUEST_ACCESS_PATH,
     )
 
 
-def block_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime,
-               reference: str, request_fields: dict[str, str] | None = None, support: str = "") -> str:
+# The illegal-content tier (IWF, CTIRU): nobody at school can open it, so nothing suggests asking.
+ILLEGAL_TITLE = "This page is blocked by law"
+ILLEGAL_MESSAGE = ("This address is on a list of illegal content that every school in the UK must block. "
+                   "Nobody at school can unblock it. If something online has worried or upset you, "
+                   "talk to a teacher you trust or call Childline on 0800 1111.")
+
+
+def block_page(*, brand: Branding, url: str, categories: tuple[str, ...], reason: str, when: datetime,
+               reference: str, request_fields: dict[str, str] | None = None, support: str = "",
+               illegal: bool = False) -> str:
     """The block page; with `request_fields` (signed hidden fields) it offers "ask for access";
-    `support` is help for a pupil who may be at risk, shown first."""
-    actions = f'<p class="support">{html.escape(support)}</p>' if support else ""
-    if request_fields is not None:
-        hidden = "".join(
-            f'<input type="hidden" name="{html.escape(k, quote=True)}" value="{html.escape(v, quote=True)}">'
-            for k, v in request_fields.items()
-        )
-        actions += (
-            f'<form class="request" method="post" action="{REQUEST_ACCESS_PATH}">{hidden}'
-            '<label for="reason">Need this page for your work? Tell your teacher why:</label>'
-            '<textarea id="reason" name="reason" maxlength="500" rows="3" required></textarea>'
-            '<button type="submit">Ask for access</button></form>'
-        )
-    return render(
-        title="This page is blocked",
-        message="The school's internet filter has blocked this page.",
-        colour="#b42318",
-        school=school,
-        contact=contact,
-        url=url,
-        categories=categories,
-        reason=reason,
-        when=when,
-        reference=reference,
-        actions_html=actions,
-    )
+    `support` is help for a pupil who may be at risk, shown first; `illegal` is the
+    illegal-content tier's wording (never with a request form)."""
+    if illegal:
+        return render(title=ILLEGAL_TITLE, message=ILLEGAL_MESSAGE, colour="#b42318", brand=brand, url=url,
+                      categories=categories, reason=reason, when=when, reference=reference, support="",
+                      request_fields=None, askable=False)
+    return render(title="This page is blocked", message=brand.block_message, colour="#b42318", brand=brand,
+                  url=url, categories=categories, reason=reason, when=when, reference=reference,
+                  support=support, request_fields=request_fields)
 
 
-def request_sent_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], when: datetime, reference: str) -> str:
-    return render(
-        title="Request sent",
-        message="Your request has been sent to your teacher and the IT team. "
-        "If it is approved, the page will open for you; try again later.",
-        colour="#175cd3",
-        school=school,
-        contact=contact,
-        url=url,
-        categories=categories,
-        reason="waiting for a teacher or IT to decide",
-        when=when,
-        reference=reference,
-    )
+def request_sent_page(*, brand: Branding, url: str, categories: tuple[str, ...], when: datetime, reference: str) -> str:
+    return render(title="Request sent",
+                  message="Your request has been sent to your teacher and the IT team. "
+                  "If it is approved, the page will open for you; try again later.",
+                  colour="#175cd3", brand=brand, url=url, categories=categories,
+                  reason="waiting for a teacher or IT to decide", when=when, reference=reference)
 
 
-def warning_page(*, school: str, contact: str, url: str, categories: tuple[str, ...], reason: str, when: datetime, reference: str, proceed_href: str) -> str:
-    actions = f'<p class="actions"><a href="{html.escape(proceed_href, quote=True)}">I understand, continue</a></p>'
-    return render(
-        title="Think before you continue",
-        message="This page may not be suitable for school. You can continue, and your visit will be recorded.",
-        colour="#b54708",
-        school=school,
-        contact=contact,
-        url=url,
-        categories=categories,
-        reason=reason,
-        when=when,
-        reference=reference,
-        actions_html=actions,
-    )
+def warning_page(*, brand: Branding, url: str, categories: tuple[str, ...], reason: str, when: datetime,
+                 reference: str, proceed_href: str) -> str:
+    return render(title="Think before you continue", message=brand.warning_message, colour="#b54708", brand=brand,
+                  url=url, categories=categories, reason=reason, when=when, reference=reference,
+                  proceed_href=proceed_href)

@@ -5,6 +5,9 @@ service documents for networks and proxies:
   forcesafesearch.google.com address for DNS-level enforcement).
 - Bing: `adlt=strict` (or the strict.bing.com address).
 - DuckDuckGo: `kp=1`, its "strict" URL parameter (or safe.duckduckgo.com).
+- Yahoo: `vm=r` (restricted); Brave Search: `safesearch=strict`; Startpage:
+  `qadf=heavy` (its family filter); Yandex: `family=yes` (family search).
+  Each is the setting's own URL parameter, as the result pages write it.
 - YouTube: the `YouTube-Restrict: Strict|Moderate` request header on its
   hosts (or the restrict.youtube.com / restrictmoderate.youtube.com addresses).
 
@@ -27,6 +30,10 @@ _SEARCH_PARAMETERS: dict[str, dict[str, str]] = {
     "google": {"safe": "active"},
     "bing": {"adlt": "strict"},
     "duckduckgo": {"kp": "1"},
+    "yahoo": {"vm": "r"},
+    "brave": {"safesearch": "strict"},
+    "startpage": {"qadf": "heavy"},
+    "yandex": {"family": "yes"},
 }
 # The addresses each service documents for DNS-level enforcement: the upstream
 # connection goes there while Host and SNI stay as the pupil sent them.
@@ -57,11 +64,11 @@ def enforce(target: Target, *, youtube_mode: YouTubeMode = "Strict", use_enforci
             reason=f"YouTube restricted mode ({youtube_mode.lower()})",
         )
     parameters = _SEARCH_PARAMETERS.get(engine or "")
-    if parameters is None or not (target.path == "/" or is_search_path(engine, target.path)):
+    if engine is None or parameters is None or not (target.path == "/" or is_search_path(engine, target.path)):
         return None
     return SafeSearchChange(
         set_query=dict(parameters),
-        redirect_host=_ENFORCING_HOSTS[engine] if use_enforcing_host else None,
+        redirect_host=_ENFORCING_HOSTS.get(engine) if use_enforcing_host else None,
         reason=f"{engine} SafeSearch ({', '.join(f'{k}={v}' for k, v in parameters.items())})",
     )
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from schoolgate.categories.index import CategoryHit, CategoryIndex, CompileReport, builtin_index, compile_index
-from schoolgate.categories.sources import ListSource, builtin_tree, open_ut1, parse_extra, plain_source
+from schoolgate.categories.index import CategoryHit, CategoryIndex, IndexInvalid, builtin_index
+from schoolgate.categories.sources import parse_extra, plain_source
 from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.categories.update import UpdateInProgress, UpdatePlan, update
 from schoolgate.urls import InvalidHost, parse_target
+
+if TYPE_CHECKING:
+    from schoolgate.policy import ListsSettings
+
+UPDATE_IN_PROGRESS = 3  # exit status of `lists update` when another process holds the index's lock
 
 
 def register(subparsers: Any) -> None:
@@ -33,12 +39,21 @@ def register(subparsers: Any) -> None:
         help="a list of domains, URLs or hosts-file lines filed under CATEGORY (repeatable)",
     )
     update.add_argument("--output", type=Path, help="where to write the index (default: the policy's lists index)")
+    update.add_argument(
+        "--allow-shrink", action="store_true",
+        help="replace the index even if the new lists hold less than half its entries (refused otherwise)",
+    )
     update.set_defaults(func=cmd_lists_update)
 
     show = lists_sub.add_parser("show", help="counts per category in the compiled index")
     _add_policy(show)
     show.add_argument("--index", type=Path, help="compiled index (default: the policy's, else the built-in list)")
     show.set_defaults(func=cmd_lists_show)
+
+    status = lists_sub.add_parser(
+        "status", help="sources, age and entries per category acted on, the illegal-content tier, and what is missing")
+    _add_policy(status)
+    status.set_defaults(func=cmd_lists_status)
 
     classify = subparsers.add_parser("classify", help="print the categories of each URL read from FILE or stdin")
     _add_policy(classify)
@@ -55,21 +70,22 @@ def _add_policy(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _policy_lists(path: Path) -> tuple[Path | None, list[str], list[tuple[Path, str]]]:
-    """(index, sources, extras) from the policy, or nothing if there is no policy file."""
-    if not path.is_file():
-        return None, [], []
-    from schoolgate.policy import PolicyInvalid, load_policy  # only when a policy is in play
+def _policy_lists(path: Path) -> ListsSettings:
+    """The policy's [lists], or the defaults if there is no policy file."""
+    from schoolgate.policy import ListsSettings, PolicyInvalid, load_policy  # only when a policy is in play
 
+    if not path.is_file():
+        return ListsSettings()
     try:
         policy = load_policy(path)
     except PolicyInvalid as e:
         raise SystemExit(f"error: {path} is not a valid policy (see `schoolgate check`): {e}") from None
-    return policy.lists_index, list(policy.lists_sources), list(policy.lists_extra)
+    return policy.lists
 
 
 def cmd_lists_update(args: argparse.Namespace) -> int:
-    policy_index, policy_sources, policy_extras = _policy_lists(args.policy)
+    settings = _policy_lists(args.policy)
+    policy_index, policy_sources, policy_extras = settings.index, list(settings.sources), list(settings.extra)
     output = args.output or policy_index
     locations = args.source or policy_sources
     if output is None:
@@ -83,35 +99,45 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
     if not locations and not extras:
         print("error: nothing to compile: give --source or --extra, or set lists sources in the policy", file=sys.stderr)
         return 2
+    if not sys.stderr.isatty():  # the timer's journal and the gateway's first-start log get progress lines
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("schoolgate.lists").setLevel(logging.INFO)
+    plan = UpdatePlan(locations=locations, extras=extras, output=output, allow_shrink=args.allow_shrink,
+                      builtin=settings.builtin, builtin_skip=frozenset(settings.builtin_skip),
+                      category_url=settings.category_url or None)
     try:
-        report = _compile(locations, extras, output)
-    except OSError as e:  # a missing list, an unreachable URL, an unwritable output
-        print(f"error: {e}", file=sys.stderr)
+        report = update(plan)
+    except UpdateInProgress as e:
+        print(f"{e}; not starting a second one", file=sys.stderr)
+        return UPDATE_IN_PROGRESS
+    except (OSError, ValueError) as e:  # a missing list, a download cut short, a shrinking index, an unwritable output
+        print(f"error: {e}; the index in place is unchanged", file=sys.stderr)
         return 1
+    finally:
+        for note in plan.notes:
+            print(note, file=sys.stderr if note.startswith("warning:") else sys.stdout)
     print(report.summary())
     return 0
 
 
-def _compile(locations: list[str], extras: list[ListSource], output: Path) -> CompileReport:
-    with ExitStack() as stack:
-        # schoolgate's own curated list (DoH resolvers, VPN sites, ...) is always part of the index.
-        sources: list[ListSource] = list(builtin_tree().sources)
-        for location in locations:
-            tree = stack.enter_context(open_ut1(location))
-            sources += tree.sources
-            if tree.unknown:
-                print(f"warning: {location}: unknown categories not imported: {', '.join(tree.unknown)}", file=sys.stderr)
-            if tree.ignored:
-                print(f"{location}: not imported by design: {', '.join(tree.ignored)}")
-        return compile_index(sources + extras, output, show_progress=True)
-
-
 def _open_index(index: Path | None, policy: Path) -> CategoryIndex:
-    path = index or _policy_lists(policy)[0]
+    path = index or _policy_lists(policy).index
     if path is None:
         print("no compiled index given or configured; using the built-in list", file=sys.stderr)
         return builtin_index()
-    return CategoryIndex.open(path)
+    try:
+        return CategoryIndex.open(path)
+    except IndexInvalid as e:
+        if index is not None:  # asked for by name: say so, do not answer from another list
+            raise SystemExit(f"error: {e}") from None
+        print(f"warning: {e}; using the built-in list, as the gateway does until it is compiled", file=sys.stderr)
+        return builtin_index()
+
+
+def cmd_lists_status(args: argparse.Namespace) -> int:
+    from schoolgate.categories.status import print_status  # loads the engine: only this command needs it
+
+    return print_status(args.policy)
 
 
 def cmd_lists_show(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@ file, answering "which categories is this host/URL in" in about a microsecond.
 
 File layout (little-endian, sections 8-byte aligned; see README.md for why):
 
-    magic "SGCATIX\\x01", u64 header length, JSON header, then the sections
+    magic "SGCATIX\\x02", u64 header length, u64 xxh3-64 of everything after
+    these 24 bytes (header and sections), JSON header, then the sections
     keys       u64[n]        xxh3-64 of each listed host, grouped by bucket (hash & mask)
     vals       u32[n]        flags (HAS_LONGER, URL_FLAG) | category-set id or url_hosts number
     buckets    u32[nb + 1]   start of each bucket in keys/vals (nb = power of two >= n)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import mmap
 import os
 import re
 import struct
@@ -36,11 +36,11 @@ from pathlib import Path
 from xxhash import xxh3_64_intdigest
 
 from schoolgate.categories.sources import ListKind, ListSource, MalformedLine, builtin_tree, parse_line, progress
-from schoolgate.urls import is_ip
+from schoolgate.urls import is_ip, query_entry_matches
 
-MAGIC = b"SGCATIX\x01"
-FORMAT_VERSION = 1
-_PREAMBLE = struct.Struct("<8sQ")
+MAGIC = b"SGCATIX\x02"
+FORMAT_VERSION = 2
+_PREAMBLE = struct.Struct("<8sQQ")  # magic, header length, checksum of the rest
 # A key's u32 value: flags, then a category-set id or (with _URL_FLAG) a url_hosts number.
 _URL_FLAG = 0x8000_0000
 _HAS_LONGER = 0x4000_0000  # longer listed hosts end with this one: keep probing inwards
@@ -66,8 +66,8 @@ class CategoryHit:
 
 # A frozen dataclass's __init__ goes through object.__setattr__ per field and
 # costs as much as a whole miss lookup; hits are built through the slots directly.
-_set_hit_category = CategoryHit.category.__set__  # type: ignore[attr-defined]
-_set_hit_entry = CategoryHit.entry.__set__  # type: ignore[attr-defined]
+_set_hit_category = CategoryHit.category.__set__  # type: ignore[attr-defined,misc]
+_set_hit_entry = CategoryHit.entry.__set__  # type: ignore[attr-defined,misc]
 
 
 def _new_hit(category: str, entry: str) -> CategoryHit:
@@ -120,27 +120,32 @@ def url_host_start(host: str) -> int:
     return m.end() if m and m.end() < len(host) else 0
 
 
-class CategoryIndex:
-    """A compiled index, read in place from a memory map (or an in-memory image)."""
+class IndexInvalid(ValueError):
+    """A file that must not be used as the category index; `problem` is a short,
+    fixed word for metrics and logs (missing, unreadable, not-an-index,
+    old-format, truncated, corrupt)."""
 
-    def __init__(self, image: bytes | mmap.mmap, path: Path | None = None):
+    def __init__(self, problem: str, message: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+class CategoryIndex:
+    """A compiled index, checked against its checksum and read in place from
+    private memory (never a shared mapping of the file: a file truncated or
+    rewritten under a running gateway must not be able to crash it)."""
+
+    def __init__(self, image: bytes, path: Path | None = None):
         self.path = path
         self._image = image
         self._view = memoryview(image)
-        magic, header_length = _PREAMBLE.unpack_from(self._view) if len(self._view) >= _PREAMBLE.size else (b"", 0)
-        if magic != MAGIC:
-            raise ValueError(f"{path or 'image'} is not a schoolgate category index")
-        header = json.loads(bytes(self._view[_PREAMBLE.size : _PREAMBLE.size + header_length]))
-        if header["version"] != FORMAT_VERSION:
-            raise ValueError(f"{path}: index format {header['version']}, this schoolgate reads {FORMAT_VERSION}")
+        header = _verified_header(self._view, path or "image")
         self.header = header
         sections = {}
         for name in _SECTIONS:
             start, length = header["sections"][name]
-            if start + length > len(self._view):
-                raise ValueError(f"{path or 'image'} is truncated")
             view = self._view[start : start + length]
-            sections[name] = view.cast(_SECTION_TYPES[name]) if name in _SECTION_TYPES else view
+            sections[name] = view.cast(_SECTION_TYPES[name]) if name in _SECTION_TYPES else view  # type: ignore[call-overload]
         self._sections = sections
         self._keys = sections["keys"]
         self._vals = sections["vals"]
@@ -155,20 +160,21 @@ class CategoryIndex:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> CategoryIndex:
+        """Read and verify the index at `path`; raises IndexInvalid. The whole file
+        is read (a copy per process, see README.md for the cost)."""
         path = Path(path)
-        with path.open("rb") as f:
-            image = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if hasattr(image, "madvise"):
-            # Lookups touch pages at random; read-ahead would only inflate RSS.
-            image.madvise(mmap.MADV_RANDOM)
+        try:
+            image = path.read_bytes()
+        except FileNotFoundError:
+            raise IndexInvalid("missing", f"{path} does not exist") from None
+        except OSError as e:
+            raise IndexInvalid("unreadable", f"cannot read {path}: {e.strerror or e}") from None
         return cls(image, path)
 
     def close(self) -> None:
         for view in self._sections.values():
             view.release()
         self._view.release()
-        if isinstance(self._image, mmap.mmap):
-            self._image.close()
 
     def __enter__(self) -> CategoryIndex:
         return self
@@ -243,9 +249,34 @@ class CategoryIndex:
         for r in range(first * 3, (first + count) * 3, 3):
             offset, length, set_id = recs[r : r + 3]
             prefix = bytes(self._url_blob[offset : offset + length])
-            if path.startswith(prefix):  # squidGuard: a plain string prefix, no boundary
+            # squidGuard: a plain string prefix, no boundary; an entry's query parameters
+            # also match in any order among others (both sides are canonical_query'd).
+            if path.startswith(prefix) or (b"?" in prefix and query_entry_matches(match_path, prefix.decode())):
                 for category in self._set_categories[set_id]:
                     found[category] = _new_hit(category, host + prefix.decode())
+
+
+def _verified_header(view: memoryview, where: object) -> dict:
+    """The JSON header of an index image whose checksum and section bounds hold."""
+    if len(view) < _PREAMBLE.size or bytes(view[:7]) != MAGIC[:7]:
+        raise IndexInvalid("not-an-index", f"{where} is not a schoolgate category index")
+    magic, header_length, checksum = _PREAMBLE.unpack_from(view)
+    if magic != MAGIC:
+        raise IndexInvalid(
+            "old-format", f"{where}: index format {magic[7]}, this schoolgate reads {FORMAT_VERSION}: run `schoolgate lists update`"
+        )
+    if _PREAMBLE.size + header_length > len(view):
+        raise IndexInvalid("truncated", f"{where} is truncated: {len(view):,} bytes, its header alone is longer")
+    try:
+        header = json.loads(bytes(view[_PREAMBLE.size : _PREAMBLE.size + header_length]))
+        size = header["size"]
+    except (ValueError, KeyError, TypeError):
+        header, size = None, None
+    if isinstance(size, int) and size > len(view):
+        raise IndexInvalid("truncated", f"{where} is truncated: {len(view):,} of {size:,} bytes")
+    if xxh3_64_intdigest(view[_PREAMBLE.size :]) != checksum or size != len(view) or not isinstance(header, dict):
+        raise IndexInvalid("corrupt", f"{where} is corrupt: its checksum does not match its content")
+    return header
 
 
 class _Builder:
@@ -354,15 +385,17 @@ def _layout(header: dict, sections: dict[str, bytes]) -> bytes:
         offset = _align(_PREAMBLE.size + header_length)
         for name in _SECTIONS:
             header["sections"][name] = [offset, len(sections[name])]
+            header["size"] = offset + len(sections[name])  # the last section ends the file
             offset = _align(offset + len(sections[name]))
         encoded = json.dumps(header, separators=(",", ":")).encode()
         if len(encoded) == header_length:
             break
         header_length = len(encoded)
-    out = bytearray(_PREAMBLE.pack(MAGIC, header_length) + encoded)
+    out = bytearray(_PREAMBLE.pack(MAGIC, header_length, 0) + encoded)
     for name in _SECTIONS:
         out += bytes(header["sections"][name][0] - len(out))
         out += sections[name]
+    _PREAMBLE.pack_into(out, 0, MAGIC, header_length, xxh3_64_intdigest(memoryview(out)[_PREAMBLE.size :]))
     return bytes(out)
 
 
@@ -415,6 +448,8 @@ def _read_source(source: ListSource, builder: _Builder, advance: Callable[[int],
                 report.examples.append(f"line {number}: {e}")
             continue
         for host, prefix in entries:
+            if source.skip and host + prefix in source.skip:
+                continue
             if url_list or prefix:
                 builder.add_url(source.category, bit, host, prefix)
             else:
@@ -424,11 +459,31 @@ def _read_source(source: ListSource, builder: _Builder, advance: Callable[[int],
     return report
 
 
-def compile_index(sources: Iterable[ListSource], out_path: str | os.PathLike[str], show_progress: bool = True) -> CompileReport:
+class IndexShrank(ValueError):
+    """The new index would hold far fewer entries than the one it replaces."""
+
+
+# A nightly update whose lists lost more than this share of the entries (an upstream
+# archive cut short, a mirror serving an error page as a list) is refused.
+SHRINK_LIMIT = 0.5
+
+
+def compile_index(
+    sources: Iterable[ListSource],
+    out_path: str | os.PathLike[str],
+    show_progress: bool = True,
+    allow_shrink: bool = False,
+) -> CompileReport:
     """Compile `sources` into `out_path`, replacing it atomically: a gateway
-    that has the old file open keeps serving from it until it reopens."""
+    serving the old index keeps it until the new file is complete and verified.
+
+    The written file is read back and verified before it replaces the old one,
+    and a good index is not replaced by one with less than SHRINK_LIMIT of its
+    entries unless `allow_shrink` (raises IndexShrank)."""
     out_path = Path(out_path)
     image, report = build_image(sources, show_progress)
+    if not allow_shrink:
+        _refuse_shrinking(out_path, report.entry_count)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
     try:
@@ -436,6 +491,7 @@ def compile_index(sources: Iterable[ListSource], out_path: str | os.PathLike[str
             f.write(image)
             f.flush()
             os.fsync(f.fileno())
+        CategoryIndex.open(tmp).close()  # what a gateway will read, byte for byte (a full disk shows here)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:
@@ -445,8 +501,27 @@ def compile_index(sources: Iterable[ListSource], out_path: str | os.PathLike[str
     return report
 
 
+def _refuse_shrinking(out_path: Path, new_entries: int) -> None:
+    try:
+        with CategoryIndex.open(out_path) as current:
+            old_entries = current.entry_count
+    except IndexInvalid:
+        return  # nothing good to protect
+    if new_entries < old_entries * SHRINK_LIMIT:
+        raise IndexShrank(
+            f"the new lists hold {new_entries:,} entries, the index in place {old_entries:,}: "
+            f"refusing to replace it (a truncated download?); run `lists update --allow-shrink` if this is meant"
+        )
+
+
+def builtin_index(skip: frozenset[str] = frozenset()) -> CategoryIndex:
+    """The small curated list shipped in categories/builtin/, compiled in memory once,
+    less the entries ("host" or "host/path") in `skip`."""
+    return _builtin_index(frozenset(skip))
+
+
 @functools.cache
-def builtin_index() -> CategoryIndex:
-    """The small curated list shipped in categories/builtin/, compiled in memory."""
-    image, _ = build_image(builtin_tree().sources, show_progress=False)
+def _builtin_index(skip: frozenset[str]) -> CategoryIndex:
+    sources = [ListSource(s.category, s.kind, s.path, s.name, skip=skip) for s in builtin_tree().sources]
+    image, _ = build_image(sources, show_progress=False)
     return CategoryIndex(image)

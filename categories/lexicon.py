@@ -9,7 +9,10 @@ built the same way for phrases and for text:
 
 1. Unicode compatibility-decompose, drop accents, case-fold and fold the
    letters NFKD leaves alone ("ł" -> "l", "ø" -> "o"), so "Samobójstwo",
-   "SAMOBOJSTWO" and "ｓａｍｏｂｏｊｓｔｗｏ" are one string.
+   "SAMOBOJSTWO" and "ｓａｍｏｂｏｊｓｔｗｏ" are one string. Invisible format
+   characters (zero-width spaces and joiners, soft hyphens, variation selectors)
+   are dropped, and letters of other scripts that look like Latin ones are read
+   as those (Unicode UTS #39 confusables: a Cyrillic "і" in "kіll" is "i").
 2. Split into tokens of letters and digits; "@", "$", "!" and "|" stay inside a
    token, since leetspeak uses them as letters ("k!ll", "$uicide").
 3. In a token that has at least one letter, read leetspeak digits and symbols
@@ -41,12 +44,14 @@ risk ("drug store", "isis the goddess") is dropped.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import ahocorasick
@@ -71,6 +76,7 @@ _FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ı": "i", "�
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a", "$": "s", "!": "i", "|": "l"}
 _LEET_I = str.maketrans(_LEET)
 _LEET_L = str.maketrans({**_LEET, "1": "l"})
+_ASCII_OR_NOT = re.compile(r"([\x00-\x7f]+)|[^\x00-\x7f]+")
 _TOKEN = re.compile(r"[@$]?[^\W_]+(?:[@$!|]+[^\W_]+)*")
 
 
@@ -101,14 +107,49 @@ class _Normalised:
         return self.hard_splits[end] - self.hard_splits[start] > 0
 
 
+@cache
+def _confusables() -> dict[int, str]:
+    """Non-ASCII characters that UTS #39 lists as confusable with an ASCII letter or
+    digit, mapped to it (letters preferred), from the Unicode data that the
+    confusable-homoglyphs package ships."""
+    table = json.loads((resources.files("confusable_homoglyphs") / "confusables.json").read_text(encoding="utf-8"))
+    letters: dict[int, str] = {}
+    digits: dict[int, str] = {}
+    for key, homoglyphs in table.items():
+        for glyph in (entry["c"] for entry in homoglyphs):
+            for source, target in ((key, glyph), (glyph, key)):
+                if len(source) == 1 and not source.isascii() and len(target) == 1 and target.isascii() and target.isalnum():
+                    if source.isupper() and target == "l":
+                        target = "1"  # a capital I-alike (Greek Ι, Cyrillic І) reads as "i" or "l", like leetspeak's "1"
+                    (letters if target.isalpha() else digits).setdefault(ord(source), target)
+    return {**digits, **letters}
+
+
+def _visible(c: str) -> bool:
+    return not (unicodedata.combining(c) or unicodedata.category(c) == "Cf" or "\ufe00" <= c <= "\ufe0f")
+
+
+def _fold_unicode(run: str) -> str:
+    run = run.translate(_confusables())  # before case-folding: Greek "Κ" looks like "K", its "κ" like nothing
+    decomposed = unicodedata.normalize("NFKD", run.casefold().translate(_FOLD))
+    return "".join(c for c in decomposed if _visible(c)).translate(_confusables())
+
+
+def _fold_run(match: re.Match[str]) -> str:
+    return match.group().lower() if match.group(1) else _fold_unicode(match.group())
+
+
 def _tokens(text: str, leet: dict[int, str]) -> list[str]:
-    decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_FOLD))
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    tokens = []
-    for token in _TOKEN.findall(plain):
-        if any(c.isalpha() for c in token):
-            token = token.translate(leet)
-        tokens.append("".join(c for c in token if c.isalnum()))
+    # Every step above leaves ASCII as it is but for case, so only non-ASCII runs take the
+    # slow path (pages are long and mostly ASCII; a curly quote must not slow the rest).
+    plain = text.lower() if text.isascii() else _ASCII_OR_NOT.sub(_fold_run, text)
+    tokens = _TOKEN.findall(plain)
+    # Most tokens are plain words: only the others need the per-character steps (pages are long).
+    for n, token in enumerate(tokens):
+        if not token.isalpha():
+            if not token.isdigit() and any(c.isalpha() for c in token):
+                token = token.translate(leet)
+            tokens[n] = token if token.isalnum() else "".join(c for c in token if c.isalnum())
     return tokens
 
 

@@ -6,7 +6,9 @@ Three shapes are read:
   temporary file);
 - plain lists a school keeps itself: one domain or URL a line, or hosts-file
   lines (`0.0.0.0 ads.example.com`);
-- the built-in list shipped in `builtin/` (UT1 layout named by schoolgate id).
+- the built-in list shipped in `builtin/` (UT1 layout named by schoolgate id),
+  plus, for the test suite only, the tree named by $SCHOOLGATE_TEST_LISTS (the
+  reserved `.test` domains the tests browse to never ship in a production index).
 
 A line that cannot be an entry raises MalformedLine; the compiler counts and
 reports those instead of failing, because upstream lists always carry a few.
@@ -14,12 +16,17 @@ reports those instead of failing, because upstream lists always carry a few.
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import ipaddress
+import logging
+import os
 import sys
 import tarfile
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +42,13 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 _HOSTS_FILE_SELF_NAMES = frozenset(
     {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback", "0.0.0.0"}
 )
+log = logging.getLogger("schoolgate.lists")
 _DOWNLOAD_TIMEOUT_SECONDS = 60
+TEST_LISTS_VARIABLE = "SCHOOLGATE_TEST_LISTS"
+_GZIP_MAGIC = b"\x1f\x8b"
+_TAR_MAGIC_OFFSET = 257  # "ustar" in a tar header block
 _PROGRESS_INTERVAL_SECONDS = 0.2
+_LOGGED_TENTHS_FROM_BYTES = 4 << 20  # smaller jobs log only their start and end
 
 
 class ListKind(StrEnum):
@@ -49,16 +61,47 @@ class MalformedLine(ValueError):
     """A list line that is not an entry; the message says why."""
 
 
+class MalformedSource(ValueError):
+    """A whole list file that cannot be read as a list (an archive, a binary file)."""
+
+
+class SourceUnusable(ValueError):
+    """A download or archive that is not a whole UT1 distribution (cut short, an
+    error page, a different format); nothing from it may reach an index."""
+
+
+def _binary_problem(start: bytes) -> str | None:
+    if len(start) > _TAR_MAGIC_OFFSET + 5 and start[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "a tar archive (give UT1 archives as a source)"
+    if start.startswith(_GZIP_MAGIC):
+        return "gzip inside gzip"
+    if b"\0" in start:
+        return "a binary file"
+    return None
+
+
 @dataclass(frozen=True)
 class ListSource:
     category: str  # schoolgate category id
     kind: ListKind
     path: Path
     name: str  # how reports refer to it, e.g. "ut1:adult/domains"
+    skip: frozenset[str] = frozenset()  # entries ("host" or "host/path") left out: a school's overrides
 
     def lines(self) -> Iterator[str]:
-        # Lists are UTF-8 by convention; a stray byte is reported on its line, not fatal.
-        with self.path.open(encoding="utf-8", errors="replace") as f:
+        """The list's lines; a gzip'd list is read through gzip, an archive or other
+        binary file is refused (read as text, it would be thousands of junk lines).
+
+        Lists are UTF-8 by convention; a stray byte is reported on its line, not fatal."""
+        with self.path.open("rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+        opener = gzip.open if compressed else open
+        with opener(self.path, "rb") as f:
+            start = f.read(8192)
+        problem = _binary_problem(start)
+        if problem:
+            raise MalformedSource(f"{self.path}: {problem}, not a list of entries")
+        with opener(self.path, "rt", encoding="utf-8", errors="replace") as f:
             yield from f
 
     @property
@@ -80,7 +123,12 @@ def parse_line(kind: ListKind, line: str) -> list[tuple[str, str]]:
 
     Like squidGuard, only the first whitespace-separated token of a UT1 line is
     the entry (anything after it is a redirect target there)."""
-    tokens = line.split("#", 1)[0].split() if "#" in line else line.split()
+    tokens = line.split()
+    # A comment starts a line or follows a space: `host/#frag` is one URL entry.
+    for i, token in enumerate(tokens):
+        if token.startswith("#"):
+            tokens = tokens[:i]
+            break
     if not tokens:
         return []
     if kind is ListKind.PLAIN and len(tokens) > 1 and _is_ip(tokens[0]):
@@ -139,8 +187,14 @@ def ut1_tree(root: Path, mapping: Mapping[str, str | None] = UT1_MAPPING, label:
 
 
 def builtin_tree() -> Ut1Tree:
-    """The small curated list shipped with schoolgate (directories named by schoolgate id)."""
-    return ut1_tree(BUILTIN_DIR, {id: id for id in CATEGORIES}, label="builtin")
+    """The small curated list shipped with schoolgate (directories named by schoolgate id),
+    with the test suite's `.test` entries when $SCHOOLGATE_TEST_LISTS names their tree."""
+    by_id = {id: id for id in CATEGORIES}
+    tree = ut1_tree(BUILTIN_DIR, by_id, label="builtin")
+    test_lists = os.environ.get(TEST_LISTS_VARIABLE)
+    if test_lists:
+        tree.sources.extend(ut1_tree(Path(test_lists), by_id, label="test").sources)
+    return tree
 
 
 def plain_source(path: Path, category_id: str) -> ListSource:
@@ -162,24 +216,39 @@ def open_ut1(location: str) -> Iterator[Ut1Tree]:
     """A UT1 source given as a directory, a tarball, or an http(s) URL of a tarball.
 
     Tarballs are unpacked into a temporary directory that lives as long as the
-    `with` block, so the compiler can read them as plain files."""
+    `with` block, so the compiler can read them as plain files. A download cut
+    short, or an archive that is not a whole readable tar.gz of UT1 lists, raises
+    SourceUnusable."""
     if location.startswith(("http://", "https://")):
         with tempfile.TemporaryDirectory(prefix="schoolgate-ut1-") as tmp:
             archive = Path(tmp) / "lists.tar.gz"
-            _download(location, archive)
+            download(location, archive)
             with open_ut1(str(archive)) as tree:
                 yield tree
         return
     path = Path(location)
     if path.is_dir():
-        yield ut1_tree(_ut1_root(path))
+        tree = ut1_tree(_ut1_root(path))
+        if not tree.sources:
+            raise SourceUnusable(f"{location} holds no UT1 category this schoolgate imports")
+        yield tree
         return
     if not path.is_file():
         raise FileNotFoundError(f"no UT1 list at {location}")
     with tempfile.TemporaryDirectory(prefix="schoolgate-ut1-") as tmp:
-        with tarfile.open(path, "r:*") as archive:
-            archive.extractall(tmp, filter="data")  # the data filter refuses paths escaping tmp
-        yield ut1_tree(_ut1_root(Path(tmp)))
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                tar.extractall(tmp, filter="data")  # the data filter refuses paths escaping tmp
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise SourceUnusable(f"{location} is not a complete tar archive ({e})") from None
+        try:
+            root = _ut1_root(Path(tmp))
+        except FileNotFoundError as e:
+            raise SourceUnusable(f"{location}: {e}") from None
+        tree = ut1_tree(root)
+        if not tree.sources:
+            raise SourceUnusable(f"{location} holds no UT1 category this schoolgate imports")
+        yield tree
 
 
 def _ut1_root(path: Path) -> Path:
@@ -193,22 +262,36 @@ def _ut1_root(path: Path) -> Path:
     raise FileNotFoundError(f"no <category>/domains file under {path}")
 
 
-def _download(url: str, dest: Path) -> None:
+def download(url: str, dest: Path) -> None:
+    """Fetch `url` to `dest`; raises SourceUnusable unless all the bytes the server
+    announced arrived and they are a gzip stream (UT1 publishes .tar.gz only)."""
     with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_SECONDS) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
+        received = 0
         with progress(total, f"download {url}") as advance:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                advance(len(chunk))
+            try:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+            except http.client.IncompleteRead as e:
+                received += len(e.partial)
+    if total and received != total:
+        raise SourceUnusable(f"{url}: the download stopped at {received:,} of {total:,} bytes")
+    with dest.open("rb") as f:
+        if f.read(2) != _GZIP_MAGIC:
+            raise SourceUnusable(f"{url} did not send a .tar.gz (an error page or a captive portal?)")
 
 
 @contextmanager
 def progress(total: int, description: str, stream: IO[str] | None = None) -> Iterator[Callable[[int], None]]:
-    """A byte-count progress line on stderr, silent when stderr is not a terminal
-    (cron jobs and logs get the final report only). Yields `advance(n_bytes)`."""
+    """Byte-count progress, yielding `advance(n_bytes)`: a line on stderr when it is
+    a terminal, else an INFO log line every tenth (the gateway's first-start
+    download shows in its log; cron jobs get the final report only)."""
     stream = stream or sys.stderr
     if not stream.isatty():
-        yield lambda _n: None
+        with _logged_progress(total, description) as log_advance:
+            yield log_advance
         return
     done = 0
     shown = 0.0
@@ -228,3 +311,20 @@ def progress(total: int, description: str, stream: IO[str] | None = None) -> Ite
     finally:
         stream.write("\r\033[K")  # clear the line for the report that follows
         stream.flush()
+
+
+@contextmanager
+def _logged_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    done = 0
+    next_tenth = 1
+
+    def advance(n: int) -> None:
+        nonlocal done, next_tenth
+        done += n
+        while total >= _LOGGED_TENTHS_FROM_BYTES and next_tenth <= 9 and done * 10 >= total * next_tenth:
+            log.info("%s: %d%% of %.1f MB", description, next_tenth * 10, total / 1e6)
+            next_tenth += 1
+
+    log.info("%s: started (%.1f MB)", description, total / 1e6)
+    yield advance
+    log.info("%s: done (%.1f MB)", description, done / 1e6)

@@ -56,31 +56,43 @@ _S = Severity
 CATEGORIES: dict[str, Category] = {
     c.id: c
     for c in (
-        _c("pornography", "Pornography", _S.CRITICAL, "pornography", "Sexually explicit sites, erotic to hard pornography."),
-        _c("adult-mixed", "Mixed adult content", _S.HIGH, "pornography", "General sites with a significant share of adult material."),
+        _c("pornography", "Pornography", _S.CRITICAL, "pornography",
+           "Sexually explicit sites, erotic to hard pornography."),
+        _c("adult-mixed", "Mixed adult content", _S.HIGH, "pornography",
+           "General sites with a significant share of adult material."),
         _c("lingerie", "Lingerie and swimwear", _S.LOW, None, "Lingerie and swimwear shops and galleries."),
         _c("sexual-education", "Sexual education", _S.NONE, None, "Sex and relationships education and sexual health."),
         _c("dating", "Dating", _S.MEDIUM, None, "Dating and hook-up sites."),
         _c("gambling", "Gambling", _S.HIGH, "gambling", "Betting, casinos, lotteries and poker."),
         _c("drugs", "Drugs", _S.HIGH, "drugs", "Sale or promotion of illegal drugs and substance abuse."),
-        _c("extremism", "Extremism and terrorism", _S.CRITICAL, "extremism", "Terrorist and violent extremist material and ideologies."),
-        _c("hate", "Hate and discrimination", _S.HIGH, "discrimination", "Racist, antisemitic and other hate sites inciting hatred."),
+        _c("extremism", "Extremism and terrorism", _S.CRITICAL, "extremism",
+           "Terrorist and violent extremist material and ideologies."),
+        _c("hate", "Hate and discrimination", _S.HIGH, "discrimination",
+           "Racist, antisemitic and other hate sites inciting hatred."),
         _c("violence", "Violence", _S.HIGH, "violence", "Gore and material promoting physical violence."),
-        _c("weapons", "Weapons and dangerous material", _S.HIGH, "violence", "Weapons sales and instructions for bombs and dangerous material."),
-        _c("self-harm", "Self-harm and suicide", _S.CRITICAL, "self-harm", "Promotion of self-harm, suicide and eating disorders."),
-        _c("illegal", "Illegal content", _S.CRITICAL, "illegal", "Child sexual abuse material (IWF) and unlawful terrorist content (CTIRU)."),
-        _c("malware", "Malware", _S.CRITICAL, "malware-hacking", "Sites distributing malware, dialers and command-and-control."),
+        _c("weapons", "Weapons and dangerous material", _S.HIGH, "violence",
+           "Weapons sales and instructions for bombs and dangerous material."),
+        _c("self-harm", "Self-harm and suicide", _S.CRITICAL, "self-harm",
+           "Promotion of self-harm, suicide and eating disorders."),
+        _c("illegal", "Illegal content", _S.CRITICAL, "illegal",
+           "Child sexual abuse material (IWF) and unlawful terrorist content (CTIRU)."),
+        _c("malware", "Malware", _S.CRITICAL, "malware-hacking",
+           "Sites distributing malware, dialers and command-and-control."),
         _c("phishing", "Phishing and fraud", _S.CRITICAL, "malware-hacking", "Credential phishing and fraud sites."),
         _c("hacking", "Hacking", _S.HIGH, "malware-hacking", "Hacking tools and tutorials for compromising systems."),
         _c("cryptojacking", "Cryptojacking", _S.HIGH, "malware-hacking", "In-browser cryptocurrency mining scripts."),
         _c("stalkerware", "Stalkerware", _S.HIGH, "malware-hacking", "Covert phone and computer monitoring apps."),
-        _c("ddos", "DDoS services", _S.HIGH, "malware-hacking", "Booter and stresser (denial of service for hire) sites."),
+        _c("ddos", "DDoS services", _S.HIGH, "malware-hacking",
+           "Booter and stresser (denial of service for hire) sites."),
         _c("piracy", "Piracy", _S.MEDIUM, "piracy", "Warez, cracks and illegal provision of copyrighted material."),
         _c("cheating", "Academic cheating", _S.MEDIUM, None, "Essay mills and exam answer sites."),
         _c("cults", "Cults and sects", _S.MEDIUM, None, "Groups identified as cults or sects."),
-        _c("vpn-proxy", "VPNs, proxies and remote access", _S.HIGH, "malware-hacking", "Filter bypass: VPNs, web proxies, residential proxies and remote desktop services."),
-        _c("doh", "DNS over HTTPS resolvers", _S.HIGH, "malware-hacking", "Public DoH/DoT resolvers, which bypass the school's DNS filtering."),
-        _c("dynamic-dns", "Dynamic DNS", _S.MEDIUM, None, "Dynamic DNS domains, often used for self-hosted proxies and malware."),
+        _c("vpn-proxy", "VPNs, proxies and remote access", _S.HIGH, "malware-hacking",
+           "Filter bypass: VPNs, web proxies, residential proxies and remote desktop services."),
+        _c("doh", "DNS over HTTPS resolvers", _S.HIGH, "malware-hacking",
+           "Public DoH/DoT resolvers, which bypass the school's DNS filtering."),
+        _c("dynamic-dns", "Dynamic DNS", _S.MEDIUM, None,
+           "Dynamic DNS domains, often used for self-hosted proxies and malware."),
         _c("url-shortener", "URL shorteners", _S.LOW, None, "Link shorteners that hide the destination."),
         _c("social-media", "Social media", _S.LOW, None, "Social networks."),
         _c("chat", "Chat", _S.LOW, None, "Chat rooms and instant messaging."),
@@ -123,6 +135,11 @@ CATEGORIES: dict[str, Category] = {
 # (liste_blanche, liste_bu, exceptions_liste_bu, examen_pix, update, cleaning)
 # and lists that are not a category of content (reaffected: domains whose
 # owner changed; special: UT1's own odds and ends).
+# The real UT1 distribution (Université Toulouse Capitole, CC BY-SA 4.0): the whole
+# archive, and the same lists one category at a time ({name}: UT1's directory name).
+UT1_ARCHIVE_URL = "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz"
+UT1_CATEGORY_URL = "https://dsi.ut-capitole.fr/blacklists/download/{name}.tar.gz"
+
 UT1_MAPPING: dict[str, str | None] = {
     "adult": "pornography",
     "porn": "pornography",

@@ -7,9 +7,9 @@ raised. Account changes are written to the audit trail.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -17,28 +17,19 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.db import console_accounts
-from schoolgate.live import record_audit
-from schoolgate.policy import Role
+from schoolgate.live import inserted_id, record_audit
+from schoolgate.reports.passwords import weakness
+from schoolgate.reports.roles import ConsoleRole
 
 MIN_PASSWORD_LENGTH = 12
 _HASHER = PasswordHasher()  # argon2id with argon2-cffi's current defaults
-# Verified against when the user name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash("schoolgate: no such account")
 
 
-class ConsoleRole(StrEnum):
-    DSL = "dsl"  # Designated Safeguarding Lead: flagged records with identities, triage
-    IT_ADMIN = "it_admin"  # lists, exceptions, requests, settings
-    TEACHER = "teacher"  # exceptions for their groups, their groups' requests
-
-    @property
-    def title(self) -> str:
-        return {"dsl": "Safeguarding lead", "it_admin": "IT administrator", "teacher": "Teacher"}[self.value]
-
-    @property
-    def live_role(self) -> Role | None:
-        """The role `schoolgate.live` checks exceptions and lists against (none for the DSL)."""
-        return {"it_admin": Role.IT_ADMIN, "teacher": Role.TEACHER}.get(self.value)
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user name is unknown, so a wrong name costs as long as a
+    wrong password. Made on first use: hashing costs 64 MiB and tens of milliseconds."""
+    return _HASHER.hash("schoolgate: no such account")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +52,15 @@ class AccountError(ValueError):
 
 def _account(row: object) -> Account:
     return Account(id=row.id, username=row.username, role=ConsoleRole(row.role),  # type: ignore[attr-defined]
-                   groups=tuple(g for g in row.groups.split(",") if g),  # type: ignore[attr-defined]
+                   groups=row.groups,  # type: ignore[attr-defined]
                    created_at=row.created_at, disabled_at=row.disabled_at)  # type: ignore[attr-defined]
 
 
 def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    if reason := weakness(password):
+        raise AccountError(f"that password is too easy to guess: {reason}. A few unrelated words make a good one")
 
 
 async def add_account(engine: AsyncEngine, username: str, role: ConsoleRole, password: str,
@@ -77,11 +70,11 @@ async def add_account(engine: AsyncEngine, username: str, role: ConsoleRole, pas
         raise AccountError("a user name is one word, without spaces")
     check_password(password)
     values = dict(username=username, role=role.value, password_hash=_HASHER.hash(password),
-                  groups="," + ",".join(groups) + "," if groups else "", created_at=datetime.now(UTC))
+                  groups=groups, created_at=datetime.now(UTC))
     async with engine.begin() as conn:
         if (await conn.execute(select(console_accounts.c.id).where(console_accounts.c.username == username))).first():
             raise AccountError(f"there is already an account called {username!r}")
-        new_id = (await conn.execute(insert(console_accounts).values(**values))).inserted_primary_key[0]
+        new_id = inserted_id(await conn.execute(insert(console_accounts).values(**values)))
         await record_audit(conn, actor, "server", "account.add", "account", new_id, None,
                            {"username": username, "role": role.value, "groups": list(groups)})
     return (await get_account(engine, username))  # type: ignore[return-value]
@@ -124,7 +117,7 @@ async def authenticate(engine: AsyncEngine, username: str, password: str) -> Acc
     async with engine.connect() as conn:
         row = (await conn.execute(select(console_accounts).where(console_accounts.c.username == username))).first()
     try:
-        _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
+        _HASHER.verify(row.password_hash if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if row is None or row.disabled_at is not None:

@@ -4,6 +4,9 @@ Access records are personal data about pupils and staff: these commands are
 for IT staff on the server itself, print plain text, and send nothing anywhere.
 Passwords are read from the terminal (or one line of stdin), never from the
 command line, where other users of the server could see them.
+
+Each command imports the database and web libraries when it runs, not when the
+parser is built, so `schoolgate --help` and the other commands start at once.
 """
 
 from __future__ import annotations
@@ -19,19 +22,16 @@ import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from schoolgate.commandline import add_policy_option, load_policy_or_exit
+from schoolgate.reports.roles import ConsoleRole
 
-from schoolgate.db import create_engine, is_sqlite, upgrade
-from schoolgate.policy import Policy, PolicyInvalid, load_policy
-from schoolgate.records import AccessRecord, normalise_reference, record_as_json
-from schoolgate.reports import accounts as console_accounts
-from schoolgate.reports.accounts import AccountError, ConsoleRole
-from schoolgate.reports.queries import find_by_ref, recent
-from schoolgate.reports.report import build_report, render_html, report_csv
-from schoolgate.reports.retention import purge
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from schoolgate.policy import Policy
+    from schoolgate.records import AccessRecord
 
 VERDICTS = ("allow", "block", "warn", "proceed", "monitor")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     console = subparsers.add_parser("console", help="serve the review console (DSLs, IT staff, teachers)")
     console.add_argument("--host", help="address to listen on (default: the policy's [console] host)")
     console.add_argument("--port", type=int, help="port (default: the policy's [console] port)")
-    _add_policy_option(console)
+    add_policy_option(console)
     console.set_defaults(func=console_command)
 
     accounts = subparsers.add_parser("accounts", help="console accounts: add, list, passwd, disable")
@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     disable.add_argument("username")
     listing = account_commands.add_parser("list", help="accounts, roles and groups")
     for parser in (add, passwd, disable, listing):
-        _add_policy_option(parser)
+        add_policy_option(parser)
         parser.set_defaults(func=accounts_command)
 
     report = subparsers.add_parser("report", help="the period report as HTML (printable to PDF) or CSV")
@@ -88,27 +88,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--output", type=Path, help="report.html or report.csv (default: HTML on stdout)")
     report.add_argument("--identities", action="store_true",
                         help="name pupils in the open-incident list (for the DSL's own copy)")
-    _add_policy_option(report)
+    add_policy_option(report)
     report.set_defaults(func=report_command)
 
     purge_parser = subparsers.add_parser("purge", help="delete records past the policy's [retention]")
     purge_parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
-    _add_policy_option(purge_parser)
+    add_policy_option(purge_parser)
     purge_parser.set_defaults(func=purge_command)
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
-    _add_policy_option(parser)
+    add_policy_option(parser)
     parser.add_argument("--database", metavar="URL", help="database URL, instead of the policy's")
-
-
-def _add_policy_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--policy",
-        type=Path,
-        default=Path(os.environ.get("SCHOOLGATE_POLICY", "policy.toml")),
-        help="policy file (default: ./policy.toml or $SCHOOLGATE_POLICY)",
-    )
 
 
 def parse_since(text: str) -> datetime:
@@ -129,6 +120,10 @@ def _positive_int(text: str) -> int:
 
 
 def upgrade_command(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from schoolgate.db import upgrade
+
     url = _database_url(args)
     asyncio.run(upgrade(url))
     print(f"database schema is up to date: {make_url(url).render_as_string(hide_password=True)}")
@@ -136,6 +131,9 @@ def upgrade_command(args: argparse.Namespace) -> int:
 
 
 def lookup_command(args: argparse.Namespace) -> int:
+    from schoolgate.records import normalise_reference
+    from schoolgate.reports.queries import find_by_ref
+
     ref = normalise_reference(args.ref)
     records = _read(args, lambda engine: find_by_ref(engine, ref))
     if records is None:
@@ -150,6 +148,8 @@ def lookup_command(args: argparse.Namespace) -> int:
 
 
 def log_command(args: argparse.Namespace) -> int:
+    from schoolgate.reports.queries import recent
+
     records = _read(
         args,
         lambda engine: recent(
@@ -171,15 +171,15 @@ def log_command(args: argparse.Namespace) -> int:
 def _database_url(args: argparse.Namespace) -> str:
     if args.database:
         return str(args.database)
-    try:
-        return load_policy(args.policy).database_url
-    except PolicyInvalid as e:
-        print(f"cannot read the database setting from {args.policy}:\n{e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    return load_policy_or_exit(args.policy).gateway.database
 
 
 def _read(args: argparse.Namespace, query: Callable[[AsyncEngine], Coroutine[Any, Any, list[AccessRecord]]]) -> list[AccessRecord] | None:
     """Run a read-only query, or say why there is nothing to read (None)."""
+    from sqlalchemy.engine import make_url
+
+    from schoolgate.db import create_engine, is_sqlite
+
     url = _database_url(args)
     database = make_url(url).database
     # Opening a missing SQLite file would create an empty one; report it instead.
@@ -237,6 +237,8 @@ def _write_text(records: list[AccessRecord], out: TextIO) -> None:
 
 
 def _write_csv(records: list[AccessRecord], out: TextIO) -> None:
+    from schoolgate.records import AccessRecord, record_as_json
+
     writer = csv.DictWriter(out, fieldnames=list(AccessRecord.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
     for record in records:
@@ -244,26 +246,21 @@ def _write_csv(records: list[AccessRecord], out: TextIO) -> None:
 
 
 def _write_json(records: list[AccessRecord], out: TextIO) -> None:
+    from schoolgate.records import record_as_json
+
     json.dump([record_as_json(r) for r in records], out, indent=1)
     out.write("\n")
 
 
 # --- console, accounts, report, purge ------------------------------------------------
 
-def _policy(args: argparse.Namespace) -> Policy:
-    try:
-        return load_policy(args.policy)
-    except PolicyInvalid as e:
-        print(f"the policy has problems:\n{e}", file=sys.stderr)
-        raise SystemExit(2) from e
-
-
 def _with_engine(policy: Policy, work: Callable[[AsyncEngine], Coroutine[Any, Any, Any]]) -> Any:
     """Bring the schema up to date, then run `work` with an engine."""
+    from schoolgate.db import create_engine, upgrade
 
     async def run() -> Any:
-        await upgrade(policy.database_url)
-        engine = create_engine(policy.database_url)
+        await upgrade(policy.gateway.database)
+        engine = create_engine(policy.gateway.database)
         try:
             return await work(engine)
         finally:
@@ -275,13 +272,14 @@ def _with_engine(policy: Policy, work: Callable[[AsyncEngine], Coroutine[Any, An
 def console_command(args: argparse.Namespace) -> int:
     from schoolgate.reports.console.app import serve  # the web stack loads only for this command
 
-    policy = _policy(args)
-    serve(policy, args.host or policy.console_host, args.port or policy.console_port)
+    policy = load_policy_or_exit(args.policy)
+    serve(policy, args.host or policy.console.host, args.port or policy.console.port)
     return 0
 
 
 def read_new_password(stdin: TextIO | None = None) -> str:
     """Asked twice on a terminal; otherwise the first line of stdin (for scripts)."""
+    from schoolgate.reports.accounts import AccountError
     stdin = stdin or sys.stdin
     if not stdin.isatty():
         return stdin.readline().rstrip("\r\n")
@@ -296,7 +294,10 @@ def _operator() -> str:
 
 
 def accounts_command(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    from schoolgate.reports import accounts as console_accounts
+    from schoolgate.reports.accounts import AccountError
+
+    policy = load_policy_or_exit(args.policy)
     command = args.accounts_command
     try:
         if command == "list":
@@ -332,14 +333,16 @@ def _local_midnight(day: date) -> datetime:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    from schoolgate.reports.report import build_report, render_html, report_csv
+
+    policy = load_policy_or_exit(args.policy)
     if args.end < args.start:
         print("schoolgate: --to is before --from", file=sys.stderr)
         return 2
     start, end = _local_midnight(args.start), _local_midnight(args.end + timedelta(days=1))
     report = _with_engine(policy, lambda e: build_report(e, start, end))
     as_csv = args.output is not None and args.output.suffix.lower() == ".csv"
-    text = report_csv(report) if as_csv else render_html(report, school=policy.school_name,
+    text = report_csv(report) if as_csv else render_html(report, school=policy.school.name,
                                                          with_identities=args.identities)
     if args.output is None:
         sys.stdout.write(text)
@@ -351,6 +354,8 @@ def report_command(args: argparse.Namespace) -> int:
 
 def purge_command(args: argparse.Namespace) -> int:
     """The counts are logged by the purge itself (stderr here, the journal under systemd)."""
-    policy = _policy(args)
+    from schoolgate.reports.retention import purge
+
+    policy = load_policy_or_exit(args.policy)
     _with_engine(policy, lambda e: purge(e, policy, dry_run=args.dry_run))
     return 0

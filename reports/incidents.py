@@ -167,7 +167,7 @@ async def update_incident(engine: AsyncEngine, incident_id: int, *, actor: str, 
         if not changed and not note and not reassigned:
             raise ValueError("change the status or the assignee, or write a note")
         now = _now()
-        after: dict[str, Any] = {"status": status.value if changed else row.status}
+        after: dict[str, Any] = {"status": status.value if status is not None and changed else row.status}
         values: dict[str, Any] = dict(updated_at=now, updated_by=actor, status=after["status"])
         if reassigned:
             values["assigned"] = after["assigned"] = assigned or None

@@ -20,6 +20,8 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schoolgate import commaset
+from schoolgate.categories.suffixes import registrable_domain
 from schoolgate.categories.taxonomy import CATEGORIES
 from schoolgate.db import access_log
 from schoolgate.reports.console import templating
@@ -48,7 +50,7 @@ class PeriodReport:
     by_group: list[tuple[str, int, int, int]]  # group, requests, blocked, flagged
     by_severity: list[tuple[str, int]]  # severity name, flagged records
     by_risk: list[tuple[str, int]]  # flag (self-harm, circumvention, ...), flagged records
-    top_blocked: list[tuple[str, int]]  # host, blocked attempts
+    top_blocked: list[tuple[str, int]]  # registrable domain (a site, with its subdomains), blocked attempts
     days: list[Day]
     open_incidents: list[Incident]
 
@@ -76,7 +78,7 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
             .group_by(c.flag_severity, c.flag))).all()
         top_blocked = (await conn.execute(
             select(c.host, func.count().label("n")).where(*in_period, c.verdict.in_(BLOCKED))
-            .group_by(c.host).order_by(func.count().desc(), c.host).limit(TOP_SITES))).all()
+            .group_by(c.host))).all()
         per_day = (await conn.execute(
             select(func.date(c.ts), c.verdict, c.flag_severity.is_not(None), func.count())
             .where(*in_period).group_by(func.date(c.ts), c.verdict, c.flag_severity.is_not(None)))).all()
@@ -89,7 +91,7 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
         groups[group][2] += n if flagged else 0
     categories: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for listed, verdict, n in per_categories:
-        for category in filter(None, listed.split(",")):
+        for category in commaset.decode(listed):
             categories[category][0] += n
             categories[category][1] += n if verdict in BLOCKED else 0
     severities: Counter[int] = Counter()
@@ -107,10 +109,19 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
         by_group=sorted(((k, *v) for k, v in groups.items()), key=lambda r: r[0]),  # type: ignore[misc]
         by_severity=[(templating.severity_name(s), severities[s]) for s in sorted(severities, reverse=True)],
         by_risk=risks.most_common(),
-        top_blocked=[(host, n) for host, n in top_blocked],
+        top_blocked=_by_site(top_blocked),
         days=_days(start, end, per_day),
         open_incidents=open_incidents,
     )
+
+
+def _by_site(per_host: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Blocked attempts per site: www.x.com, cdn.x.com and x.com are one site, x.co.uk
+    and y.co.uk two (the public suffix list says where a site's own name starts)."""
+    sites: Counter[str] = Counter()
+    for host, n in per_host:
+        sites[registrable_domain(host)] += n
+    return sorted(sites.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SITES]
 
 
 def _days(start: datetime, end: datetime, rows: Iterable[Any]) -> list[Day]:

@@ -2,7 +2,8 @@
 
 - access records older than `records_days`, except flagged ones;
 - flagged records older than `flagged_days`, with their incidents and notes
-  (a safeguarding file is kept longer, but not for ever);
+  (a safeguarding file is kept longer, but not for ever); a record of the
+  illegal-content tier (rule `illegal`) is always kept that long, flagged or not;
 - access requests and console login attempts older than `records_days`;
 - console sessions that have ended or gone idle.
 
@@ -18,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
@@ -47,17 +48,18 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
                 now: datetime | None = None) -> PurgeCounts:
     """Delete (or, with dry_run, count) what is past its retention, in one transaction."""
     now = now or datetime.now(UTC)
-    records_before = now - timedelta(days=policy.records_days)
-    flagged_before = now - timedelta(days=policy.flagged_days)
+    records_before = now - timedelta(days=policy.retention.records_days)
+    flagged_before = now - timedelta(days=policy.retention.flagged_days)
     c = access_log.c
-    expired_flagged = select(c.id).where(c.flag_severity.is_not(None), c.ts < flagged_before)
+    kept_long = or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))  # evidence for the DSL and police
+    expired_flagged = select(c.id).where(kept_long, c.ts < flagged_before)
     expired_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(expired_flagged))
     # Notes before incidents before records: each step finds its rows through the next.
     steps: list[tuple[str, Delete]] = [
         ("incident_notes", delete(incident_notes).where(incident_notes.c.incident_id.in_(expired_incidents))),
         ("incidents", delete(incidents).where(incidents.c.record_id.in_(expired_flagged))),
-        ("flagged_records", delete(access_log).where(c.flag_severity.is_not(None), c.ts < flagged_before)),
-        ("records", delete(access_log).where(c.flag_severity.is_(None), c.ts < records_before)),
+        ("flagged_records", delete(access_log).where(kept_long, c.ts < flagged_before)),
+        ("records", delete(access_log).where(not_(kept_long), c.ts < records_before)),
         ("access_requests", delete(access_requests).where(access_requests.c.created_at < records_before)),
         ("login_attempts", delete(login_attempts).where(login_attempts.c.ts < records_before)),
         ("sessions", delete(console_sessions).where(console_sessions.c.last_seen < now - SESSION_KEEP)),
@@ -69,8 +71,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
         counts = PurgeCounts(**counted)
         if not dry_run:
             await record_audit(conn, "schoolgate", "system", "retention.purge", "retention", None, None,
-                               {**asdict(counts), "records_days": policy.records_days,
-                                "flagged_days": policy.flagged_days})
+                               {**asdict(counts), "records_days": policy.retention.records_days,
+                                "flagged_days": policy.retention.flagged_days})
     log.info("%s: %s", "retention dry run, would delete" if dry_run else "retention purge deleted",
              ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in asdict(counts).items()))
     return counts

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -30,6 +30,7 @@ import httpx
 
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.flags import risk_title
+from schoolgate.policy import AlertSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,6 @@ class Alert:
     group: str
     user_key: str  # user name or client IP: de-duplication only, never sent
     summary: str  # no URL, no search term, no name
-
-
-@dataclass(kw_only=True)
-class AlertSettings:
-    console_url: str  # base link; the record_ref is appended
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    smtp_from: str = "schoolgate@localhost"
-    smtp_to: list[str] = field(default_factory=list)
-    smtp_starttls: bool = False
-    smtp_user: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
-    webhook_url: str | None = field(default=None, repr=False)  # may carry a token
-    min_severity: Severity = Severity.HIGH
-    per_user_window_s: int = 900
-    max_per_hour: int = 60
-    max_attempts: int = 5
-    retry_initial_s: float = 2.0  # doubles after each failed attempt
-    send_timeout_s: float = 10.0
 
 
 def redact_url(url: str) -> str:
@@ -91,10 +73,10 @@ def email_message(alert: Alert, settings: AlertSettings) -> EmailMessage:
     fields = alert_fields(alert, settings.console_url)
     message = EmailMessage()
     message["Subject"] = f"[schoolgate] {fields['severity']} safeguarding alert: {fields['risk_title']}"
-    message["From"] = settings.smtp_from
-    message["To"] = ", ".join(settings.smtp_to)
+    message["From"] = settings.email.sender
+    message["To"] = ", ".join(settings.email.to)
     message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = make_msgid(domain=settings.smtp_from.rpartition("@")[2] or None)
+    message["Message-ID"] = make_msgid(domain=settings.email.sender.rpartition("@")[2] or None)
     message.set_content(
         "A safeguarding alert was raised.\n\n"
         f"Severity: {fields['severity']}\n"
@@ -177,11 +159,11 @@ class AlertDispatcher:
     async def _deliver(self, alert: Alert) -> None:
         try:
             channels: list[tuple[str, Callable[[], Awaitable[object]]]] = []
-            if self.settings.smtp_host and self.settings.smtp_to:
+            if self.settings.email.host and self.settings.email.to:
                 message = email_message(alert, self.settings)
                 channels.append(("email", lambda: asyncio.to_thread(self._send_email, message)))
-            if self.settings.webhook_url:
-                channels.append((f"webhook {redact_url(self.settings.webhook_url)}", lambda: self._post_webhook(alert)))
+            if self.settings.webhook.url:
+                channels.append((f"webhook {redact_url(self.settings.webhook.url)}", lambda: self._post_webhook(alert)))
             await asyncio.gather(*(self._with_retry(alert, name, send) for name, send in channels))
         finally:
             self._queue.task_done()
@@ -208,18 +190,17 @@ class AlertDispatcher:
         log.error("alert %s by %s abandoned after %d attempts", alert.record_ref, channel, self.settings.max_attempts)
 
     def _send_email(self, message: EmailMessage) -> None:
-        s = self.settings
-        assert s.smtp_host is not None
-        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.send_timeout_s) as smtp:
-            if s.smtp_starttls:
+        email = self.settings.email
+        with smtplib.SMTP(email.host, email.port, timeout=self.settings.send_timeout_s) as smtp:
+            if email.starttls:
                 smtp.starttls(context=ssl.create_default_context())
-            if s.smtp_user:
-                smtp.login(s.smtp_user, s.smtp_password or "")
+            if email.user:
+                smtp.login(email.user, email.password)
             smtp.send_message(message)
 
     async def _post_webhook(self, alert: Alert) -> None:
-        assert self._client is not None and self.settings.webhook_url is not None
-        response = await self._client.post(self.settings.webhook_url, json=alert_fields(alert, self.settings.console_url))
+        assert self._client is not None
+        response = await self._client.post(self.settings.webhook.url, json=alert_fields(alert, self.settings.console_url))
         response.raise_for_status()
 
 

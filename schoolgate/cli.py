@@ -1,5 +1,9 @@
 """The `schoolgate` command: run the gateway, check the policy, explain a verdict,
-and (from categories/ and reports/) manage lists and read the records."""
+and (from categories/ and reports/) manage lists and read the records.
+
+Every command imports what it needs when it runs: building the parser loads no
+database, web or proxy library, so `--help`, `check` and `classify` start at once.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,33 @@ import asyncio
 import logging
 import os
 import sys
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from schoolgate.categories import cli as categories_cli
 from schoolgate import manage, workers
+from schoolgate.categories import cli as categories_cli
 from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS
-from schoolgate.live import read_live
-from schoolgate.policy import PolicyInvalid, load_policy
+from schoolgate.commandline import add_policy_option, load_policy_or_exit
+from schoolgate.jsonlog import LOG_FORMATS, JsonFormatter
 from schoolgate.reports import cli as reports_cli
 from schoolgate.urls import InvalidHost, parse_target
 
-
-def _add_policy(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", default=os.environ.get("SCHOOLGATE_POLICY", "policy.toml"),
-                        help="policy file (default: ./policy.toml or $SCHOOLGATE_POLICY)")
+if TYPE_CHECKING:
+    from schoolgate.policy import Group, Policy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start mitmdump with the schoolgate add-on; extra arguments go to mitmdump."""
-    try:
-        policy = load_policy(args.policy)
-    except PolicyInvalid as e:
-        print(f"schoolgate: the policy has problems, not starting:\n{e}", file=sys.stderr)
-        return 1
-    if policy.database_url.startswith("sqlite"):
-        Path(policy.database_url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    confdir = Path(args.confdir or policy.path.parent / "var" / "ca").resolve()
-    confdir.mkdir(parents=True, exist_ok=True)
+    policy = load_policy_or_exit(args.policy)
+    if policy.gateway.database.startswith("sqlite"):
+        # 0700: the database holds personal data, the CA directory the school CA's private key.
+        Path(policy.gateway.database.split("///", 1)[1]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state = os.environ.get("SCHOOLGATE_STATE_DIR")  # the units' and the image's state directory
+    confdir = Path(args.confdir or (Path(state) / "ca" if state else policy.path.parent / "var" / "ca")).resolve()
+    confdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     script = files("schoolgate.addons").joinpath("script.py")
     mitmdump = Path(sys.executable).with_name("mitmdump")
     argv = [
@@ -47,19 +50,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         "--set", f"confdir={confdir}",
         "--set", "connection_strategy=lazy",
         "--set", f"schoolgate_policy={policy.path.resolve()}",
+        "--set", f"schoolgate_log_format={args.log_format}",
         *(["--mode", args.mode] if args.mode else []),
         *args.mitmdump_args,
     ]
-    print(f"schoolgate: proxy on {args.listen_host}:{args.listen_port}, policy {policy.path}, "
+    where = args.listen_host or "every address (IPv4 and IPv6)"
+    print(f"schoolgate: proxy on {where} port {args.listen_port}, policy {policy.path}, "
           f"school CA in {confdir} (install mitmproxy-ca-cert.pem on pupils' devices)", file=sys.stderr)
+    if policy.gateway.metrics_port and os.environ.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
+        workers.write_prometheus_targets(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]),
+                                         policy.gateway.metrics_address, policy.gateway.metrics_port, args.workers)
     if args.workers > 1:
-        if policy.metrics_port:
-            print(f"schoolgate: {args.workers} workers; metrics on http://{policy.metrics_address}:"
-                  f"{policy.metrics_port}-{policy.metrics_port + args.workers - 1}/metrics", file=sys.stderr)
+        if policy.gateway.metrics_port:
+            print(f"schoolgate: {args.workers} workers; metrics on http://{policy.gateway.metrics_address}:"
+                  f"{policy.gateway.metrics_port}-{policy.gateway.metrics_port + args.workers - 1}/metrics", file=sys.stderr)
         workers.ensure_ca(confdir)
-        return workers.Supervisor(workers.plan(argv, args.workers, policy.metrics_port)).run()
-    if policy.metrics_port:
-        print(f"schoolgate: metrics on http://{policy.metrics_address}:{policy.metrics_port}/metrics", file=sys.stderr)
+        return workers.Supervisor(workers.plan(argv, args.workers, policy.gateway.metrics_port)).run()
+    if policy.gateway.metrics_port:
+        print(f"schoolgate: metrics on http://{policy.gateway.metrics_address}:{policy.gateway.metrics_port}/metrics", file=sys.stderr)
     os.execv(argv[0], argv)
 
 
@@ -71,6 +79,8 @@ def _positive(text: str) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from schoolgate.policy import PolicyInvalid, load_policy
+
     try:
         policy = load_policy(args.file or args.policy)
     except PolicyInvalid as e:
@@ -79,20 +89,100 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(e.problems)} problem(s); a running gateway keeps its last good policy until they are fixed")
         return 1
     print(f"{policy.path}: ok — {len(policy.groups)} groups ({', '.join(policy.groups)}), "
-          f"{len(policy.local)} local list entries, default group {policy.default_group}")
+          f"{len(policy.local)} local list entries, unknown devices get group {policy.gateway.unknown_group}")
+    sources = [name for name, on in (("htpasswd", policy.auth.htpasswd), ("directory", policy.directory.enabled),
+                                     ("kerberos", policy.kerberos.enabled), ("sign-in page", policy.portal.enabled),
+                                     ("RADIUS accounting", policy.accounting.enabled)) if on]
+    if sources:
+        print(f"identity: {', '.join(sources)}")
+    else:
+        print("warning: no sign-in is set up ([directory], [kerberos], [portal], [accounting] or [auth] htpasswd): "
+              "records name devices and networks, not pupils")
+    if policy.trust is not None:
+        print(f"baseline: {policy.trust.path} (this policy can tighten it, never loosen it)")
+    _check_lists(policy.path)
+    return 0
+
+
+def _check_lists(policy_path: Path) -> None:
+    """Warnings, not errors: the gateway starts (ExecStartPre runs `check`) and filters
+    with what it has, but IT hears that a list is missing, empty, stale or broken."""
+    from schoolgate.categories import status
+    from schoolgate.engine import Engine
+
+    logging.getLogger("schoolgate.engine").setLevel(logging.ERROR)  # said once, below, not twice
+    for line in status.problems(Engine.load(policy_path)):
+        print(f"warning: {line}")
+
+
+def _directory_groups(user: str | None, policy: Policy) -> frozenset[str]:
+    """The user's groups in the directory, as the gateway would read them (none without one)."""
+    if not user or not policy.directory.enabled:
+        return frozenset()
+    from schoolgate.addons.directory import Directory  # only when a directory is configured
+
+    try:
+        return Directory(policy.directory).groups_of(user) or frozenset()
+    except OSError as e:
+        print(f"schoolgate: the directory could not be asked for {user}'s groups: {e}", file=sys.stderr)
+        return frozenset()
+
+
+def _group_for(args: argparse.Namespace, policy: Policy) -> tuple[Group, str] | None:
+    """The group `explain` decides for (--group, or --client/--user), and how it was chosen."""
+    if not args.group:
+        return policy.group_for(args.client or "", args.user, _directory_groups(args.user, policy))
+    if args.group not in policy.groups:
+        print(f"schoolgate: no group {args.group!r}; groups are: {', '.join(policy.groups)}", file=sys.stderr)
+        return None
+    return policy.groups[args.group], "given with --group"
+
+
+def _moment(text: str | None, policy: Policy) -> datetime:
+    """`--at "2026-11-30 10:55"` in the school's timezone; now when not given."""
+    if not text:
+        return datetime.now(UTC)
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=policy.schedules.schedule.timezone)
+
+
+def _explain_content(args: argparse.Namespace) -> int:
+    """`explain --content FILE`: score a saved page as the gateway would, phrase by phrase."""
+    from schoolgate.categories.content import ContentScorer, explanation, judge, saved_page_text
+
+    policy = load_policy_or_exit(args.policy)
+    chosen = _group_for(args, policy)
+    if chosen is None:
+        return 2
+    group, how = chosen
+    settings = policy.content
+    try:
+        text = saved_page_text(Path(args.content), args.type or "", settings.max_kib * 1024)
+    except OSError as e:
+        print(f"schoolgate: cannot read {args.content}: {e}", file=sys.stderr)
+        return 2
+    score = ContentScorer.load(settings.phrase_files).score(text)
+    block_at, flag_at = settings.thresholds(group)
+    print(f"file:       {args.content} (first {settings.max_kib} KiB, as the gateway reads a response)")
+    print(f"group:      {group.name} ({how})")
+    for line in explanation(score, judge(score, block_at=block_at, flag_at=flag_at), block_at=block_at, flag_at=flag_at):
+        print(line)
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.content:
+        return _explain_content(args)
+    if not args.url:
+        print("schoolgate: explain needs a URL, or --content FILE", file=sys.stderr)
+        return 2
     from schoolgate.engine import Engine  # loads the category index; only this command needs it
+    from schoolgate.live import read_live  # the database: exceptions and managed lists
 
+    load_policy_or_exit(args.policy)  # its problems said the one way
+    engine = Engine.load(args.policy)
     try:
-        engine = Engine.load(args.policy)
-    except PolicyInvalid as e:
-        print(f"schoolgate: the policy has problems:\n{e}", file=sys.stderr)
-        return 1
-    try:
-        engine = engine.with_live(asyncio.run(read_live(engine.policy.database_url)))
+        engine = engine.with_live(asyncio.run(read_live(engine.policy.gateway.database)))
     except Exception as e:  # no database yet, or unreachable: say so, decide without exceptions
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"schoolgate: exceptions and managed lists not consulted: {reason}", file=sys.stderr)
@@ -102,16 +192,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"schoolgate: {e}", file=sys.stderr)
         return 2
     policy = engine.policy
-    if args.group:
-        if args.group not in policy.groups:
-            print(f"schoolgate: no group {args.group!r}; groups are: {', '.join(policy.groups)}", file=sys.stderr)
-            return 2
-        group, how = policy.groups[args.group], "given with --group"
-    else:
-        group, how = policy.group_for(args.client or "", args.user)
-    verdict = engine.decide(target, group, user=args.user, client_ip=args.client)
+    chosen = _group_for(args, policy)
+    if chosen is None:
+        return 2
+    group, how = chosen
+    try:
+        when = _moment(args.at, policy)
+    except ValueError as e:
+        print(f"schoolgate: --at {args.at!r}: {e}", file=sys.stderr)
+        return 2
+    group, window = policy.group_during(group, when)
+    from schoolgate.addons.embedded import decided_targets  # the gateway's own reading of carried sites
+
+    targets, seen_as = decided_targets(target)
+    decided = [(t, engine.decide(t, group, user=args.user, client_ip=args.client, seen_as=seen_as)) for t in targets]
+    decisive, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
     print(f"url:        {target.url()}")
+    if decisive is not target:
+        print(f"carries:    {decisive.url()} (decided too; the strictest verdict stands)")
     print(f"group:      {group.name} ({how})")
+    if group.when:
+        print(f"window:     {window or 'none open'} at {when.astimezone(policy.schedules.schedule.timezone):%a %d %b %H:%M}")
+    if policy.trust is not None:
+        from schoolgate.layers import TRUST
+
+        layer = "the trust's baseline" if verdict.source.startswith(TRUST) else "this school's policy"
+        print(f"layer:      {layer} (the stricter of the two stands)")
     print(f"verdict:    {verdict.action.value.upper()}")
     print(f"rule:       {verdict.rule_text}")
     print(f"reason:     {verdict.reason}")
@@ -131,34 +237,82 @@ def cmd_categories(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """A starting policy and the state folder beside it; nothing is overwritten."""
+    directory = args.directory.resolve()
+    policy_path = directory / "policy.toml"
+    if policy_path.exists():
+        print(f"schoolgate: {policy_path} exists already; nothing changed", file=sys.stderr)
+        return 1
+    directory.mkdir(parents=True, exist_ok=True)
+    # 0700: var/ holds the database (personal data), the school CA's private key and the signing keys.
+    for state in (directory / "var", directory / "var" / "ca"):
+        state.mkdir(mode=0o700, exist_ok=True)
+        state.chmod(0o700)
+    text = files("schoolgate").joinpath("default_policy.toml").read_text(encoding="utf-8")
+    fd = os.open(policy_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"""wrote {policy_path} (0600) and {directory / 'var'} (0700). Before pupils use it:
+  1. edit the policy: [school], your networks under [groups.*], [monitoring] console_url, [alerts]
+     (`schoolgate check --policy {policy_path}` lists every problem);
+  2. compile the category lists: `schoolgate lists update --policy {policy_path}`
+     (until then only the small built-in list filters);
+  3. put the IWF / CTIRU lists in place (see categories/README.md, "The illegal-content tier");
+  4. create the DSL's console account: `schoolgate accounts add NAME --role dsl --policy {policy_path}`;
+  5. start it (`schoolgate run --policy {policy_path}`) and install var/ca/mitmproxy-ca-cert.pem on devices.""")
+    return 0
+
+
+def _version() -> str:
+    try:
+        return version("schoolgate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="schoolgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"schoolgate {_version()}")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", dest="cli_log_format",
+                        help="this command's own log lines as text or JSON objects")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    init = sub.add_parser("init", help="write a starting policy.toml and the state folder (var/) into DIR")
+    init.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR", help="default: here")
+    init.set_defaults(func=cmd_init)
+
     run = sub.add_parser("run", help="start the gateway (mitmdump with the schoolgate add-on)")
-    _add_policy(run)
-    run.add_argument("--listen-host", default="0.0.0.0")
+    add_policy_option(run)
+    run.add_argument("--listen-host", default="", help="address to listen on (default: every IPv4 and IPv6 address)")
     run.add_argument("--listen-port", type=int, default=8080)
     run.add_argument("--mode", help="mitmproxy mode, e.g. transparent (default: explicit proxy)")
     run.add_argument("--confdir", help="where the school CA lives (default: var/ca beside the policy)")
     run.add_argument("--quiet", action="store_true", help="no per-request output")
     run.add_argument("--workers", type=_positive, default=1,
                      help="gateway processes sharing the listening address (one core each; default 1)")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                     help="the gateway's log lines as text, or JSON objects one a line (journald, Loki)")
     run.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="further mitmdump options after --")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a policy file and list every problem with its line")
-    _add_policy(check)
+    add_policy_option(check)
     check.add_argument("file", nargs="?", help="policy file to check (default: --policy)")
     check.set_defaults(func=cmd_check)
 
-    explain = sub.add_parser("explain", help="show the verdict for a URL and the rule that decided it")
-    _add_policy(explain)
-    explain.add_argument("url")
+    explain = sub.add_parser("explain", help="show the verdict for a URL and the rule that decided it, "
+                                             "or (--content FILE) how a saved page's words score")
+    add_policy_option(explain)
+    explain.add_argument("url", nargs="?")
+    explain.add_argument("--content", metavar="FILE", help="score a saved page (HTML, JSON, event stream, text)")
+    explain.add_argument("--type", help="with --content: the page's Content-Type (default: by file name)")
     who = explain.add_mutually_exclusive_group()
     who.add_argument("--group", help="decide as this group")
     who.add_argument("--client", help="decide for this client IP (its group by network)")
     explain.add_argument("--user", help="authenticated user name (its group, if listed)")
+    explain.add_argument("--at", help="decide as at this time (\"2026-11-30 10:55\", the school's timezone): "
+                                      "for groups whose actions change with [schedules] windows")
     explain.set_defaults(func=cmd_explain)
 
     cats = sub.add_parser("categories", help="list schoolgate's categories, severities and UK safeguarding headings")
@@ -172,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="schoolgate: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if args.cli_log_format == "json" else logging.Formatter("schoolgate: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     if getattr(args, "mitmdump_args", None) and args.mitmdump_args[0] == "--":
         args.mitmdump_args = args.mitmdump_args[1:]
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # `schoolgate log | head`: the reader left; say nothing more, and let Python's
+        # final flush of stdout go nowhere instead of raising again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe ended

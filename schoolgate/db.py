@@ -7,13 +7,17 @@ SQLite now and PostgreSQL later. Column names avoid SQL reserved words
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from datetime import UTC, datetime
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -37,12 +41,33 @@ from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
 
+from schoolgate import commaset  # noqa: E402
+
 log = logging.getLogger("schoolgate.db")
 
 # How long an SQLite connection waits for another's write lock before failing.
 # The record writer retries failed batches itself, so this only smooths over
 # short contention (a report query checkpointing, a second gateway process).
 BUSY_TIMEOUT_MS = 5000
+# The record writer's connections wait less: it retries by itself, and a call stuck in
+# SQLite's thread cannot be cancelled, so a short wait keeps its shutdown bounded.
+WRITER_BUSY_TIMEOUT_MS = 1000
+
+
+class CommaSet(TypeDecorator[tuple[str, ...]]):
+    """Names (categories, groups) stored as ",a,b," ("" when none), so `LIKE '%,a,%'` finds a
+    member on every backend; tuples in and out. A str is bound as it is: a LIKE pattern."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[str, ...] | str | None, dialect: Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return commaset.encode(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> tuple[str, ...] | None:
+        return None if value is None else commaset.decode(value)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -101,6 +126,9 @@ access_log = Table(
     Column("flag", String()),
     Column("flag_severity", Integer()),
     Column("flag_detail", Text()),
+    Column("url_cut", Boolean()),  # the URL was longer than is kept and was cut (0005_front)
+    Column("duration_ms", BigInteger()),  # how long the request or connection lasted (0005_front)
+    Column("identity_source", String()),  # how the user or group was known (0005_identity)
     Index("ix_access_log_ts", "ts"),
     Index("ix_access_log_username_ts", "username", "ts"),
     Index("ix_access_log_client_ip_ts", "client_ip", "ts"),
@@ -111,6 +139,22 @@ access_log = Table(
     Index("ix_access_log_verdict_ts", "verdict", "ts"),
     Index("ix_access_log_instance_seq", "instance", "seq"),
     Index("ix_access_log_flag_severity_ts", "flag_severity", "ts"),
+)
+
+
+# Which user is on which device address, as the sign-in page or a Wi-Fi controller said
+# (0005_identity): shared by every gateway process, so any worker knows a signed-in device.
+address_sessions = Table(
+    "address_sessions",
+    metadata,
+    Column("address", String(), primary_key=True),
+    Column("username", String(), nullable=False),
+    Column("source", String(), nullable=False),  # portal | accounting
+    Column("groups", CommaSet(), nullable=False),  # directory groups from the sign-in
+    Column("origin", String(), nullable=False),  # "portal" or the Wi-Fi controller's address
+    Column("expires_at", UtcDateTime(), nullable=False),  # an ended session expires at once, so others see it end
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_address_sessions_updated_at", "updated_at"),
 )
 
 
@@ -164,7 +208,7 @@ access_requests = Table(
     Column("group_name", String(), nullable=False),
     Column("url", Text(), nullable=False),
     Column("host", String(), nullable=False),
-    Column("categories", Text(), nullable=False),
+    Column("categories", CommaSet(), nullable=False),
     Column("reason", Text(), nullable=False),
     Column("status", String(), nullable=False),  # pending | approved | refused
     Column("decided_by", String()),
@@ -208,7 +252,7 @@ console_accounts = Table(
     Column("username", String(), nullable=False, unique=True),
     Column("role", String(), nullable=False),  # dsl | it_admin | teacher
     Column("password_hash", String(), nullable=False),  # argon2id, PHC string
-    Column("groups", Text(), nullable=False),  # ",a,b,": groups a teacher may grant exceptions for
+    Column("groups", CommaSet(), nullable=False),  # groups a teacher may grant exceptions for
     Column("created_at", UtcDateTime(), nullable=False),
     Column("disabled_at", UtcDateTime()),
 )
@@ -270,19 +314,58 @@ def is_sqlite(database_url: str) -> bool:
     return make_url(database_url).get_backend_name() == "sqlite"
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine; SQLite connections get WAL, synchronous=NORMAL and a busy timeout."""
-    engine = create_async_engine(database_url)
+# How long connecting to PostgreSQL may take: a paused or unreachable server is an error, not a wait.
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def create_engine(database_url: str, *, statement_timeout: float | None = None) -> AsyncEngine:
+    """An async engine; SQLite connections get WAL, synchronous=NORMAL and a busy timeout.
+
+    With `statement_timeout` (the record writer's deadline), PostgreSQL statements
+    time out after it and SQLite waits at most WRITER_BUSY_TIMEOUT_MS for a lock, so
+    no call outlives the writer's deadline. PostgreSQL connections time out after
+    CONNECT_TIMEOUT_SECONDS."""
+    connect_args: dict[str, Any] = {}
+    if make_url(database_url).get_backend_name() == "postgresql":
+        connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
+        if statement_timeout is not None:
+            connect_args["command_timeout"] = statement_timeout
+    engine = create_async_engine(database_url, connect_args=connect_args)
     if is_sqlite(database_url):
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        _make_private(make_url(database_url).database)
+        short = statement_timeout is not None
+        event.listen(engine.sync_engine, "connect",
+                     lambda connection, record: _sqlite_pragmas(connection, record, short_busy_timeout=short))
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _make_private(database: str | None) -> None:
+    """Access records are personal data: the SQLite file is 0600 in a 0700 directory it
+    creates, whatever the umask (SQLite gives its -wal and -shm files the same mode)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Never open() and close() an existing database file: closing any descriptor of it drops
+    # every POSIX lock this process holds on it (SQLite's own connections included).
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            log.warning("%s was readable by other users; now 0600 (it holds pupils' access records)", path)
+    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if companion.exists() and companion.stat().st_mode & 0o077:
+            companion.chmod(0o600)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, short_busy_timeout: bool = False) -> None:
     # WAL lets reports read while the gateway writes; NORMAL is durable across
     # application crashes and only risks the last commits on power loss.
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+    busy_ms = min(BUSY_TIMEOUT_MS, WRITER_BUSY_TIMEOUT_MS) if short_busy_timeout else BUSY_TIMEOUT_MS
+    cursor.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
@@ -293,6 +376,15 @@ def alembic_config() -> Config:
     config = Config(str(migrations / "alembic.ini"))
     config.set_main_option("script_location", str(migrations))
     return config
+
+
+async def dispose_within(engine: AsyncEngine, seconds: float = 1.0) -> None:
+    """Release an engine's connections, but never wait long for a hung database
+    (asyncpg closes gracefully, without a deadline, and a frozen server never answers)."""
+    disposal = asyncio.create_task(engine.dispose())
+    done, _ = await asyncio.wait({disposal}, timeout=seconds)
+    if not done:
+        disposal.cancel()
 
 
 async def upgrade(database_url: str) -> None:

@@ -9,12 +9,15 @@ Storing them, the audit trail and the change counter are in `schoolgate.live`.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from schoolgate import commaset
+from schoolgate.categories.suffixes import public_suffix_problem
 from schoolgate.categories.taxonomy import CATEGORIES
-from schoolgate.policy import Policy, Role
+from schoolgate.policy import ListEntry, Policy, Role
 from schoolgate.urls import InvalidHost, Target, normalise_entry, path_matches_prefix
 
 # Whatever the policy says, no one opens these through the product: content that is
@@ -30,6 +33,10 @@ class ScopeKind(StrEnum):
     USERS = "users"  # a class list
     NETWORK = "network"  # a room or building
     USER = "user"
+
+
+class NotFound(LookupError):
+    """No such exception, list entry or access request."""
 
 
 class GrantRefused(ValueError):
@@ -71,7 +78,7 @@ class Grant:
             case ScopeKind.USER:
                 return user is not None and user == self.scope
             case ScopeKind.USERS:
-                return user is not None and f",{user}," in self.scope
+                return user is not None and commaset.member(user) in self.scope
             case ScopeKind.NETWORK:
                 try:
                     return client_ip is not None and ipaddress.ip_address(client_ip) in ipaddress.ip_network(self.scope)
@@ -87,6 +94,18 @@ class Grant:
         if host != self.host and not host.endswith("." + self.host):
             return False
         return not self.path or path_matches_prefix(target.match_path, self.path)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the gateway reads from the database (`schoolgate.live`): exceptions and managed list entries."""
+
+    version: int
+    grants: tuple[Grant, ...] = ()
+    entries: tuple[ListEntry, ...] = ()
+
+
+EMPTY = LiveState(version=-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +133,15 @@ def parse_target(text: str) -> tuple[str, str, str, str]:
         host, path = normalise_entry(text)
     except InvalidHost as e:
         raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+    if not path and (too_wide := public_suffix_problem(host)):
+        raise GrantRefused([f"{text!r} refused: {too_wide}; name the site itself"])
     return ("url" if path else "domain"), host, path, ""
 
 
 def normalise_scope(kind: ScopeKind, scope: str) -> str:
     """Canonical stored form: users as ",a,b," so one LIKE/contains test finds a member."""
     if kind is ScopeKind.USERS:
-        users = [u.strip() for u in scope.split(",") if u.strip()]
-        return "," + ",".join(users) + "," if users else ""
+        return commaset.encode(u.strip() for u in scope.split(","))
     if kind is ScopeKind.NETWORK:
         try:
             return str(ipaddress.ip_network(scope.strip(), strict=False))
@@ -133,10 +153,10 @@ def normalise_scope(kind: ScopeKind, scope: str) -> str:
 def lesson_end(policy: Policy, now: datetime) -> datetime:
     """Default end of an exception: the end of the current lesson, else the policy's default length."""
     local_now = now.astimezone()
-    for start, end in policy.lessons:
+    for start, end in policy.exceptions.lessons:
         if start <= local_now.time() < end:
             return datetime.combine(local_now.date(), end, tzinfo=local_now.tzinfo)
-    return now + timedelta(minutes=policy.exception_default_minutes)
+    return now + timedelta(minutes=policy.exceptions.default_minutes)
 
 
 def check(policy: Policy, request: GrantRequest, listed_categories: set[str], now: datetime) -> list[str]:
@@ -155,30 +175,20 @@ def check(policy: Policy, request: GrantRequest, listed_categories: set[str], no
         problems.append(f"the end time {request.ends_at:%Y-%m-%d %H:%M} is in the past")
     if request.ends_at <= request.starts_at:
         problems.append("the end time is before the start time")
-    limit = policy.exception_max_minutes[request.role]
+    limit = policy.exceptions.max_minutes(request.role)
     if request.ends_at - max(request.starts_at, now) > timedelta(minutes=limit):
         problems.append(f"a {request.role.value} may open a site for at most {_duration(limit)}")
     if not request.reason.strip():
         problems.append("give a reason; it is kept in the audit trail")
 
-    if forbidden := sorted(opened & NEVER_OPENED):
-        problems.append(f"{', '.join(forbidden)} cannot be opened by anyone")
-    if request.role is Role.TEACHER:
-        if forbidden := sorted(opened & NEVER_BY_TEACHERS - NEVER_OPENED):
-            problems.append(f"teachers may not open {', '.join(forbidden)}")
-        too_severe = sorted(c for c in opened if c in CATEGORIES and CATEGORIES[c].severity > policy.teacher_max_severity)
-        if too_severe := [c for c in too_severe if c not in NEVER_BY_TEACHERS]:
-            problems.append(
-                f"teachers may open categories up to {policy.teacher_max_severity.name.lower()} severity; "
-                f"{', '.join(too_severe)} is higher (ask IT)"
-            )
+    problems.extend(refusals(policy, request.role, opened))
 
     scope = normalise_scope(request.scope_kind, request.scope)
     if request.scope_kind is ScopeKind.GROUP:
         if scope not in policy.groups:
             problems.append(f"unknown group {scope!r}; groups are: {', '.join(policy.groups)}")
-        elif request.role is Role.TEACHER and scope not in policy.teacher_groups:
-            problems.append(f"teachers may grant exceptions only for {', '.join(policy.teacher_groups) or 'no groups'}")
+        elif request.role is Role.TEACHER and scope not in policy.exceptions.teacher_groups:
+            problems.append(f"teachers may grant exceptions only for {', '.join(policy.exceptions.teacher_groups) or 'no groups'}")
     elif request.scope_kind is ScopeKind.NETWORK:
         try:
             ipaddress.ip_network(request.scope.strip(), strict=False)
@@ -186,6 +196,24 @@ def check(policy: Policy, request: GrantRequest, listed_categories: set[str], no
             problems.append(f"{request.scope!r} is not a network (CIDR, e.g. 10.20.3.0/24)")
     elif not scope:
         problems.append("name at least one user")
+    return problems
+
+
+def refusals(policy: Policy, role: Role | str, categories: Iterable[str]) -> list[str]:
+    """Why someone in `role` may not open sites listed in these categories (empty: they may).
+    Checked when an exception is granted, and again at every request it would open, so a
+    teacher's exception for a host never opens a page on it listed as pornography."""
+    opened = set(categories)
+    problems = []
+    if forbidden := sorted(opened & NEVER_OPENED):
+        problems.append(f"{', '.join(forbidden)} cannot be opened by anyone")
+    if role == Role.TEACHER:
+        if forbidden := sorted(opened & NEVER_BY_TEACHERS - NEVER_OPENED):
+            problems.append(f"teachers may not open {', '.join(forbidden)}")
+        ceiling = policy.exceptions.teacher_max_severity
+        if too_severe := sorted(c for c in opened - NEVER_BY_TEACHERS if c in CATEGORIES and CATEGORIES[c].severity > ceiling):
+            problems.append(f"teachers may open categories up to {ceiling.name.lower()} severity; "
+                            f"{', '.join(too_severe)} is higher (ask IT)")
     return problems
 
 

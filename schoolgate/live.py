@@ -14,23 +14,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from schoolgate.categories.suffixes import public_suffix_problem
 from schoolgate.db import access_requests, audit_log, create_engine, exceptions, list_entries, live_version
-from schoolgate.grants import Grant, GrantRefused, GrantRequest, ScopeKind, check, normalise_scope, parse_target
+from schoolgate.grants import (
+    Grant,
+    GrantRefused,
+    GrantRequest,
+    LiveState,
+    NotFound,
+    ScopeKind,
+    check,
+    normalise_scope,
+    parse_target,
+)
 from schoolgate.policy import Action, ListEntry, Policy, Role
 from schoolgate.urls import InvalidHost, normalise_entry
-
-
-@dataclass(frozen=True)
-class LiveState:
-    version: int
-    grants: tuple[Grant, ...] = ()
-    entries: tuple[ListEntry, ...] = ()
-
-
-EMPTY = LiveState(version=-1)
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,13 @@ class AccessRequest:
     group_name: str
     url: str
     host: str
-    categories: str
+    categories: tuple[str, ...]
     reason: str
     status: str
     decided_by: str | None
     decided_at: datetime | None
     note: str | None
     exception_id: int | None
-
-
-class NotFound(LookupError):
-    pass
 
 
 def _now() -> datetime:
@@ -76,6 +73,13 @@ def _managed_entry(text: str, role: Role) -> tuple[str, str]:
         return normalise_entry(text)
     except InvalidHost as e:
         raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The id the database gave the row just inserted."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _json(values: dict[str, Any] | None) -> str | None:
@@ -182,7 +186,7 @@ class LiveStore:
             starts_at=request.starts_at, ends_at=request.ends_at, reason=request.reason, granted_by=request.actor,
             granted_role=request.role.value, created_at=_now(), request_id=request_id,
         )
-        new_id = (await conn.execute(insert(exceptions).values(**values))).inserted_primary_key[0]
+        new_id = inserted_id(await conn.execute(insert(exceptions).values(**values)))
         await self._audit(conn, request.actor, request.role, "exception.grant", "exception", new_id, None, values)
         return Grant(id=new_id, kind=kind, host=host, path=path, category=category, scope_kind=request.scope_kind,
                      scope=scope, starts_at=request.starts_at, ends_at=request.ends_at, granted_by=request.actor,
@@ -203,6 +207,8 @@ class LiveStore:
 
     async def add_entry(self, action: Action, text: str, reason: str, actor: str, role: Role) -> int:
         host, path = _managed_entry(text, role)
+        if not path and (too_wide := public_suffix_problem(host)):
+            raise GrantRefused([f"{text!r} refused: {too_wide}; name the sites themselves"])
         async with self.engine.begin() as conn:
             existing = (await conn.execute(select(list_entries).where(
                 list_entries.c.host == host, list_entries.c.path == path, list_entries.c.removed_at.is_(None)))).first()
@@ -210,7 +216,7 @@ class LiveStore:
                 raise GrantRefused([f"{text!r} is already on the {existing.action} list (#{existing.id})"])
             values = dict(action=action.value, entry=text, host=host, path=path, reason=reason,
                           added_by=actor, added_at=_now())
-            new_id = (await conn.execute(insert(list_entries).values(**values))).inserted_primary_key[0]
+            new_id = inserted_id(await conn.execute(insert(list_entries).values(**values)))
             await self._audit(conn, actor, role, f"list.{action.value}.add", "list_entry", new_id, None, values)
             await self._bump(conn)
         return new_id
@@ -232,9 +238,9 @@ class LiveStore:
     async def create_request(self, *, ref: str | None, client_ip: str, username: str | None, group: str,
                              url: str, host: str, categories: tuple[str, ...], reason: str) -> int:
         values = dict(ref=ref, created_at=_now(), client_ip=client_ip, username=username, group_name=group, url=url,
-                      host=host, categories="," + ",".join(categories) + ",", reason=reason[:1000], status="pending")
+                      host=host, categories=categories, reason=reason[:1000], status="pending")
         async with self.engine.begin() as conn:
-            new_id = (await conn.execute(insert(access_requests).values(**values))).inserted_primary_key[0]
+            new_id = inserted_id(await conn.execute(insert(access_requests).values(**values)))
             await self._audit(conn, username or client_ip, "pupil", "request.create", "access_request", new_id, None,
                               {k: v for k, v in values.items() if k != "created_at"})
         return new_id
@@ -252,7 +258,7 @@ class LiveStore:
                 raise NotFound(f"no access request #{request_id}")
             if row.status != "pending":
                 raise GrantRefused([f"request #{request_id} was already {row.status} by {row.decided_by}"])
-            exception_id = (await self._insert_grant(conn, grant, request_id)).id if approve else None
+            exception_id = (await self._insert_grant(conn, grant, request_id)).id if approve and grant else None
             status = "approved" if approve else "refused"
             after = dict(status=status, decided_by=actor, decided_role=role.value, decided_at=_now(), note=note,
                          exception_id=exception_id)

@@ -16,13 +16,15 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from schoolgate.db import create_engine, upgrade
-from schoolgate.grants import GrantRefused, GrantRequest, ScopeKind, lesson_end, parse_target
-from schoolgate.live import LiveStore, NotFound
-from schoolgate.policy import Action, Policy, PolicyInvalid, Role, load_policy
-from schoolgate.urls import Target, normalise_entry
+from schoolgate.commandline import add_policy_option, load_policy_or_exit
+from schoolgate.grants import GrantRefused, GrantRequest, NotFound, ScopeKind, lesson_end, parse_target
+from schoolgate.policy import Action, Policy, Role
 from schoolgate.urls import parse_target as parse_url
+
+if TYPE_CHECKING:
+    from schoolgate.live import LiveStore
 
 
 class UsageError(ValueError):
@@ -56,23 +58,21 @@ def _actor(args: argparse.Namespace) -> tuple[str, Role]:
     return args.by, Role(args.role)
 
 
-def _target_url(target: str) -> Target | None:
-    if target.startswith("category:"):
-        return None
-    host, path = normalise_entry(target)
-    return parse_url(f"http://{host}{path}")
+def _grant_categories(policy: Policy, target: str) -> set[str]:
+    from schoolgate.engine import grant_categories  # opens the category index; only grants need it
+
+    return grant_categories(policy, target)
 
 
 def _run(args: argparse.Namespace, work: Callable[[Policy, LiveStore], Awaitable[int]]) -> int:
-    try:
-        policy = load_policy(args.policy)
-    except PolicyInvalid as e:
-        print(f"schoolgate: the policy has problems:\n{e}", file=sys.stderr)
-        return 2
+    from schoolgate.db import create_engine, upgrade
+    from schoolgate.live import LiveStore
+
+    policy = load_policy_or_exit(args.policy)
 
     async def main() -> int:
-        await upgrade(policy.database_url)
-        engine = create_engine(policy.database_url)
+        await upgrade(policy.gateway.database)
+        engine = create_engine(policy.gateway.database)
         try:
             return await work(policy, LiveStore(engine))
         finally:
@@ -87,14 +87,6 @@ def _run(args: argparse.Namespace, work: Callable[[Policy, LiveStore], Awaitable
     except NotFound as e:
         print(f"schoolgate: {e}", file=sys.stderr)
         return 1
-
-
-def listed_categories(policy: Policy, target: str) -> set[str]:
-    """Categories the site is listed in, so a grant names what it really opens."""
-    from schoolgate.engine import Engine  # opens the category index; only grants need it
-
-    url = _target_url(target)
-    return Engine.load(policy.path).listed_categories(url) if url else set()
 
 
 # --- allow / block ------------------------------------------------------------------
@@ -137,7 +129,7 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
         if args.change == "grant":
             parse_target(args.target)  # a clear error before anything else
             request = _grant_request(policy, args, args.target, parse_scope(args.scope))
-            grant = await store.grant(policy, request, listed_categories(policy, args.target))
+            grant = await store.grant(policy, request, _grant_categories(policy, args.target))
             print(f"exception #{grant.id}: {grant.what} open for {grant.whom} "
                   f"until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
         elif args.change == "revoke":
@@ -181,7 +173,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
             args.reason = f"request #{args.id}: {asked.reason}"
         grant = _grant_request(policy, args, target, scope)
         exception_id = await store.decide_request(args.id, approve=True, actor=actor, role=role, note=args.note or "",
-                                                  policy=policy, grant=grant, listed_categories=listed_categories(policy, target))
+                                                  policy=policy, grant=grant, listed_categories=_grant_categories(policy, target))
         print(f"request #{args.id} approved: exception #{exception_id} opens {target} for "
               f"{scope[0].value} {scope[1]} until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
         return 0
@@ -207,7 +199,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     def common(parser: argparse.ArgumentParser, *, actor: bool = True) -> None:
-        parser.add_argument("--policy", default=os.environ.get("SCHOOLGATE_POLICY", "policy.toml"))
+        add_policy_option(parser)
         if actor:
             parser.add_argument("--by", default=os.environ.get("SUDO_USER") or getpass.getuser(),
                                 help="who is making the change (default: your login name)")

@@ -1,13 +1,22 @@
 """Access records: what is stored for every access attempt, and the writer that stores them.
 
-The gateway calls `RecordWriter.submit` on the event loop for each request; a
-background task writes queued records in batches, one transaction each, while
-aiosqlite/asyncpg keep the database I/O off the loop. A record is never
-dropped quietly: a failed batch stays queued and is retried with backoff;
-while the database stays unreachable, and at shutdown, queued records go to a
-JSON-lines spool file that is loaded, in order, as soon as the database is
-back (or at the next start). Records the database rejects outright go to a
-`.rejected.jsonl` file beside it.
+The gateway calls `RecordWriter.submit` on the event loop for each request.
+`submit` appends the record to a local journal file (one `write()`, so a
+killed gateway loses nothing: the kernel keeps the bytes; an fsync every
+`sync_seconds` bounds what a power cut can take) and queues it in memory; a
+background task writes the queue in batches, one transaction each, with
+aiosqlite (executemany) or asyncpg (COPY) keeping the database I/O off the loop.
+
+While the database is slow, hung or down (no answer within `spool_after_seconds`,
+or `max_backlog` records waiting), the queue is let go and the writer reads the
+journal instead, so memory stays bounded whatever the database does; new records
+go to the journal only until the writer has caught up. Once everything in the
+journal is stored it is emptied. At shutdown, and after a crash, whatever the
+journal still holds is loaded at the next start, skipping records already stored.
+Every database await has a deadline, so shutdown is bounded. Records the database
+rejects outright go to a `.rejected.jsonl` file beside it. A record that cannot be
+kept anywhere (disk full and database down) is counted in
+`schoolgate_records_dropped_total` and leaves a gap in its instance's `seq`.
 """
 
 from __future__ import annotations
@@ -17,27 +26,32 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 import os
 import re
 import secrets
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from itertools import batched, islice
+from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schoolgate.db import access_log, create_engine, is_sqlite, upgrade
+from schoolgate import commaset
+from schoolgate.db import access_log, create_engine, dispose_within, is_sqlite, upgrade
 from schoolgate.metrics import (
     RECORD_QUEUE_DEPTH,
+    RECORD_SEQ_MISSING,
     RECORD_SPOOL_BYTES,
+    RECORD_UNCLEAN_STOPS,
     RECORD_WRITE_FAILURES,
     RECORD_WRITE_SECONDS,
     RECORDS_DROPPED,
@@ -76,6 +90,9 @@ class AccessRecord:
     flag: str | None = None  # safeguarding risk for the DSL (self-harm, extremism, circumvention, ...)
     flag_severity: int | None = None  # categories.taxonomy.Severity
     flag_detail: str | None = None  # what raised it: a category, a phrase in the search, a DoH request
+    url_cut: bool = False  # `url` was longer than the gateway keeps (8 KiB) and was cut
+    duration_ms: int | None = None  # from the decision to the end of the request or connection
+    identity_source: str | None = None  # how the user or group was known: network, proxy-basic, kerberos, portal, accounting, unknown
 
 
 def url_for_log(url: str, scheme: str, host: str, port: int | None, mode: UrlLogging) -> str | None:
@@ -112,20 +129,11 @@ def normalise_reference(text: str) -> str:
     return f"SG-{chars[:4]}-{chars[4:]}" if len(chars) == 8 else text.strip()
 
 
-def record_to_row(record: AccessRecord) -> dict[str, Any]:
-    """Column values for `access_log`."""
-    row = dataclasses.asdict(record)
-    row["username"] = row.pop("user")
-    row["group_name"] = row.pop("group")
-    row["categories"] = f",{','.join(record.categories)}," if record.categories else ""
-    return row
-
-
-def record_from_row(row: Mapping[str, Any]) -> AccessRecord:
+def record_from_row(row: Mapping[Any, Any]) -> AccessRecord:
     values = {field.name: row[field.name] for field in dataclasses.fields(AccessRecord) if field.name in row}
     values["user"] = row["username"]
     values["group"] = row["group_name"]
-    values["categories"] = tuple(c for c in row["categories"].split(",") if c)
+    values["categories"] = commaset.decode(row["categories"])
     return AccessRecord(**values)
 
 
@@ -142,10 +150,10 @@ def record_from_json(values: Mapping[str, Any]) -> AccessRecord:
 
 
 def default_spool_path(database_url: str, instance: str | None = None, directory: Path | None = None) -> Path:
-    """In `directory` if given, else beside an SQLite database file, else in the working directory.
+    """The journal: in `directory` if given, else beside an SQLite database file, else in the working directory.
 
     Gateways sharing a database pass their instance name so that each keeps,
-    and replays, a spool of its own."""
+    and replays, a journal of its own."""
     suffix = f".{re.sub(r'[^A-Za-z0-9_.-]', '_', instance)}" if instance else ""
     database = make_url(database_url).database
     if is_sqlite(database_url) and database and database != ":memory:":
@@ -156,8 +164,9 @@ def default_spool_path(database_url: str, instance: str | None = None, directory
 
 
 # Errors that a later attempt may not get: locked, unreachable, shutting down,
-# disk full. Anything else (a constraint or type the record breaks) would fail
-# forever, so that record is set aside instead of blocking every one behind it.
+# disk full, no answer in time. Anything else (a constraint or type the record
+# breaks) would fail forever, so that record is set aside instead of blocking
+# every one behind it.
 _TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError, TimeoutError)
 # PostgreSQL SQLSTATE classes asyncpg reports as plain DBAPIError: connection
 # exception, insufficient resources, operator intervention (shutdown, restart),
@@ -165,7 +174,8 @@ _TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError, TimeoutError)
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57", "58", "40001", "40P01")
 _FIRST_RETRY_SECONDS = 0.1
 _MAX_RETRY_SECONDS = 5.0
-_SPOOL_LOG_SECONDS = 30.0  # at most one "spool is growing" line this often
+_SPOOL_LOG_SECONDS = 30.0  # at most one "journal is growing" line this often
+_SEQ_GAP_WINDOW_HOURS = 24  # how far back start-up looks for gaps in this instance's seq
 
 
 def is_transient(error: BaseException) -> bool:
@@ -174,20 +184,186 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, _TRANSIENT_ERRORS):
         return True
-    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+    # COPY runs on asyncpg's own connection, so its errors arrive untranslated.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None and isinstance(error, asyncpg.InterfaceError) and not isinstance(error, asyncpg.DataError):
+        return True  # "connection is closed", "another operation is in progress": not the record's fault
+    sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
 
 
-class RecordWriter:
-    """Queue records on the event loop and write them in batches from a background task.
+class Journal:
+    """An append-only file (0600) of JSON lines: records not yet known to be in the database.
 
-    While the database refuses writes, records stay queued and are retried;
-    once it has refused for `spool_after_seconds` or `max_backlog` records are
-    waiting, the queue moves to the append-only spool file (fsync'd per batch)
-    so a crash or a long outage cannot lose them. When the database answers
-    again the spool is loaded first, in order, then the queue, so each
-    instance's records arrive in `seq` order. The spool is capped at
-    `max_spool_bytes`; past that records are dropped, counted and logged.
+    Appends are single `write()` calls on an O_APPEND descriptor, so a record is
+    whole in the file, and survives the process being killed, as soon as
+    `append` returns; `sync` (from a thread) makes it survive a power cut.
+    """
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._fd: int | None = None
+        self._failing = False
+        self._closed = False  # by the writer, for good
+
+    def open(self) -> None:
+        create_private_parent(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(self._fd, 0o600)  # also a journal left by an older version
+        self.size = os.fstat(self._fd).st_size
+        if self.size and not self._ends_with_newline():
+            self.append(b"\n")  # a line torn by a power cut: the next one must not join it
+
+    def mark_running(self) -> str | None:
+        """Note that a gateway writes this journal (until `close`); how the previous one stopped if it
+        never closed: "process" (killed: the journal has everything) or "machine" (the machine
+        stopped under it, a power cut: its last unsynced records may be lost)."""
+        marker = self.path.with_name(self.path.name + ".running")
+        previous = marker.read_text().strip() if marker.exists() else None
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(_boot_id() + "\n")
+        if previous is None:
+            return None
+        return "process" if previous == _boot_id() else "machine"
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"\n"
+
+    def append(self, data: bytes) -> int | None:
+        """Where the data starts in the file; None if it could not be written (full, or over `max_bytes`).
+
+        If the file could not be opened at start it is tried again; after `close` (a record
+        that came late) it is opened, appended to, synced and closed again."""
+        if self._fd is None:
+            try:
+                self.open()
+            except OSError as e:
+                if not self._failing:
+                    log.error("cannot open %s to keep access records: %s", self.path, e)
+                    self._failing = True
+                return None
+            if self._closed:
+                try:
+                    return self.append(data)
+                finally:
+                    self.sync_now()
+                    self.close(remove_if_empty=False)
+        fd = self._fd
+        assert fd is not None
+        start = self.size
+        try:
+            if start + len(data) > self.max_bytes:
+                raise OSError(f"the journal has reached its cap of {self.max_bytes} bytes")
+            written = os.write(fd, data)
+            if written != len(data):  # the disk filled part-way: take the fragment back
+                os.ftruncate(fd, start)
+                raise OSError(f"only {written} of {len(data)} bytes written")
+        except OSError as e:
+            if not self._failing:
+                log.error("cannot append access records to %s: %s", self.path, e)
+                self._failing = True
+            return None
+        if self._failing:
+            log.warning("access records are being appended to %s again", self.path)
+            self._failing = False
+        self.size = start + len(data)
+        return start
+
+    def sync_now(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                log.error("cannot sync %s: %s", self.path, e)
+
+    async def sync(self) -> None:
+        fd = self._fd
+        if fd is not None:
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            except OSError as e:
+                log.error("cannot sync %s: %s", self.path, e)
+
+    def empty(self) -> None:
+        """Everything in the file is stored: start it afresh (the next records are written from 0)."""
+        if self._fd is not None and self.size:
+            os.ftruncate(self._fd, 0)
+            self.size = 0
+
+    def read(self, offset: int, max_records: int) -> tuple[list[str], int]:
+        """Up to `max_records` whole lines from `offset`, and the offset after them (from a thread)."""
+        lines: list[str] = []
+        with self.path.open("rb") as file:
+            file.seek(offset)
+            while len(lines) < max_records:
+                line = file.readline()
+                if not line.endswith(b"\n"):
+                    break  # end of file (appends are whole lines, so never a line being written)
+                offset += len(line)
+                lines.append(line.decode("utf-8", errors="replace"))
+        return lines, offset
+
+    def close(self, *, remove_if_empty: bool) -> None:
+        self._closed = True
+        if self._fd is None:
+            return
+        if remove_if_empty and os.fstat(self._fd).st_size == 0:
+            self.path.unlink(missing_ok=True)
+        self.path.with_name(self.path.name + ".running").unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _boot_id() -> str:
+    """Which boot of the machine this is (Linux), so a journal can tell a killed process from a power cut."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def create_private_parent(path: Path) -> None:
+    """Create the directory of a file holding personal data, 0700, if it is not there."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _encode(record: AccessRecord) -> bytes:
+    values = dict(zip(_FIELD_NAMES, _field_values(record), strict=True))
+    values["ts"] = record.ts.isoformat()
+    return (json.dumps(values) + "\n").encode()
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(AccessRecord))
+_field_values = operator.attrgetter(*_FIELD_NAMES)
+_INSERT_COLUMNS = tuple({"user": "username", "group": "group_name"}.get(name, name) for name in _FIELD_NAMES)
+
+
+def _row_values(record: AccessRecord, sqlite: bool) -> tuple[Any, ...]:
+    """Column values in `_INSERT_COLUMNS` order, as the driver takes them (no SQLAlchemy type processing)."""
+    values = list(_field_values(record))
+    ts = record.ts.astimezone(UTC)
+    values[0] = ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else ts
+    values[_CATEGORIES_INDEX] = commaset.encode(record.categories)
+    return tuple(values)
+
+
+_CATEGORIES_INDEX = _FIELD_NAMES.index("categories")
+
+
+class RecordWriter:
+    """Journal records as they come, and write them to the database in batches from a background task.
+
+    Two ways of feeding the database: from the in-memory queue while it keeps up,
+    and from the journal (`_from_journal`) once it has stalled, failed for
+    `spool_after_seconds` or fallen `max_backlog` records behind. The journal is
+    read in order until its end is reached, then the queue takes over again, so
+    each instance's records arrive in `seq` order.
     """
 
     def __init__(
@@ -199,31 +375,42 @@ class RecordWriter:
         spool_path: Path | None = None,
         close_retry_seconds: float = 5.0,
         spool_after_seconds: float = 2.0,
+        write_timeout: float = 10.0,
         max_backlog: int = 10_000,
         max_spool_bytes: int = 1 << 30,
+        sync_seconds: float = 0.1,
     ):
         self._database_url = database_url
+        self._sqlite = is_sqlite(database_url)
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._spool_path = spool_path or default_spool_path(database_url)
-        # A spool being loaded is renamed first, so a crash part-way leaves this
-        # file for the next attempt, and new records can be spooled meanwhile.
-        self._replaying_path = self._spool_path.with_name(self._spool_path.name + ".replaying")
+        self._journal = Journal(spool_path or default_spool_path(database_url), max_spool_bytes)
         # Records the database refused outright: kept for IT staff, never replayed automatically.
-        self._rejected_path = self._spool_path.with_name(self._spool_path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+        path = self._journal.path
+        self._rejected_path = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
         self._close_retry_seconds = close_retry_seconds
         self._spool_after_seconds = spool_after_seconds
+        self._write_timeout = write_timeout
         self._max_backlog = max_backlog
-        self._max_spool_bytes = max_spool_bytes
-        self._queue: deque[AccessRecord] = deque()
+        self._sync_seconds = sync_seconds
+        # Records not yet stored, with where each starts in the journal (None: not in it,
+        # the disk refused). While reading the journal, only records that are not in it.
+        self._queue: deque[tuple[AccessRecord, int | None]] = deque()
+        self._from_journal = False
+        self._journal_offset = 0  # where reading the journal resumes
+        self._verify_until = 0  # journal records before this offset may be stored already
+        self._mode_changes = 0  # lets a batch in flight see that the queue it came from was let go
         self._last_seq: dict[str, int] = {}
+        self._instances: set[str] = set()
         self._engine: AsyncEngine | None = None
+        self._abandoned: set[asyncio.Task[Any]] = set()  # database calls past their deadline, left to finish
+        self._background: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = False
         self._close_deadline = math.inf
-        self._spool_pending = False  # the spool holds records older than the queue
         self._failing_since: float | None = None
         self._spool_logged_at = -math.inf
 
@@ -233,48 +420,100 @@ class RecordWriter:
 
     @property
     def spool_bytes(self) -> int:
-        return sum(path.stat().st_size for path in (self._spool_path, self._replaying_path) if path.exists())
+        """Journal bytes the database has not been given yet (0 while it keeps up)."""
+        return self._journal.size - self._journal_offset if self._from_journal else 0
+
+    @property
+    def spool_path(self) -> Path:
+        return self._journal.path
 
     async def start(self) -> None:
-        """Migrate the schema, note what an earlier run spooled, and begin writing (the spool first)."""
+        """Migrate the schema, note what an earlier run left in the journal, and begin writing (the journal first)."""
         await upgrade(self._database_url)
-        self._engine = create_engine(self._database_url)
+        self._engine = self._new_engine()
         async with self._engine.connect() as connection:
             rows = await connection.execute(
                 select(access_log.c.instance, func.max(access_log.c.seq)).group_by(access_log.c.instance)
             )
             self._last_seq.update({instance: seq for instance, seq in rows})
-        # New records must be numbered after the spooled ones, which are stored before them.
-        for instance, seq in (await asyncio.to_thread(self._spooled_last_seqs)).items():
-            self._last_seq[instance] = max(self._last_seq.get(instance, 0), seq)
-        self._spool_pending = self.spool_bytes > 0
+        try:
+            await asyncio.to_thread(self._journal.open)
+            unclean = await asyncio.to_thread(self._journal.mark_running)
+        except OSError as e:
+            # Filtering must go on: records wait in memory (bounded) and each append tries the file again.
+            log.error("cannot open the access-record journal %s: %s", self.spool_path, e)
+            unclean = None
+        if unclean:
+            RECORD_UNCLEAN_STOPS.labels(cause=unclean).inc()
+            if unclean == "machine":
+                log.critical("the machine stopped while this gateway was running (a power cut?): access records of its "
+                             "last %.1f s may be lost without a gap in seq; the journal %s has the rest",
+                             self._sync_seconds, self.spool_path)
+            else:
+                # a warning: mitmdump exits on an error logged while starting, and a restart must not crash-loop
+                log.warning("the previous gateway process was killed; its records are in %s and are loaded now",
+                            self.spool_path)
+        if self._journal.size:
+            # New records must be numbered after the journalled ones, which are stored before them.
+            for instance, seq in (await asyncio.to_thread(self._journalled_last_seqs)).items():
+                self._last_seq[instance] = max(self._last_seq.get(instance, 0), seq)
+            self._from_journal = True
+            self._verify_until = self._journal.size
+            log.warning("%s holds %d bytes of access records from an earlier run; loading them", self.spool_path, self._journal.size)
         RECORD_SPOOL_BYTES.set(self.spool_bytes)
-        for record in self._queue:
-            self._assign_seq(record)  # submitted while starting, before the last stored seqs were known
+        early = [record for record, _ in self._queue]  # submitted while starting
+        self._queue.clear()
         self._task = asyncio.create_task(self._run(), name="schoolgate-record-writer")
+        self._sync_task = asyncio.create_task(self._sync_journal(), name="schoolgate-record-journal-sync")
+        for record in early:
+            self.submit(record)
 
     def submit(self, record: AccessRecord) -> None:
-        """Queue a record (assigning its seq if 0); never blocks, never drops quietly.
+        """Journal and queue a record (assigning its seq if 0); never blocks, never drops quietly.
 
-        Records submitted before start() completes wait in the queue and get
-        their seq once the last one stored for their instance is known."""
-        if self._closed:
-            # Nothing will write the queue any more; keep the record on disk.
-            self._assign_seq(record)
-            self._spool([record], "it arrived after the writer closed")
+        When this returns the record is in the journal (unless the disk refuses),
+        so the gateway may answer the request. Records submitted before start()
+        completes wait in memory until the last stored seq is known."""
+        if self._task is None:
+            self._queue.append((record, None))
             return
-        if self._task is not None:
-            self._assign_seq(record)
-        self._queue.append(record)
+        self._assign_seq(record)
+        self._instances.add(record.instance)
+        offset = self._journal.append(_encode(record))
+        if self._closed:
+            # Nothing will read the queue any more: the journal keeps it for the next start.
+            if offset is None:
+                self._drop([record], "it arrived after the writer closed and the journal cannot be written")
+            else:
+                RECORDS_SPOOLED.inc()
+            return
+        if self._from_journal:
+            RECORDS_SPOOLED.inc()
+            RECORD_SPOOL_BYTES.set(self.spool_bytes)
+            if offset is not None:
+                return  # the writer reads it from the journal
+            if len(self._queue) >= self._max_backlog:
+                self._drop([record], "the database is not keeping up and the journal cannot be written")
+                return
+        self._queue.append((record, offset))
         RECORD_QUEUE_DEPTH.set(len(self._queue))
-        if len(self._queue) >= self._batch_size:
+        if len(self._queue) >= self._max_backlog and not self._from_journal:
+            self._read_journal_instead(f"{len(self._queue)} records are waiting for the database")
+        elif len(self._queue) >= self._batch_size:
             self._wake.set()
 
     async def close(self) -> None:
-        """Write every queued record (or spool what the database refuses), then release the engine."""
+        """Write what the database takes before the deadline; the rest stays in the journal for the next start."""
         if self._task is None or self._engine is None:
             self._closed = True
-            self._spool(self._take(len(self._queue)), "the writer was closed before it had started")
+            if self._queue:
+                # Nothing can number them against the database: keep them where IT staff can see them.
+                records = [record for record, _ in self._queue]
+                self._queue.clear()
+                if _append_fsynced(self._rejected_path, [_encode(r).decode() for r in records]):
+                    log.error("%d access records submitted before the writer started kept in %s", len(records), self._rejected_path)
+                else:
+                    self._drop(records, "the writer never started")
             return
         self._closing = True
         self._close_deadline = time.monotonic() + self._close_retry_seconds
@@ -282,38 +521,31 @@ class RecordWriter:
         try:
             await self._task
         finally:
-            await self._engine.dispose()
+            assert self._sync_task is not None
+            self._sync_task.cancel()
+            if self._abandoned:  # let calls past their deadline end, so their connections close (briefly)
+                await asyncio.wait(self._abandoned, timeout=1.0)
+            await self._journal.sync()
+            if self._journal.size:
+                log.error("access records not yet in the database are kept in %s (%d bytes); they are loaded at the next start",
+                          self.spool_path, self._journal.size)
+            self._journal.close(remove_if_empty=True)
+            if self._background:
+                await asyncio.wait(self._background, timeout=1.0)
+                for task in self._background:
+                    task.cancel()
+            await dispose_within(self._engine)
 
-    async def replay_spool(self) -> None:
-        """Insert spooled records in order, then remove the spool.
-
-        Records already inserted by an attempt that was cut short are
-        recognised by (instance, seq, ts) and skipped."""
+    async def _sync_journal(self) -> None:
+        """Group commit: one fsync every `sync_seconds` covers every record appended meanwhile."""
         while True:
-            if not self._replaying_path.exists():
-                if not self._spool_path.exists():
-                    break
-                self._spool_path.rename(self._replaying_path)
-                _fsync_directory(self._spool_path.parent)
-            count = 0
-            for batch in batched(_read_spool(self._replaying_path, self._set_aside_line), self._batch_size):
-                records = list(batch)
-                for record in records:
-                    self._assign_seq(record)
-                if missing := await self._not_yet_written(records):
-                    await self._insert_or_set_aside(missing)
-                count += len(records)
-            self._replaying_path.unlink()
-            RECORD_SPOOL_BYTES.set(self.spool_bytes)
-            log.warning("loaded %d spooled access records from %s", count, self._spool_path)
-        self._spool_pending = False
+            await asyncio.sleep(self._sync_seconds)
+            await self._journal.sync()
 
-    def _spooled_last_seqs(self) -> dict[str, int]:
+    def _journalled_last_seqs(self) -> dict[str, int]:
         last: dict[str, int] = {}
-        for path in (self._replaying_path, self._spool_path):
-            if path.exists():
-                for record in _read_spool(path):
-                    last[record.instance] = max(last.get(record.instance, 0), record.seq)
+        for record in read_spool(self.spool_path):
+            last[record.instance] = max(last.get(record.instance, 0), record.seq)
         return last
 
     def _assign_seq(self, record: AccessRecord) -> None:
@@ -322,21 +554,46 @@ class RecordWriter:
             record.seq = last + 1
         self._last_seq[record.instance] = max(last, record.seq)
 
+    def _read_journal_instead(self, why: str) -> None:
+        """Let the queue go (the journal has it) and feed the database from the journal."""
+        journalled = [offset for _, offset in self._queue if offset is not None]
+        if not self._from_journal:
+            self._journal_offset = journalled[0] if journalled else self._journal.size
+        self._from_journal = True
+        self._verify_until = self._journal.size  # up to here, a batch may be in flight
+        self._mode_changes += 1
+        RECORDS_SPOOLED.inc(len(journalled))
+        self._queue = deque(entry for entry in self._queue if entry[1] is None)
+        RECORD_QUEUE_DEPTH.set(len(self._queue))
+        RECORD_SPOOL_BYTES.set(self.spool_bytes)
+        now = time.monotonic()
+        if now - self._spool_logged_at >= _SPOOL_LOG_SECONDS:
+            self._spool_logged_at = now
+            log.error("%s; access records are kept in %s (%d bytes) and loaded as the database takes them",
+                      why, self.spool_path, self.spool_bytes)
+
     async def _run(self) -> None:
+        self._in_background(self._update_seq_gaps())
         try:
             while True:
                 await self._pause(self._flush_interval)
-                await self._write_queue()  # when closing, returns with the queue written or spooled
+                await self._write_pending()  # when closing, returns once written or past the deadline
                 if self._closing:
                     break
-        except asyncio.CancelledError:
-            # The loop is being torn down without close(): keep what is queued.
-            self._spool(self._take(len(self._queue)), "the writer was cancelled")
-            raise
         finally:
-            # Set with no await since the queue was last seen empty, so a
-            # record submitted from now on is spooled rather than stranded.
+            # Set with no await since the queue was last seen, so a record
+            # submitted from now on goes to the journal only.
             self._closed = True
+            # Records already in the journal stay there for the next start; try once more for the others.
+            left_out = [record for record, offset in self._queue if offset is None]
+            RECORDS_SPOOLED.inc(len(self._queue) - len(left_out))
+            self._queue.clear()
+            RECORD_QUEUE_DEPTH.set(0)
+            for n, record in enumerate(left_out):
+                if self._journal.append(_encode(record)) is None:
+                    self._drop(left_out[n:], "the database and the journal both refused them")
+                    break
+                RECORDS_SPOOLED.inc()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake early when a batch fills up or close() is called."""
@@ -346,20 +603,33 @@ class RecordWriter:
             pass
         self._wake.clear()
 
-    async def _write_queue(self) -> None:
-        """Load the spool if it holds anything, then write the queue, retrying while the database refuses."""
+    async def _write_pending(self) -> None:
+        """Write from the journal or the queue until both are done, retrying while the database refuses."""
         failures = 0
         retry_in = _FIRST_RETRY_SECONDS
-        while self._queue or self._spool_pending:
+        while True:
+            mode_changes = self._mode_changes
+            from_journal = self._from_journal
+            next_offset = self._journal_offset
+            # Part of the batch may be stored already: after a failure (a commit whose answer
+            # was lost), below `_verify_until` (an earlier run; the batch in flight when the
+            # queue was let go), or queued while reading the journal (it may have been in flight).
+            verify = failures > 0
+            if from_journal and self._journal_offset < self._journal.size:
+                verify = verify or self._journal_offset < self._verify_until
+                batch, unreadable, next_offset = await asyncio.to_thread(self._read_journal, self._journal_offset)
+                for line, error in unreadable:
+                    self._set_aside_line(line, error)
+            else:
+                verify = verify or from_journal
+                batch = [record for record, _ in islice(self._queue, self._batch_size)]
+            if not batch and next_offset == self._journal_offset:
+                if from_journal and self._journal_offset >= self._journal.size:
+                    self._caught_up()
+                return
+            attempt_started = time.monotonic()
             try:
-                if self._spool_pending:
-                    await self.replay_spool()
-                else:
-                    batch = list(islice(self._queue, self._batch_size))
-                    # After a failure the batch may have been committed all the same (the
-                    # connection died after COMMIT), so insert only what is not stored.
-                    await self._insert_or_set_aside(await self._not_yet_written(batch) if failures else batch)
-                    self._take(len(batch))
+                await self._write_with_deadline(batch, dedupe=verify)
             except Exception as e:
                 if not is_transient(e):
                     # A bug, not the database: keep the records and keep trying rather than lose them.
@@ -367,14 +637,14 @@ class RecordWriter:
                 failures += 1
                 RECORD_WRITE_FAILURES.inc()
                 now = time.monotonic()
-                self._failing_since = self._failing_since or now
+                self._failing_since = self._failing_since or attempt_started
                 if failures == 1:
                     log.warning("cannot write access records (%d queued), retrying: %s", len(self._queue), _first_line(e))
                 if now >= self._close_deadline:
-                    self._spool(self._take(len(self._queue)), f"the database still refuses them at shutdown: {_first_line(e)}")
                     return
-                if len(self._queue) >= self._max_backlog or now - self._failing_since >= self._spool_after_seconds:
-                    self._spool_outage(e)
+                if not self._from_journal and now - self._failing_since >= self._spool_after_seconds:
+                    self._read_journal_instead(f"the database has refused access records for {now - self._failing_since:.0f} s "
+                                               f"({_first_line(e)})")
                 await self._pause(min(retry_in, self._close_deadline - now))
                 retry_in = min(retry_in * 2, _MAX_RETRY_SECONDS)
                 continue
@@ -383,24 +653,82 @@ class RecordWriter:
                 failures = 0
                 retry_in = _FIRST_RETRY_SECONDS
             self._failing_since = None
+            if from_journal and next_offset != self._journal_offset:
+                self._journal_offset = next_offset
+            elif mode_changes == self._mode_changes:
+                for _ in batch:
+                    self._queue.popleft()
+                RECORD_QUEUE_DEPTH.set(len(self._queue))
+                if not self._queue and not self._from_journal:
+                    self._journal.empty()  # every journalled record is stored
+            RECORD_SPOOL_BYTES.set(self.spool_bytes)
+            if self._closing and time.monotonic() >= self._close_deadline:
+                return
 
-    def _spool_outage(self, error: BaseException) -> None:
-        """Move the queue to disk while the database is unreachable; say so now and then."""
+    def _caught_up(self) -> None:
+        """The journal has been read to its end and nothing else waits: back to the queue."""
         if self._queue:
-            self._spool(self._take(len(self._queue)), "", quiet=True)
-            self._spool_pending = True
-        now = time.monotonic()
-        if now - self._spool_logged_at >= _SPOOL_LOG_SECONDS:
-            self._spool_logged_at = now
-            log.error("database unreachable for %.0f s (%s); access records are kept in %s (%d bytes) "
-                      "and loaded when it is back", now - (self._failing_since or now), _first_line(error),
-                      self._spool_path, self.spool_bytes)
+            return
+        self._from_journal = False
+        self._mode_changes += 1
+        self._journal_offset = self._verify_until = 0
+        self._journal.empty()
+        RECORD_SPOOL_BYTES.set(0)
+        log.warning("access records kept in %s are all in the database", self.spool_path)
+        self._in_background(self._update_seq_gaps())
 
-    def _take(self, count: int) -> list[AccessRecord]:
-        """Remove the oldest `count` queued records, once they are stored somewhere."""
-        taken = [self._queue.popleft() for _ in range(count)]
-        RECORD_QUEUE_DEPTH.set(len(self._queue))
-        return taken
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._background.discard)
+
+    def _read_journal(self, offset: int) -> tuple[list[AccessRecord], list[tuple[str, Exception]], int]:
+        """The next batch from the journal, parsed (in a thread, off the event loop), and lines that cannot be read."""
+        lines, next_offset = self._journal.read(offset, self._batch_size)
+        records: list[AccessRecord] = []
+        unreadable: list[tuple[str, Exception]] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                records.append(record_from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as e:
+                unreadable.append((line, e))
+        return records, unreadable, next_offset
+
+    async def _write_with_deadline(self, records: list[AccessRecord], *, dedupe: bool) -> None:
+        """Insert; past `spool_after_seconds` without an answer feed from the journal meanwhile;
+        past `write_timeout` (or the close deadline) give up on this attempt."""
+        if not records:
+            return
+        task = asyncio.create_task(self._dedupe_and_insert(records, dedupe))
+        started = time.monotonic()
+        stall_at = started + self._spool_after_seconds
+        give_up_at = min(started + self._write_timeout, self._close_deadline)
+        while not task.done():
+            now = time.monotonic()
+            if now >= give_up_at:
+                break
+            wake_at = give_up_at if self._from_journal else min(stall_at, give_up_at)
+            await asyncio.wait({task}, timeout=max(wake_at - now, 0))
+            if not task.done() and not self._from_journal and time.monotonic() >= stall_at:
+                self._read_journal_instead(f"the database has not answered for {self._spool_after_seconds:.0f} s")
+        if not task.done():
+            # Abandon the call (its connection may be stuck for good) and start again with a fresh engine.
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+            old, self._engine = self._engine, self._new_engine()
+            assert old is not None
+            self._in_background(dispose_within(old))
+            raise TimeoutError(f"the database did not answer within {time.monotonic() - started:.1f} s")
+        task.result()
+
+    def _new_engine(self) -> AsyncEngine:
+        return create_engine(self._database_url, statement_timeout=self._write_timeout)
+
+    async def _dedupe_and_insert(self, records: list[AccessRecord], dedupe: bool) -> None:
+        await self._insert_or_set_aside(await self._not_yet_written(records) if dedupe else records)
 
     async def _insert_or_set_aside(self, records: list[AccessRecord]) -> None:
         """Insert the records; if the database rejects the batch, insert them one by one
@@ -423,8 +751,14 @@ class RecordWriter:
             return
         assert self._engine is not None
         started = time.perf_counter()
+        rows = [_row_values(record, self._sqlite) for record in records]
         async with self._engine.begin() as connection:
-            await connection.execute(insert(access_log), [record_to_row(r) for r in records])
+            if self._sqlite:
+                await connection.exec_driver_sql(_SQLITE_INSERT, rows)
+            else:
+                raw = await connection.get_raw_connection()
+                assert raw.driver_connection is not None
+                await raw.driver_connection.copy_records_to_table("access_log", records=rows, columns=_INSERT_COLUMNS)
         RECORD_WRITE_SECONDS.observe(time.perf_counter() - started)
         RECORDS_WRITTEN.inc(len(records))
 
@@ -439,16 +773,43 @@ class RecordWriter:
                 stored.update(tuple(row) for row in rows)
         return [r for r in records if (r.instance, r.seq, r.ts) not in stored]
 
+    async def _update_seq_gaps(self) -> None:
+        """Count records missing from this writer's instances over the last day (gaps in `seq`): lost records."""
+        if not self._instances and not self._last_seq:
+            return
+        assert self._engine is not None
+        c = access_log.c
+        since = datetime.now(UTC) - timedelta(hours=_SEQ_GAP_WINDOW_HOURS)
+        instances = self._instances or set(self._last_seq)
+        try:
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(
+                    select(func.min(c.seq), func.max(c.seq), func.count())
+                    .where(c.instance.in_(instances), c.ts >= since).group_by(c.instance)
+                )
+                missing = sum(high - low + 1 - count for low, high, count in rows)
+        except Exception as e:
+            log.warning("cannot count gaps in the access records: %s", _first_line(e))
+            return
+        RECORD_SEQ_MISSING.set(missing)
+        if missing:
+            log.error("%d access records of %s are missing from the database over the last %d h (gaps in seq)",
+                      missing, ", ".join(sorted(instances)), _SEQ_GAP_WINDOW_HOURS)
+
+    def _drop(self, records: list[AccessRecord], why: str) -> None:
+        RECORDS_DROPPED.inc(len(records))
+        log.critical("LOST %d access records (%s#%d onwards): %s", len(records), records[0].instance, records[0].seq, why)
+
     def _set_aside_line(self, line: str, error: BaseException) -> None:
-        """A spool line that cannot be read (cut short by a crash mid-write, or edited by hand)."""
+        """A journal line that cannot be read (cut short by a power cut, or edited by hand)."""
         if _append_fsynced(self._rejected_path, [line if line.endswith("\n") else line + "\n"]):
-            log.error("unreadable line in %s kept in %s: %s", self._replaying_path, self._rejected_path, _first_line(error))
+            log.error("unreadable line in %s kept in %s: %s", self.spool_path, self._rejected_path, _first_line(error))
         else:
             RECORDS_DROPPED.inc()
-            log.critical("LOST an unreadable spool line: %s cannot be written", self._rejected_path)
+            log.critical("LOST an unreadable journal line: %s cannot be written", self._rejected_path)
 
     def _set_aside(self, record: AccessRecord, error: BaseException) -> None:
-        if _append_fsynced(self._rejected_path, [_spool_line(record)]):
+        if _append_fsynced(self._rejected_path, [_encode(record).decode()]):
             log.error("access record %s#%d kept in %s: the database rejected it (%s)",
                       record.instance, record.seq, self._rejected_path, _first_line(error))
         else:
@@ -456,55 +817,26 @@ class RecordWriter:
             log.critical("LOST access record %s#%d: the database rejected it and %s cannot be written",
                          record.instance, record.seq, self._rejected_path, exc_info=True)
 
-    def _spool(self, records: list[AccessRecord], why: str, *, quiet: bool = False) -> None:
-        """Append records to the spool, as many as `max_spool_bytes` allows; the rest are dropped, loudly."""
-        if not records:
-            return
-        room = self._max_spool_bytes - self.spool_bytes
-        lines: list[str] = []
-        for record in records:
-            line = _spool_line(record)
-            room -= len(line.encode())
-            if room < 0:
-                break
-            lines.append(line)
-        if lines and not _append_fsynced(self._spool_path, lines):
-            lines = []
-        RECORD_SPOOL_BYTES.set(self.spool_bytes)
-        if lost := records[len(lines):]:
-            RECORDS_DROPPED.inc(len(lost))
-            log.critical("LOST %d access records (%s#%d onwards): the spool %s is full (%d of %d bytes) or cannot be written",
-                         len(lost), lost[0].instance, lost[0].seq, self._spool_path, self.spool_bytes, self._max_spool_bytes)
-        if not lines:
-            return
-        RECORDS_SPOOLED.inc(len(lines))
-        if not quiet:
-            log.error("%d access records saved to %s because %s; they are loaded into the database at the next start",
-                      len(lines), self._spool_path, why)
+
+_SQLITE_INSERT = f"INSERT INTO access_log ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
 
 
-def _spool_line(record: AccessRecord) -> str:
-    return json.dumps(record_as_json(record), default=str) + "\n"
-
-
-def _read_spool(path: Path, on_bad_line: Callable[[str, BaseException], None] | None = None) -> Iterator[AccessRecord]:
+def read_spool(path: Path) -> Iterator[AccessRecord]:
+    """The records in a journal or rejected file, skipping lines that cannot be read."""
     with path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
-            if not line.strip():
-                continue
             try:
-                record = record_from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError) as e:
-                if on_bad_line is not None:
-                    on_bad_line(line, e)
+                yield record_from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError):
                 continue
-            yield record
 
 
 def _append_fsynced(path: Path, lines: list[str]) -> bool:
-    """Append and fsync; False (with the error logged by the caller) if the disk refuses."""
+    """Append and fsync (creating the file 0600); False if the disk refuses."""
     try:
-        with path.open("a", encoding="utf-8") as file:
+        create_private_parent(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as file:
             file.writelines(lines)
             file.flush()
             os.fsync(file.fileno())
@@ -512,15 +844,6 @@ def _append_fsynced(path: Path, lines: list[str]) -> bool:
         log.exception("cannot append to %s", path)
         return False
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable, so a power cut cannot bring the old name back after the replay."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_line(error: BaseException) -> str:

@@ -36,14 +36,14 @@ class Target(NamedTuple):
     host: str  # lower-case punycode, no trailing dot, or a canonical IP literal
     port: int | None
     path: str  # lower-cased, dot-segments resolved, unreserved escapes decoded; starts with "/"
-    query: str  # as sent (for logging and search terms), not used for list matching
+    query: str  # as sent (for logging and search terms); canonical_query() of it is matched
     scheme: str = "http"
-    is_ip: bool = False
+    is_ip: bool = False  # an IP literal, or a name that only spells one (1-2-3-4.sslip.io)
 
     @property
     def match_path(self) -> str:
-        """Path plus query, the form URL-prefix entries are compared with."""
-        return self.path + ("?" + self.query.lower() if self.query else "")
+        """Path plus canonical query, the form URL-prefix entries are compared with."""
+        return self.path + ("?" + canonical_query(self.query) if self.query else "")
 
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -134,6 +134,69 @@ def _canonical_ipv6(text: str, raw: str) -> str:
     return str(address.ipv4_mapped or address)
 
 
+# Wildcard DNS services that answer a name with the address spelt inside it, so a
+# bare IP can be visited under a host name; and names that always mean loopback.
+_IP_SPELLING_SUFFIXES = ("sslip.io", "nip.io", "xip.io", "traefik.me", "nip.direct", "ip.addr.tools", "backname.io",
+                         "localtest.me", "lvh.me", "vcap.me", "localhost")
+_LOOPBACK_NAMES = frozenset({"localtest.me", "lvh.me", "vcap.me", "localhost"})
+_DASHED_IPV4 = re.compile(r"(?:^|-)(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})$")
+_HEX_IPV4 = re.compile(r"(?:^|-)([0-9a-f]{8})$")
+
+
+@functools.lru_cache(maxsize=65536)
+def disguised_ip(host: str) -> str | None:
+    """The IP address a canonical host name only spells: `1-2-3-4.sslip.io`,
+    `app.1.2.3.4.nip.io`, `7f000001.nip.io`, `--1.sslip.io` (::1), `x.localtest.me`
+    (127.0.0.1). None for an ordinary name."""
+    suffix = next((s for s in _IP_SPELLING_SUFFIXES if host == s or host.endswith("." + s)), None)
+    if suffix is None:
+        return None
+    if suffix in _LOOPBACK_NAMES:
+        return "127.0.0.1"
+    labels = host[: -len(suffix)].rstrip(".").split(".") if host != suffix else []
+    if len(labels) >= 4 and all(label.isdigit() for label in labels[-4:]):
+        candidates = [".".join(labels[-4:])]
+    elif labels:
+        last = labels[-1]
+        candidates = []
+        if m := _DASHED_IPV4.search(last):
+            candidates.append(".".join(m.groups()))
+        if m := _HEX_IPV4.search(last):
+            candidates.append(str(ipaddress.IPv4Address(int(m.group(1), 16))))
+        if "--" in last or last.count("-") == 7:  # sslip.io's IPv6: dashes for colons
+            candidates.append(last.replace("-", ":"))
+    else:
+        return None
+    return next((found for candidate in candidates if (found := canonical_ip(candidate)) is not None), None)
+
+
+def canonical_ip(text: str) -> str | None:
+    """One spelling of an IP address: zone and brackets dropped, IPv4-mapped IPv6
+    (`::ffff:10.1.2.3`) as the IPv4 address it reaches; None when not an address."""
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
+def canonical_query(query: str) -> str:
+    """The query as list entries are compared with it: lower-cased, escapes of
+    unreserved characters decoded (`%76=` is `v=`), `%20` as `+`, empty pairs
+    dropped and pairs sorted, so neither reordering nor encoding moves it."""
+    return _canonical_query(query)
+
+
+@functools.lru_cache(maxsize=16384)
+def _canonical_query(query: str) -> str:
+    text = query.split("#", 1)[0]
+    if "%" in text:
+        text = _decode_unreserved(text)
+    text = text.lower().replace("%20", "+")
+    return "&".join(sorted(pair for pair in text.split("&") if pair))
+
+
 def is_ip(host: str) -> bool:
     """True for a canonical IP literal as normalise_host returns it."""
     if ":" in host:
@@ -183,7 +246,7 @@ def parse_target(url: str) -> Target:
         path=normalise_path(parts.path),
         query=parts.query,
         scheme=(parts.scheme or "http").lower(),
-        is_ip=is_ip(host),
+        is_ip=is_ip(host) or disguised_ip(host) is not None,
     )
 
 
@@ -198,7 +261,7 @@ def target_from_parts(scheme: str, host: str, port: int | None, path_and_query: 
         path=normalise_path(path.split("#", 1)[0]),
         query=query,
         scheme=scheme.lower(),
-        is_ip=is_ip(canonical),
+        is_ip=is_ip(canonical) or disguised_ip(canonical) is not None,
     )
 
 
@@ -213,12 +276,27 @@ def parent_domains(host: str) -> list[str]:
 
 def path_matches_prefix(match_path: str, prefix: str) -> bool:
     """URL-prefix entries match at a boundary: `/watch` matches `/watch`,
-    `/watch/x` and `/watch?v=1`, not `/watchlist`."""
-    if not match_path.startswith(prefix):
-        return False
-    if len(match_path) == len(prefix) or prefix.endswith(("/", "?", "=", "&")):
+    `/watch/x` and `/watch?v=1`, not `/watchlist`. An entry with a query matches
+    its path with every one of its parameters among the request's, in any order
+    and beside any others (`/watch?v=1` matches `/watch?list=2&v=1`)."""
+    if match_path.startswith(prefix) and (
+        len(match_path) == len(prefix) or prefix.endswith(("/", "?", "=", "&")) or match_path[len(prefix)] in "/?&;#"
+    ):
         return True
-    return match_path[len(prefix)] in "/?&;#"
+    return "?" in prefix and query_entry_matches(match_path, prefix)
+
+
+def query_entry_matches(match_path: str, prefix: str) -> bool:
+    """Whether a URL entry with a query (both canonical) covers this path and query:
+    the same path, and each of the entry's parameters present; a parameter written
+    `name=` matches any value of that name."""
+    path, _, wanted = prefix.partition("?")
+    here, _, query = match_path.partition("?")
+    if here.split(";", 1)[0] != path:  # a `;matrix` parameter does not make it another page
+        return False
+    pairs = query.split("&")
+    names = {pair.split("=", 1)[0] + "=" for pair in pairs}
+    return all(pair in pairs or (pair.endswith("=") and pair in names) for pair in wanted.split("&") if pair)
 
 
 def normalise_entry(raw: str) -> tuple[str, str]:
@@ -241,6 +319,6 @@ def normalise_entry(raw: str) -> tuple[str, str]:
     prefix = normalise_path(path)
     if path.endswith("/") is False and prefix.endswith("/") and prefix != "/":
         prefix = prefix.rstrip("/")
-    if query:
-        prefix += "?" + query.lower()
+    if query and (query := canonical_query(query)):
+        prefix += "?" + query
     return canonical, prefix

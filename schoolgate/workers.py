@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -130,6 +132,27 @@ class Supervisor:
                 log.error("worker %s exited with %d while stopping", name, code)
                 failed = True
         return 1 if failed else 0
+
+
+def prometheus_targets(address: str, first_port: int, count: int, host: str | None = None) -> list[dict[str, Any]]:
+    """Prometheus file_sd targets: one per gateway process, as another machine reaches it."""
+    if address in ("", "0.0.0.0", "::"):
+        address = host or socket.gethostname()  # listening everywhere: scrape it by its name
+    elif ":" in address:
+        address = f"[{address}]"
+    return [{"targets": [f"{address}:{first_port + n}" for n in range(count)]}]
+
+
+def write_prometheus_targets(directory: Path, address: str, first_port: int, count: int) -> Path:
+    """Write `prometheus-targets.json` for Prometheus' file_sd_configs, so its targets always
+    match the running workers (deploy/prometheus/prometheus.yml reads it). Atomic: Prometheus
+    may read it at any moment."""
+    path = directory / "prometheus-targets.json"
+    staging = path.with_name(path.name + ".new")
+    staging.write_text(json.dumps(prometheus_targets(address, first_port, count), indent=1) + "\n")
+    staging.chmod(0o644)  # no personal data: addresses of the gateway's own metrics endpoints
+    os.replace(staging, path)
+    return path
 
 
 def ensure_ca(confdir: Path) -> None:

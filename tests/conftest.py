@@ -5,6 +5,7 @@ Deliberately imports nothing from schoolgate, so the harness works while the add
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from support.gateway import REPO, Gateway, GatewayError, GatewayFactory, OptionV
 from support.upstream import Upstream
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The reserved `.test` domains the tests browse to (adult.test, casino.test...) join the
+# built-in list only through this variable, inherited by every gateway and CLI the tests
+# start; a production index never holds them (categories/sources.py, builtin_tree).
+os.environ["SCHOOLGATE_TEST_LISTS"] = str(REPO / "tests" / "fixtures" / "test-lists")
 _GATEWAYS = pytest.StashKey[list[Gateway]]()
+# The PostgreSQL fixtures (`postgres`: one server per test process, `database_url`: a fresh
+# database on it) for every test module, without importing them into each.
+pytest_plugins = ("support.postgres",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schoolgate.alerts import Alert, AlertDispatcher, AlertSettings, redact_url
+from schoolgate.alerts import Alert, AlertDispatcher, redact_url
 from schoolgate.categories.taxonomy import Severity
+from schoolgate.policy import AlertSettings, EmailSettings, WebhookSettings
+
 from support.alerts import SmtpSink, WebhookReceiver, free_port
 
 CONSOLE = "https://console.school.example/incidents/"
@@ -36,6 +38,7 @@ def settings(**overrides: object) -> AlertSettings:
     return AlertSettings(**values)  # type: ignore[arg-type]
 
 
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -48,7 +51,8 @@ def test_email_and_webhook_carry_the_link_and_nothing_personal() -> None:
     async def scenario() -> tuple[SmtpSink, WebhookReceiver]:
         smtp, hook = await SmtpSink().start(), await WebhookReceiver().start()
         dispatcher = AlertDispatcher(
-            settings(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_to=["dsl@school.example"], webhook_url=hook.url)
+            settings(email=EmailSettings(host="127.0.0.1", port=smtp.port, to=("dsl@school.example",)),
+                     webhook=WebhookSettings(url=hook.url))
         )
         dispatcher.start()
         assert dispatcher.submit(alert())
@@ -77,7 +81,7 @@ def test_email_and_webhook_carry_the_link_and_nothing_personal() -> None:
 
 def test_dedupe_per_user_and_risk_within_window() -> None:
     clock = FakeClock()
-    dispatcher = AlertDispatcher(settings(per_user_window_s=900), clock=clock)
+    dispatcher = AlertDispatcher(settings(per_user_minutes=15), clock=clock)
     assert dispatcher.submit(alert("a"))
     assert not dispatcher.submit(alert("b"))  # same pupil, same risk
     assert dispatcher.submit(alert("c", risk="extremism"))
@@ -106,7 +110,7 @@ def test_retries_until_the_receiver_comes_up(caplog: pytest.LogCaptureFixture) -
     port = free_port()
 
     async def scenario() -> WebhookReceiver:
-        dispatcher = AlertDispatcher(settings(webhook_url=f"http://127.0.0.1:{port}/hook?token=s3cret", max_attempts=8))
+        dispatcher = AlertDispatcher(settings(webhook=WebhookSettings(url=f"http://127.0.0.1:{port}/hook?token=s3cret"), max_attempts=8))
         dispatcher.start()
         dispatcher.submit(alert())
         await asyncio.sleep(0.3)  # a few attempts fail: nothing is listening
@@ -129,12 +133,9 @@ def test_http_error_status_is_retried_and_smtp_password_never_logged(caplog: pyt
         hook = await WebhookReceiver(status=503).start()
         dispatcher = AlertDispatcher(
             settings(
-                webhook_url=hook.url,
-                smtp_host="127.0.0.1",
-                smtp_port=free_port(),
-                smtp_to=["dsl@school.example"],
-                smtp_user="gateway",
-                smtp_password="hunter2-password",
+                webhook=WebhookSettings(url=hook.url),
+                email=EmailSettings(host="127.0.0.1", port=free_port(), to=("dsl@school.example",), user="gateway",
+                                    password="hunter2-password"),
                 max_attempts=2,
             )
         )
@@ -148,12 +149,13 @@ def test_http_error_status_is_retried_and_smtp_password_never_logged(caplog: pyt
     assert any("HTTP 503" in m for m in caplog.messages)
     assert any("abandoned" in m and "email" in m for m in caplog.messages)
     assert all("hunter2" not in m and "s3cret" not in m for m in caplog.messages)
-    assert "hunter2" not in repr(settings(smtp_password="hunter2"))
+    assert "hunter2" not in repr(settings(email=EmailSettings(password="hunter2")))
 
 
 def test_close_is_bounded_when_delivery_cannot_finish() -> None:
     async def scenario() -> float:
-        dispatcher = AlertDispatcher(settings(webhook_url=f"http://127.0.0.1:{free_port()}/", retry_initial_s=10, max_attempts=5))
+        unreachable = WebhookSettings(url=f"http://127.0.0.1:{free_port()}/")
+        dispatcher = AlertDispatcher(settings(webhook=unreachable, retry_initial_s=10, max_attempts=5))
         dispatcher.start()
         dispatcher.submit(alert())
         loop = asyncio.get_running_loop()

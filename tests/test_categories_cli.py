@@ -12,6 +12,7 @@ import pytest
 
 from schoolgate.categories import cli
 from schoolgate.categories.index import CategoryIndex, builtin_index
+from schoolgate.policy import ListsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -74,16 +75,15 @@ def test_update_reports_a_missing_list(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_update_reads_the_policy_lists_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Policy:
-        lists_index = tmp_path / "from-policy.idx"
-        lists_sources = [str(FIXTURES / "ut1")]
-        lists_extra = [(FIXTURES / "hosts.txt", "advertising")]
+        lists = ListsSettings(index=tmp_path / "from-policy.idx", sources=(str(FIXTURES / "ut1"),),
+                              extra=((FIXTURES / "hosts.txt", "advertising"),))
 
     (tmp_path / "policy.toml").write_text("")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("schoolgate.policy.load_policy", lambda path: Policy)
     assert run(["lists", "update"]) == 0
     assert run(["lists", "show"]) == 0
-    with CategoryIndex.open(Policy.lists_index) as index:
+    with CategoryIndex.open(Policy.lists.index) as index:
         assert index.entry_count == 23 + builtin_index().entry_count  # the built-in list is always compiled in
 
 

@@ -17,9 +17,8 @@ SENSITIVE = {"pornography", "gambling", "malware"}
 
 @pytest.fixture(scope="module")
 def ut1() -> Path:
-    from conftest import SHARED_DATA
-
-    return SHARED_DATA / "ut1"
+    # Not `from conftest import ...`: with tests/adversarial collected too, `conftest` is another module.
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "ut1"
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from schoolgate.categories.index import CategoryHit, CategoryIndex, build_image, builtin_index, compile_index
+from schoolgate.categories.index import (
+    CategoryHit,
+    CategoryIndex,
+    IndexInvalid,
+    IndexShrank,
+    build_image,
+    builtin_index,
+    compile_index,
+)
 from schoolgate.categories.sources import ListKind, ListSource, open_ut1, parse_line, plain_source
-from schoolgate.urls import parse_target, parent_domains
+from schoolgate.urls import parent_domains, parse_target
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UT1 = FIXTURES / "ut1"
@@ -203,3 +213,84 @@ def test_parse_line_reads_first_token_of_ut1_lines() -> None:
     assert parse_line(ListKind.DOMAINS, "Example.COM  http://redirect.example/\n") == [("example.com", "")]
     assert parse_line(ListKind.DOMAINS, "   \n") == []
     assert parse_line(ListKind.URLS, "# comment\n") == []
+
+
+def _compiled(tmp_path: Path) -> Path:
+    path = tmp_path / "lists.idx"
+    compile_index(fixture_sources(), path, show_progress=False)
+    return path
+
+
+@pytest.mark.parametrize("where", ["header", "keys", "url_blob", "last byte"])
+def test_a_corrupt_byte_anywhere_is_refused(tmp_path: Path, where: str) -> None:
+    path = _compiled(tmp_path)
+    data = bytearray(path.read_bytes())
+    with CategoryIndex.open(path) as index:
+        sections = index.header["sections"]
+    offset = {"header": 30, "last byte": len(data) - 1}.get(where) or sections[where][0]
+    data[offset] ^= 0x20  # same size, one bit: what a bad disk or a stray edit leaves
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexInvalid, match="corrupt|not a schoolgate") as refused:
+        CategoryIndex.open(path)
+    assert refused.value.problem in ("corrupt", "not-an-index")
+
+
+@pytest.mark.parametrize("keep", [0, 20, 200, -1])
+def test_a_half_written_index_is_refused_as_such(tmp_path: Path, keep: int) -> None:
+    path = _compiled(tmp_path)
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(IndexInvalid) as refused:
+        CategoryIndex.open(path)
+    assert refused.value.problem in ({"truncated", "corrupt"} if keep > 24 or keep < 0 else {"not-an-index", "corrupt"})
+
+
+def test_an_old_format_index_asks_for_a_recompile(tmp_path: Path) -> None:
+    path = tmp_path / "old.idx"
+    path.write_bytes(b"SGCATIX\x01" + bytes(64))
+    with pytest.raises(IndexInvalid, match="lists update") as refused:
+        CategoryIndex.open(path)
+    assert refused.value.problem == "old-format"
+
+
+def test_a_missing_index_says_so(tmp_path: Path) -> None:
+    with pytest.raises(IndexInvalid) as refused:
+        CategoryIndex.open(tmp_path / "nowhere.idx")
+    assert refused.value.problem == "missing"
+
+
+_TRUNCATE_UNDER_A_READER = """
+import os, sys
+from schoolgate.categories.index import CategoryIndex
+index = CategoryIndex.open(sys.argv[1])
+before = index.lookup("porn.example", "/")
+os.truncate(sys.argv[1], 0)                        # an admin's `> lists.idx`, or a copy over it
+with open(sys.argv[1], "r+b") as f:
+    f.write(b"garbage" * 1000)
+assert index.lookup("porn.example", "/") == before and before, (before,)
+assert index.lookup("www.porn.example", "/x") == before
+print("still serving")
+"""
+
+
+def test_changing_the_file_under_an_open_index_cannot_crash_the_reader(tmp_path: Path) -> None:
+    # In a child process: a shared mapping of the file dies of SIGBUS here, and would take pytest with it.
+    path = _compiled(tmp_path)
+    child = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_UNDER_A_READER, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert "still serving" in child.stdout
+
+
+def test_a_much_smaller_index_does_not_replace_a_good_one(tmp_path: Path) -> None:
+    path = _compiled(tmp_path)
+    good = path.read_bytes()
+    tiny = tmp_path / "tiny"
+    tiny.write_text("only.example\n")
+    with pytest.raises(IndexShrank, match="truncated download"):
+        compile_index([plain_source(tiny, "games")], path, show_progress=False)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    compile_index([plain_source(tiny, "games")], path, show_progress=False, allow_shrink=True)
+    with CategoryIndex.open(path) as index:
+        assert index.entry_count == 1

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-import io
+import gzip
 import http.server
+import io
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.categories.sources import ListKind, MalformedLine, open_ut1, parse_extra, parse_line, progress
+from schoolgate.categories.sources import (
+    TEST_LISTS_VARIABLE,
+    ListKind,
+    ListSource,
+    MalformedLine,
+    MalformedSource,
+    builtin_tree,
+    open_ut1,
+    parse_extra,
+    parse_line,
+    plain_source,
+    progress,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UT1 = FIXTURES / "ut1"
@@ -145,3 +158,55 @@ def test_progress_is_shown_on_a_terminal_only() -> None:
     with progress(2_000_000, "compiling lists", log) as advance:
         advance(1_000_000)
     assert log.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "entries"),
+    [
+        # UT1 URL entries carry fragments; the `#` is part of the entry, never a
+        # comment that would leave the bare host (a whole-site block).
+        ("equilibriumsystems.com/#platform-porting\n", [("equilibriumsystems.com", "/#platform-porting")]),
+        ("planhomo.com/#\n", [("planhomo.com", "/#")]),
+        ("7wyh.wugrcgr.es/NkP72vYO/#\n", [("7wyh.wugrcgr.es", "/nkp72vyo/#")]),
+        ("#commented.example/path\n", []),
+        ("example.com/path # a note\n", [("example.com", "/path")]),
+    ],
+)
+def test_a_hash_inside_a_url_entry_is_part_of_it(line: str, entries: list[tuple[str, str]]) -> None:
+    assert parse_line(ListKind.URLS, line) == entries
+
+
+def test_a_fragment_entry_does_not_block_the_whole_site(tmp_path: Path) -> None:
+    from schoolgate.categories.index import CategoryIndex, build_image
+
+    urls = tmp_path / "urls"
+    urls.write_text("equilibriumsystems.com/#platform-porting\n")
+    source = ListSource(category="games", kind=ListKind.URLS, path=urls, name="ut1:games/urls")
+    index = CategoryIndex(build_image([source], show_progress=False)[0])
+    assert index.lookup("equilibriumsystems.com", "/") == []
+    assert index.lookup("www.equilibriumsystems.com", "/products") == []
+
+
+def test_a_gzipped_plain_list_is_read_through_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "games.txt.gz"
+    path.write_bytes(gzip.compress(b"games.example\n# note\nmore.example\n"))
+    assert list(plain_source(path, "games").lines()) == ["games.example\n", "# note\n", "more.example\n"]
+
+
+@pytest.mark.parametrize("packing", ["tar.gz", "binary"])
+def test_an_archive_or_binary_file_given_as_a_plain_list_is_refused(packing: str, tarball: Path, tmp_path: Path) -> None:
+    path = tarball if packing == "tar.gz" else tmp_path / "image.png"
+    if packing == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(100))
+    with pytest.raises(MalformedSource, match="tar archive" if packing == "tar.gz" else "binary file"):
+        list(plain_source(path, "games").lines())
+
+
+def test_the_builtin_list_holds_no_test_domains_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TEST_LISTS_VARIABLE)
+    for source in builtin_tree().sources:
+        for line in source.lines():
+            for host, _ in parse_line(source.kind, line):
+                assert not host.endswith(".test"), (source.name, host)
+    monkeypatch.setenv(TEST_LISTS_VARIABLE, str(FIXTURES / "test-lists"))
+    assert any(s.name == "test:pornography/domains" for s in builtin_tree().sources)

@@ -20,14 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from support.gateway import free_ports
 from test_records import make_record
 
 from schoolgate.cli import main
 from schoolgate.policy import Policy, load_policy
 from schoolgate.records import RecordWriter
-from schoolgate.reports.console.app import create_app
+from schoolgate.reports.console.app import create_app, server_config
 from schoolgate.reports.console.security import load_secret
+
+from support.gateway import free_ports
 
 POLICY = """\
 [school]
@@ -85,7 +86,7 @@ def create_accounts(policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def store(policy: Policy, *records) -> None:
     async def write() -> None:
-        writer = RecordWriter(policy.database_url)
+        writer = RecordWriter(policy.gateway.database)
         await writer.start()
         for record in records:
             writer.submit(record)
@@ -106,9 +107,8 @@ class ConsoleServer:
     def __init__(self, policy: Policy) -> None:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(policy, load_secret(policy.console_secret_file), purge_in_background=False)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
+        app = create_app(policy, load_secret(policy.console.secret_file), purge_in_background=False)
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ConsoleServer:
@@ -130,7 +130,7 @@ class Env:
     client: httpx.Client
 
     def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.policy.database_url.split("///", 1)[1])
+        return sqlite3.connect(self.policy.gateway.database.split("///", 1)[1])
 
     def audit(self) -> list[tuple[str, str, str]]:
         with self.db() as db:
@@ -225,6 +225,24 @@ def test_session_cookie_and_security_headers(env: Env) -> None:
     assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
 
 
+def test_signing_out_without_the_form_token_still_ends_the_session(env: Env) -> None:
+    env.login("dsl")
+    assert env.client.post("/logout", follow_redirects=False).status_code == 303
+    assert env.client.get("/incidents", follow_redirects=False).status_code == 303  # signed out
+
+
+def test_ids_too_large_for_the_database_are_not_found(env: Env) -> None:
+    env.login("dsl")
+    for path in ("/incidents/99999999999999999999999", "/incidents/9223372036854775808", "/incidents/\u00b2",
+                 "/incidents/99999999999999999999999/export.csv"):
+        assert env.client.get(path).status_code == 404, path
+    env.client.post("/logout")
+    env.login("it")
+    token = env.csrf("/requests")
+    for path in ("/requests/99999999999999999999999/approve", "/exceptions/99999999999999999999999/revoke"):
+        assert env.client.post(path, data={"csrf": token}).status_code == 404, path
+
+
 def test_signing_out_ends_the_session_even_for_a_copied_cookie(env: Env) -> None:
     env.login("dsl")
     copied = dict(env.client.cookies)
@@ -253,6 +271,54 @@ def test_wrong_passwords_are_refused_then_throttled_and_audited(env: Env) -> Non
     assert actions.count("login.failed") == 5 and "login.throttled" in actions and "login.ok" not in actions
     # Another account from the same address is not locked out by dsl's failures.
     assert env.login("it") == 303
+
+
+def client_from(server_url: str, address: str) -> httpx.Client:
+    """A browser on another machine: its connections come from `address` (a loopback alias)."""
+    return httpx.Client(base_url=server_url, trust_env=False, follow_redirects=True,
+                        transport=httpx.HTTPTransport(local_address=address))
+
+
+def sign_in(client: httpx.Client, who: str, password: str | None = None, headers: dict[str, str] | None = None) -> int:
+    page = client.get("/login", headers=headers)
+    return client.post("/login", data={"username": who, "password": password or PASSWORDS[who],
+                                       "csrf": csrf_of(page.text)}, headers=headers, follow_redirects=False).status_code
+
+
+def test_a_pupil_guessing_cannot_lock_the_dsl_out(env: Env) -> None:
+    """Wrong passwords for the DSL's name from a pupil's device throttle that device only."""
+    with client_from(str(env.client.base_url), "127.0.0.2") as pupil:
+        for _ in range(5):
+            assert sign_in(pupil, "dsl", "not the password") == 401
+        assert sign_in(pupil, "dsl") == 429  # that device, for that name: throttled, even with the right password
+    assert env.login("dsl") == 303  # the DSL at her own desk signs in
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(env: Env) -> None:
+    spoofed = {"X-Forwarded-For": "10.66.0.1"}
+    for _ in range(5):
+        assert sign_in(env.client, "dsl", "wrong", headers=spoofed) == 401
+    # Not a trusted proxy: the header changed nothing, the failures count against 127.0.0.1.
+    assert sign_in(env.client, "dsl", headers={"X-Forwarded-For": "10.66.0.2"}) == 429
+    with env.db() as db:
+        assert {a for (a,) in db.execute("SELECT client_ip FROM login_attempts")} == {"127.0.0.1"}
+
+
+def test_a_trusted_reverse_proxy_names_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = write_policy(tmp_path, '\ntrusted_proxies = ["127.0.0.1"]\n')  # appended to [console]
+    create_accounts(policy, monkeypatch)
+    with ConsoleServer(policy) as server, httpx.Client(base_url=server.url, trust_env=False,
+                                                        follow_redirects=True) as proxy:
+        pupil = {"X-Forwarded-For": "203.0.113.9, 10.66.0.1"}  # what the client said, then what the proxy saw
+        for _ in range(5):
+            assert sign_in(proxy, "dsl", "wrong", headers=pupil) == 401
+        assert sign_in(proxy, "dsl", headers=pupil) == 429
+        assert sign_in(proxy, "dsl", headers={"X-Forwarded-For": "10.3.0.7"}) == 303  # the DSL, via the same proxy
+        with client_from(server.url, "127.0.0.3") as direct:  # not the proxy: its header is ignored
+            assert sign_in(direct, "it", "wrong", headers={"X-Forwarded-For": "10.66.0.1"}) == 401
+    with sqlite3.connect(policy.gateway.database.split("///", 1)[1]) as db:
+        seen = {a for (a,) in db.execute("SELECT client_ip FROM login_attempts")}
+    assert seen == {"10.66.0.1", "10.3.0.7", "127.0.0.3"}  # the left-most, client-written hop is never believed
 
 
 def test_throttling_by_address_covers_guessed_user_names(env: Env) -> None:
@@ -350,11 +416,11 @@ def test_csv_export_is_valid_audited_and_safe_for_spreadsheets(env: Env) -> None
 def test_report_page_and_cli_report(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env.login("dsl")
     page = env.client.get("/report")
-    assert page.status_code == 200 and "<svg" in page.text and "www.pornhub.com" in page.text
+    assert page.status_code == 200 and "<svg" in page.text and "pornhub.com" in page.text  # sites by registrable domain
     assert "alice" in page.text  # the DSL's copy names who is behind open incidents
     report_csv = env.client.get("/report.csv")
     rows = list(csv.reader(io.StringIO(report_csv.content.decode("utf-8-sig"))))
-    assert ["top blocked site", "www.pornhub.com", "", "1", ""] in rows
+    assert ["top blocked site", "pornhub.com", "", "1", ""] in rows
     assert ("dsl", "dsl", "view.report") in env.audit()
 
     today = NOW.astimezone().date()
@@ -397,7 +463,7 @@ def test_teacher_sees_and_decides_only_their_groups_requests(env: Env) -> None:
     from schoolgate.live import LiveStore
 
     async def ask() -> None:
-        engine = create_engine(env.policy.database_url)
+        engine = create_engine(env.policy.gateway.database)
         store_ = LiveStore(engine)
         for user, group in (("alice", "pupils"), ("frank", "staff")):
             await store_.create_request(ref=None, client_ip="10.1.2.3", username=user, group=group,
@@ -428,6 +494,13 @@ def test_it_manages_the_lists(env: Env) -> None:
     assert [a for actor, _, a in env.audit() if actor == "it"][-2:] == ["list.block.add", "list.block.remove"]
 
 
+def test_the_settings_page_shows_the_policy_in_force(env: Env) -> None:
+    env.login("it")
+    text = re.sub(r"\s+", " ", env.client.get("/settings").text)
+    assert "Access records</dt><dd>30 days" in text and "Flagged records and incidents</dt><dd>365 days" in text
+    assert "Teachers may open for</dt><dd>pupils, sixth-form" in text and "up to severity</dt><dd>low" in text
+
+
 # --- accounts ----------------------------------------------------------------------------------
 
 def test_accounts_cli_hashes_with_argon2id_and_refuses_weak_passwords(env: Env, monkeypatch, capsys) -> None:
@@ -439,6 +512,9 @@ def test_accounts_cli_hashes_with_argon2id_and_refuses_weak_passwords(env: Env, 
         hashes = [h for (h,) in db.execute("SELECT password_hash FROM console_accounts")]
     assert len(hashes) == 3 and all(h.startswith("$argon2id$") for h in hashes)
     assert not any(p in h for h in hashes for p in PASSWORDS.values())
+    for common in ("password1234", "P@ssw0rd2026!", "qwertyuiop12", "monkeymonkey"):
+        assert cli(env.policy, "accounts", "passwd", "it", stdin=common + "\n", monkeypatch=monkeypatch) == 1
+        assert "too easy to guess" in capsys.readouterr().err
     assert cli(env.policy, "accounts", "passwd", "it", stdin="a brand new password\n", monkeypatch=monkeypatch) == 0
     assert env.login("it") == 401 and env.login("it", "a brand new password") == 303
     capsys.readouterr()

@@ -1,12 +1,15 @@
 """Who may open what, for how long: the policy's [exceptions] rules."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from schoolgate.categories.index import CategoryHit
+from schoolgate.decide import Decider
 from schoolgate.grants import Grant, GrantRequest, ScopeKind, check, lesson_end, normalise_scope
-from schoolgate.policy import Role, load_policy
+from schoolgate.policy import Action, Role, load_policy
 from schoolgate.urls import parse_target
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -64,7 +67,8 @@ def test_it_admin_may_open_more_but_never_illegal(policy):
 
 
 def test_scopes_times_and_reasons(policy):
-    assert "teachers may grant exceptions only for pupils" in check(policy, ask("category:games", scope=(ScopeKind.GROUP, "staff")), set(), NOW)
+    staff = ask("category:games", scope=(ScopeKind.GROUP, "staff"))
+    assert "teachers may grant exceptions only for pupils" in check(policy, staff, set(), NOW)
     assert any("unknown group 'year9'" in p for p in check(policy, ask("category:games", scope=(ScopeKind.GROUP, "year9")), set(), NOW))
     assert check(policy, ask("category:games", scope=(ScopeKind.NETWORK, "10.20.3.0/24")), set(), NOW) == []
     assert any("is not a network" in p for p in check(policy, ask("category:games", scope=(ScopeKind.NETWORK, "room 12")), set(), NOW))
@@ -99,3 +103,48 @@ def test_scope_matching():
     g = grant(ScopeKind.GROUP, "pupils")
     assert g.opens(parse_target("http://www.games.test/x")) and not g.opens(parse_target("http://games.testing/"))
     assert g.active(NOW) and not g.active(NOW + timedelta(hours=1)) and not g.active(NOW - timedelta(seconds=1))
+
+
+class MixedSite:
+    """A category list with a host of ordinary pages and one listed as pornography, and a games host."""
+
+    def lookup(self, host: str, match_path: str) -> list[CategoryHit]:
+        if host == "mixed.test" and match_path.startswith("/adult-section"):
+            return [CategoryHit("pornography", "mixed.test/adult-section")]
+        if host == "games.test":
+            return [CategoryHit("games", "games.test")]
+        return []
+
+
+def decider_with(policy, *grants: Grant) -> Decider:
+    strict = replace(policy, groups={name: replace(g, default_action=Action.ALLOW, categories={
+        "pornography": Action.BLOCK, "games": Action.BLOCK}) for name, g in policy.groups.items()})
+    return Decider(strict, MixedSite(), grants=grants)
+
+
+def pupils_of(decider: Decider):
+    return decider.policy.groups["pupils"]
+
+
+def host_grant(host: str, role: Role, path: str = "") -> Grant:
+    return Grant(7, "url" if path else "domain", host, path, "", ScopeKind.GROUP, "pupils", NOW - timedelta(minutes=1),
+                 NOW + timedelta(hours=1), "mr.smith", role.value, "request #3: homework")
+
+
+@pytest.mark.parametrize("url", ["http://mixed.test/adult-section", "https://mixed.test/ADULT-section/x",
+                                 "http://mixed.test/homework/../adult-section"])
+def test_a_teachers_exception_for_a_host_never_opens_a_page_on_it_listed_as_pornography(policy, url):
+    decider = decider_with(policy, host_grant("mixed.test", Role.TEACHER), host_grant("mixed.test", Role.TEACHER, "/"))
+    pupils = pupils_of(decider)
+    verdict = decider.decide(parse_target(url), pupils, now=NOW)
+    assert verdict.action is Action.BLOCK and verdict.category == "pornography"
+    # the rest of the host is open, as the teacher asked
+    assert decider.decide(parse_target("http://mixed.test/homework"), pupils, now=NOW).rule == "exception"
+
+
+def test_an_exception_opens_what_its_granter_may_open(policy):
+    it_admin = decider_with(policy, host_grant("mixed.test", Role.IT_ADMIN))
+    pupils = pupils_of(it_admin)
+    assert it_admin.decide(parse_target("http://mixed.test/adult-section"), pupils, now=NOW).action is Action.ALLOW
+    teacher = decider_with(policy, host_grant("games.test", Role.TEACHER))  # games: low severity, a teacher may
+    assert teacher.decide(parse_target("http://games.test/"), pupils, now=NOW).action is Action.ALLOW

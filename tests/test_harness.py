@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from support.clients import curl, httpx_client
 from support.gateway import Gateway, GatewayError, GatewayFactory
 from support.upstream import Upstream, bytes_body, expected_body

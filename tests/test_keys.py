@@ -21,3 +21,18 @@ def test_a_damaged_key_file_is_a_clear_error(tmp_path):
     path.write_text("not hex\n")
     with pytest.raises(ValueError, match="does not hold a hex key"):
         load_or_create_secret(path)
+
+
+def test_private_whatever_the_umask_and_an_open_key_file_is_closed(tmp_path):
+    import os
+    old = os.umask(0)
+    try:
+        path = tmp_path / "keys" / "gateway.secret"
+        load_or_create_secret(path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    load_or_create_secret(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

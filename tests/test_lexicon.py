@@ -156,3 +156,55 @@ def test_custom_lexicon_and_bad_risk(tmp_path: Path) -> None:
     (tmp_path / "xx.toml").write_text('language = "xx"\n[[group]]\nrisk = "gambling"\nseverity = "high"\nphrases = ["x"]\n')
     with pytest.raises(ValueError, match="unknown risk 'gambling'"):
         RiskLexicon.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "how to k\u0456ll myself",  # Cyrillic і
+        "h\u043ew t\u043e kill mys\u0435lf",  # Cyrillic о, о, е
+        "HOW TO K\u0406LL MYSELF",  # Cyrillic capital І
+        "\u0397\u039fW \u03a4\u039f \u039a\u0399LL \u039c\u03a5S\u0395LF",  # Greek capitals
+        "how to kill my\u200bself",  # zero-width space
+        "how to k\u00adill myself",  # soft hyphen
+        "how to ki\u200dll myself",  # zero-width joiner
+        "how to \U0001d48c\U0001d48a\U0001d48d\U0001d48d myself",  # mathematical script letters
+    ],
+)
+def test_confusable_and_invisible_characters_are_folded(lexicon: RiskLexicon, text: str) -> None:
+    hit = lexicon.worst(text)
+    assert hit is not None and hit.phrase == "how to kill myself" and hit.severity == Severity.CRITICAL
+
+
+@pytest.mark.parametrize(
+    ("text", "risk", "severity"),
+    [
+        ("how many paracetamol would kill me", "self-harm", Severity.CRITICAL),
+        ("how many pills to od", "self-harm", Severity.CRITICAL),
+        ("how many sleeping pills to die", "self-harm", Severity.CRITICAL),
+        ("lethal dose of sertraline", "self-harm", Severity.CRITICAL),
+        ("buy sodium nitrite", "self-harm", Severity.CRITICAL),
+        ("i want to kms", "self-harm", Severity.CRITICAL),
+        ("barcode wrists", "self-harm", Severity.HIGH),
+        ("ana coach", "self-harm", Severity.HIGH),
+        ("i dont want to be alive", "self-harm", Severity.HIGH),
+        ("self delete", "self-harm", Severity.HIGH),
+        ("nudes for robux", "sexual-exploitation", Severity.HIGH),
+        ("buy xans", "drugs", Severity.HIGH),
+        ("snapchat dealer", "drugs", Severity.HIGH),
+        ("k hole", "drugs", Severity.MEDIUM),
+        ("how to make a shank", "weapons-violence", Severity.HIGH),
+    ],
+)
+def test_slang_and_overdose_phrasings(lexicon: RiskLexicon, text: str, risk: str, severity: Severity) -> None:
+    hit = lexicon.worst(text)
+    assert hit is not None and (hit.risk, hit.severity) == (risk, severity)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["5 kms to london", "ketchup recipe", "percentage 30", "lean meat recipe", "lamb shank recipe",
+     "how to delete myself from google", "a barcode scanner", "\u043f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440"],
+)
+def test_slang_keeps_whole_words(lexicon: RiskLexicon, text: str) -> None:
+    assert lexicon.worst(text) is None

@@ -1,12 +1,14 @@
 """policy.toml: the default runs, and every kind of mistake is reported with
 file, line and what is wrong."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from schoolgate.cli import main
-from schoolgate.policy import Action, PolicyInvalid, load_policy
+from schoolgate.policy import SECTIONS, Action, Group, PolicyInvalid, known_keys, load_policy, toml_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +43,7 @@ def test_default_policy_is_valid_and_sensible():
     assert primary.action_for("social-media") is Action.BLOCK  # the group's own
     assert policy.groups["staff"].action_for("social-media") is Action.ALLOW  # default action
     assert policy.groups["pupils-secondary"].action_for("games") is Action.WARN
-    assert policy.database_url.startswith("sqlite+aiosqlite:////")  # made absolute beside the policy
+    assert policy.gateway.database.startswith("sqlite+aiosqlite:////")  # made absolute beside the policy
     assert policy.intercepts("example.com", set()) and not policy.intercepts("x.example", {"banking"})
 
 
@@ -143,3 +145,105 @@ def test_check_command(tmp_path, capsys):
     assert main(["check", str(good)]) == 1
     out = capsys.readouterr().out
     assert f"{good}:7: categories.games = 'sometimes' is not an action" in out
+
+
+# ---- the declared schema -------------------------------------------------------------------
+
+def declared_tables() -> dict[str, type]:
+    """Every TOML table the schema declares, by the name README uses for it."""
+    tables = dict(SECTIONS)
+    tables["groups.NAME"] = Group
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default) and not f.metadata.get("hidden"):
+                tables[f"{name}.{toml_key(f)}"] = type(f.default)
+    return tables
+
+
+def readme_reference() -> dict[str, set[str]]:
+    """README's policy reference table: the keys each row names, by section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    reference = text.split("## Policy reference", 1)[1].split("\n## ", 1)[0]
+    keys: dict[str, set[str]] = {}
+    for row in re.findall(r"^\| `\[([^\]]+)\]([^|]*)\|", reference, flags=re.M):
+        section, rest = row
+        keys.setdefault(section, set()).update(re.findall(r"`?([a-z_]+)`?", rest.strip().strip("`")))
+    return keys
+
+
+def test_every_setting_is_in_the_readme_policy_reference():
+    reference = readme_reference()
+    missing = [f"[{table}] {key}" for table, cls in declared_tables().items() for key in known_keys(cls)
+               if key not in reference.get(table, set()) and f"{table}.{key}" not in reference]  # [lists.extra] rows
+    assert not missing, "README's policy reference lacks: " + ", ".join(missing)
+
+
+def test_every_default_is_a_valid_policy(tmp_path):
+    """A policy naming every setting at its declared default reads back to those defaults."""
+    policy = load_policy(write(tmp_path, MINIMAL))
+    for name in SECTIONS:
+        if name == "local":
+            continue
+        section = getattr(policy, name)
+        for f in dataclasses.fields(section):
+            if f.metadata.get("hidden") or dataclasses.is_dataclass(f.default) or f.default is dataclasses.MISSING:
+                continue
+            value = getattr(section, f.name)
+            if isinstance(f.default, Path):  # default paths live beside the policy
+                assert value == tmp_path / f.default, (name, f.name)
+            elif not (name == "gateway" and f.name in ("database", "default_group", "unknown_group")):  # resolved by the loader
+                assert value == f.default, (name, f.name)
+
+
+@pytest.mark.parametrize(("section", "line", "meant"), [
+    ("gateway", 'log_url = "none"', "log_urls"),
+    ("retention", "record_days = 30", "records_days"),
+    ("console", 'trusted_proxy = ["10.0.0.1"]', "trusted_proxies"),
+    ("alerts.email", 'hots = "smtp.example"', "host"),
+    ("tls", "intercpt = false", "intercept"),
+    ("groups.pupils", 'raw_tunnel = "allow"', "raw_tunnels"),
+    ("monitoring", 'block_search_at = "high"', "block_searches_at"),
+])
+def test_unknown_keys_name_their_line_and_the_key_meant(tmp_path, section, line, meant):
+    header = f"[{section}]\n"
+    text = MINIMAL.replace(header, header + line + "\n") if header in MINIMAL else MINIMAL + "\n" + header + line + "\n"
+    found = problems(tmp_path, text)
+    assert len(found) == 1, found
+    (number, message), = found
+    assert text.splitlines()[number - 1] == line
+    assert f"did you mean {meant!r}?" in message
+
+
+def test_unknown_section_suggests_the_nearest(tmp_path):
+    (found,) = problems(tmp_path, MINIMAL + "[retenion]\nrecords_days = 30\n")
+    assert found == (6, "unknown section [retenion]; did you mean [retention]?")
+
+
+def test_wrong_types_are_refused_with_the_type_wanted(tmp_path):
+    found = dict((m, n) for n, m in problems(tmp_path, MINIMAL + '[retention]\nrecords_days = "30"\n'
+                                                        '[tls]\nintercept = 1\n'))
+    assert found == {"retention.records_days must be a whole number, not str": 7,
+                     "tls.intercept must be a boolean (true or false), not int": 9}
+
+
+def test_new_gateway_console_and_group_settings(tmp_path):
+    policy = load_policy(write(tmp_path, MINIMAL.replace(
+        'default_group = "pupils"', 'default_group = "pupils"\ninternal_destinations = ["127.0.0.1:8443", "Printer.lan"]')
+        + 'raw_tunnels = "allow"\n[console]\ntrusted_proxies = ["10.0.0.5", "::ffff:10.0.0.6", "192.168.0.0/24"]\n'))
+    assert policy.gateway.internal_destinations == ("127.0.0.1:8443", "printer.lan")
+    assert policy.groups["pupils"].raw_tunnels is Action.ALLOW
+    assert [str(n) for n in policy.console.trusted_proxies] == ["10.0.0.5/32", "10.0.0.6/32", "192.168.0.0/24"]
+    assert load_policy(write(tmp_path, MINIMAL)).groups["pupils"].raw_tunnels is Action.BLOCK  # the default
+    found = problems(tmp_path, MINIMAL.replace('default_group = "pupils"',
+                                               'default_group = "pupils"\ninternal_destinations = ["bad host:99999"]')
+                     + 'raw_tunnels = "warn"\n[console]\ntrusted_proxies = ["proxy.example"]\n')
+    messages = " | ".join(m for _, m in found)
+    assert "'bad host:99999' is not a host, host:port or network" in messages
+    assert "raw_tunnels = 'warn' is not an action; use one of: allow, block" in messages
+    assert "'proxy.example' is not an IP address or network" in messages
+
+
+def test_the_shipped_policy_gives_staff_raw_tunnels_and_pupils_none():
+    policy = load_policy(REPO / "policy.toml")
+    assert policy.groups["staff"].raw_tunnels is Action.ALLOW
+    assert all(g.raw_tunnels is Action.BLOCK for name, g in policy.groups.items() if name.startswith("pupils"))

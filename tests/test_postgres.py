@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from support.clients import curl, httpx_client
-from support.gateway import Gateway
-from support.postgres import PostgresServer, database_url, postgres, postgres_bin, start_postgres  # noqa: F401  (fixtures)
-from support.waiting import wait_for
 
 from schoolgate import db
 from schoolgate.cli import main
 from schoolgate.live import LiveStore
 from schoolgate.policy import Action, Role
+
+from support.clients import curl, httpx_client
+from support.gateway import Gateway
+from support.postgres import PostgresServer, database_url, postgres, postgres_bin, start_postgres  # noqa: F401  (fixtures)
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (apt install postgresql)")
 

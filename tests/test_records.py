@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -126,9 +129,9 @@ def test_upgrade_is_idempotent_and_matches_the_table_definitions(tmp_path: Path)
     asyncio.run(db.upgrade(sqlite_url(path)))
     asyncio.run(db.upgrade(sqlite_url(path)))
 
-    head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+    heads = ScriptDirectory.from_config(db.alembic_config()).get_heads()  # side-by-side revisions all apply
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+        assert sorted(connection.execute("SELECT version_num FROM alembic_version").fetchall()) == sorted((h,) for h in heads)
     engine = create_sync_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), db.metadata)
@@ -302,12 +305,11 @@ def test_replay_interrupted_after_commit_does_not_duplicate(tmp_path: Path) -> N
         await writer.close()
 
     asyncio.run(write(*records[:2]))
-    # As if a previous start inserted the first two, then died before removing the file.
-    replaying = spool.with_name(spool.name + ".replaying")
-    replaying.write_text("".join(json.dumps(record_as_json(r)) + "\n" for r in records))
+    # As if a previous run stored the first two, then died before emptying its journal.
+    spool.write_text("".join(json.dumps(record_as_json(r)) + "\n" for r in records))
     asyncio.run(write())
     assert stored_rows(path, "seq, status") == [(1, 1), (2, 2), (3, 3)]
-    assert not replaying.exists()
+    assert not spool.exists()
 
 
 def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_path: Path) -> None:
@@ -343,3 +345,74 @@ def test_a_record_submitted_after_close_is_spooled(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert stored_rows(path, "seq, status") == [(1, 200)]
     assert [(r["seq"], r["status"]) for r in map(json.loads, spool.read_text().splitlines())] == [(2, 504)]
+
+
+def test_database_journal_and_rejected_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "log.db"  # directories it creates are 0700 too
+    spool = tmp_path / "spool" / "spool.jsonl"
+    lock = None
+
+    async def scenario() -> None:
+        nonlocal lock
+        writer = RecordWriter(sqlite_url(path), spool_path=spool, close_retry_seconds=0.3)
+        await writer.start()
+        writer.submit(make_record(group=None))  # rejected by the database: set aside in .rejected.jsonl
+        await wait_until(lambda: (tmp_path / "spool" / "spool.rejected.jsonl").exists())
+        lock = sqlite3.connect(path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        writer.submit(make_record())  # stays in the journal
+        for f in (path, path.with_name("log.db-wal"), path.with_name("log.db-shm"), spool):
+            assert oct(stat.S_IMODE(f.stat().st_mode)) == "0o600", f
+        await writer.close()
+
+    old_umask = os.umask(0)
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.umask(old_umask)
+        if lock is not None:
+            lock.close()
+    files = [path, spool, spool.with_name("spool.rejected.jsonl")]
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: "0o600" for f in files}
+    assert oct(stat.S_IMODE(path.parent.stat().st_mode)) == oct(stat.S_IMODE(spool.parent.stat().st_mode)) == "0o700"
+
+
+def test_an_existing_database_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    asyncio.run(db.upgrade(sqlite_url(path)))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def unclean_stops(cause: str) -> float:
+    return REGISTRY.get_sample_value("schoolgate_record_unclean_stops_total", {"cause": cause}) or 0.0
+
+
+def test_a_journal_never_closed_is_reported_as_a_killed_process_or_a_stopped_machine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    marker = tmp_path / "spool.jsonl.running"
+
+    async def start_and_close() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool)
+        await writer.start()
+        assert marker.exists()
+        await writer.close()
+
+    asyncio.run(start_and_close())
+    assert not marker.exists()  # a clean stop leaves nothing to report
+    killed_before = unclean_stops("process")
+    machine_before = unclean_stops("machine")
+
+    marker.write_text(Path("/proc/sys/kernel/random/boot_id").read_text())  # as a kill -9 leaves it
+    asyncio.run(start_and_close())
+    assert unclean_stops("process") - killed_before == 1
+
+    marker.write_text("an-earlier-boot\n")  # as a power cut leaves it
+    with caplog.at_level(logging.CRITICAL, "schoolgate.records"):
+        asyncio.run(start_and_close())
+    assert unclean_stops("machine") - machine_before == 1
+    assert "may be lost" in caplog.text

@@ -128,7 +128,8 @@ def test_log_text_and_csv(tmp_path: Path) -> None:
     code, out, _ = run_cli("log", "--database", url)
     assert code == 0
     assert out.splitlines() == [
-        "2026-11-23 10:15:30+00:00  block  10.1.2.3  alice  pupils  GET  https://www.coolgames.example/play  games  category games  SG-7K3F-9QX2",
+        "2026-11-23 10:15:30+00:00  block  10.1.2.3  alice  pupils  GET  https://www.coolgames.example/play  games"
+        "  category games  SG-7K3F-9QX2",
         "2026-11-23 10:00:00+00:00  allow  10.1.2.3  alice  pupils  GET  https://www.example.com/page?q=1  news,games  default",
     ]
 
@@ -162,7 +163,7 @@ def test_an_invalid_policy_is_reported(tmp_path: Path) -> None:
     policy.write_text("[gateway\n")
     code, out, err = run_cli("log", "--policy", str(policy))
     assert (code, out) == (2, "")
-    assert f"cannot read the database setting from {policy}" in err
+    assert f"the policy cannot be used:\n{policy}:1: not valid TOML" in err
     assert "not valid TOML" in err
 
 

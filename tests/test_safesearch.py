@@ -19,6 +19,14 @@ from schoolgate.urls import parse_target
         ("https://www.bing.com/images/search?q=cats", "adlt", "strict"),
         ("https://duckduckgo.com/?q=cats&kp=-2", "kp", "1"),
         ("https://html.duckduckgo.com/html/?q=cats", "kp", "1"),
+        ("https://global.bing.com/search?q=cats&adlt=off", "adlt", "strict"),
+        ("https://images.google.com/search?q=cats&tbm=isch&safe=off", "safe", "active"),
+        ("https://images.google.co.uk/images?q=cats", "safe", "active"),
+        ("https://www.google.com/search?as_q=cats&safe=images", "safe", "active"),
+        ("https://search.yahoo.com/search?p=cats&vm=p", "vm", "r"),
+        ("https://search.brave.com/search?q=cats&safesearch=off", "safesearch", "strict"),
+        ("https://www.startpage.com/sp/search?query=cats&qadf=none", "qadf", "heavy"),
+        ("https://yandex.com/search/?text=cats&family=no", "family", "yes"),
     ],
 )
 def test_search_engines_get_their_parameter_and_it_wins(url: str, parameter: str, value: str) -> None:
@@ -27,7 +35,7 @@ def test_search_engines_get_their_parameter_and_it_wins(url: str, parameter: str
     assert change is not None and change.set_query == {parameter: value} and not change.set_headers
     rewritten = parse_qs(apply_query(target.query, change.set_query))
     assert rewritten[parameter] == [value]
-    assert rewritten["q"][0].startswith("ca")
+    assert next(v for k, v in rewritten.items() if k in ("q", "p", "query", "text", "as_q"))[0].startswith("ca")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ import pytest
 
 from schoolgate.urls import (
     InvalidHost,
+    canonical_query,
+    disguised_ip,
     normalise_entry,
     normalise_host,
     normalise_path,
@@ -47,7 +49,8 @@ def test_hosts_reach_one_canonical_form(raw, canonical):
     assert normalise_host(raw) == canonical
 
 
-@pytest.mark.parametrize("raw", ["", ".", "a..b", "exa mple.com", "999.1.1.1", "foo.123", "[::1", "[::zz]", "x" * 300 + ".com", "<script>.com"])
+@pytest.mark.parametrize("raw", ["", ".", "a..b", "exa mple.com", "999.1.1.1", "foo.123", "[::1", "[::zz]",
+                                 "x" * 300 + ".com", "<script>.com"])
 def test_invalid_hosts_are_refused_clearly(raw):
     with pytest.raises(InvalidHost):
         normalise_host(raw)
@@ -121,3 +124,89 @@ def test_url_prefix_matches_at_a_boundary(path, prefix, matches):
 )
 def test_list_entries(raw, entry):
     assert normalise_entry(raw) == entry
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("1-2-3-4.sslip.io", "1.2.3.4"),
+        ("1.2.3.4.sslip.io", "1.2.3.4"),
+        ("www-1-2-3-4.sslip.io", "1.2.3.4"),
+        ("app.10.0.0.1.nip.io", "10.0.0.1"),
+        ("customer1-app-10-0-0-1.nip.io", "10.0.0.1"),
+        ("7f000001.nip.io", "127.0.0.1"),
+        ("magic-7f000001.nip.io", "127.0.0.1"),
+        ("1.2.3.4.traefik.me", "1.2.3.4"),
+        ("1-2-3-4.traefik.me", "1.2.3.4"),
+        ("0--1.sslip.io", "::1"),
+        ("2a01-4f8-c17-b8f--2.sslip.io", "2a01:4f8:c17:b8f::2"),
+        ("anything.localtest.me", "127.0.0.1"),
+        ("lvh.me", "127.0.0.1"),
+        ("app.localhost", "127.0.0.1"),
+    ],
+)
+def test_names_that_spell_an_ip_address_are_ip_literals(host, address):
+    assert disguised_ip(host) == address
+    assert parse_target(f"http://{host}/").is_ip
+
+
+@pytest.mark.parametrize("host", ["sslip.io", "www.sslip.io", "nip.io", "example.com", "1-2-3.sslip.io", "sslip.io.example.com"])
+def test_ordinary_names_are_not_disguised_ips(host):
+    assert disguised_ip(host) is None
+    assert not parse_target(f"http://{host}/").is_ip
+
+
+@pytest.mark.parametrize(
+    ("query", "canonical"),
+    [
+        ("v=abc", "v=abc"),
+        ("list=X&v=abc", "list=x&v=abc"),
+        ("v=abc&list=x", "list=x&v=abc"),
+        ("%76=%61bc", "v=abc"),
+        ("q=a%20b", "q=a+b"),
+        ("&&v=abc&", "v=abc"),
+        ("q=%2f", "q=%2f"),  # a reserved character stays escaped: it means something else decoded
+    ],
+)
+def test_queries_are_compared_in_one_canonical_form(query, canonical):
+    assert canonical_query(query) == canonical
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://youtube.com/watch?v=abc",
+        "http://youtube.com/watch?feature=share&v=abc",  # another parameter first
+        "http://youtube.com/watch?v=%61bc",  # percent-encoded value
+        "http://youtube.com/watch?%76=abc",  # percent-encoded name
+        "http://youtube.com/watch?V=ABC&t=10",
+    ],
+)
+def test_url_entries_with_a_query_are_not_beaten_by_reordering_or_encoding(url):
+    host, prefix = normalise_entry("youtube.com/watch?v=abc")
+    target = parse_target(url)
+    assert target.host == host
+    assert path_matches_prefix(target.match_path, prefix)
+
+
+@pytest.mark.parametrize("url", ["http://youtube.com/watch?v=abcd", "http://youtube.com/watch?w=abc", "http://youtube.com/watchlist?v=abc"])
+def test_url_entries_with_a_query_still_need_their_parameters(url):
+    _, prefix = normalise_entry("youtube.com/watch?v=abc")
+    assert not path_matches_prefix(parse_target(url).match_path, prefix)
+
+
+def test_a_url_entry_with_several_parameters_needs_them_all_in_any_order():
+    _, prefix = normalise_entry("example.com/page.php?id=7&mode=full")
+    assert prefix == "/page.php?id=7&mode=full"
+    assert path_matches_prefix(parse_target("http://example.com/page.php?mode=full&x=1&id=7").match_path, prefix)
+    assert not path_matches_prefix(parse_target("http://example.com/page.php?id=7").match_path, prefix)
+
+
+def test_a_name_with_a_leading_hyphen_is_refused_rather_than_guessed():
+    with pytest.raises(InvalidHost):
+        parse_target("http://--1.sslip.io/")
+
+
+def test_a_matrix_parameter_does_not_hide_a_url_entry():
+    _, prefix = normalise_entry("youtube.com/watch?v=abc")
+    assert path_matches_prefix(parse_target("http://youtube.com/watch;x=1?v=abc").match_path, prefix)

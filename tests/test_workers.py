@@ -4,6 +4,8 @@ restarted, and SIGTERM makes every worker flush and exit."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from support.clients import CURL
 from support.gateway import REPO, free_ports
-from support.postgres import PostgresServer, database_url, postgres  # noqa: F401  (fixtures)
+from support.postgres import PostgresServer
 from support.waiting import wait_for
 
 POLICY = """\
@@ -44,7 +47,7 @@ def _answers(url: str) -> bool:
 
 def _fetch(proxy_port: int, url: str) -> int:
     # A new connection each time, so the kernel spreads them over the workers.
-    done = subprocess.run([CURL, "-q", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+    done = subprocess.run([CURL, "-q", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
                            "--proxy", f"http://127.0.0.1:{proxy_port}", url], capture_output=True, text=True)
     return int(done.stdout or 0)
 
@@ -61,11 +64,14 @@ def supervisor(tmp_path: Path, database_url: str, upstream) -> Iterator[tuple[su
         "--set", f"loopback_http_port={upstream.http_port}", "--set", f"loopback_https_port={upstream.https_port}",
         "--set", f"schoolgate_spool_dir={tmp_path}",
     ]
+    runtime = tmp_path / "run"  # as systemd's RuntimeDirectory= gives it
+    runtime.mkdir()
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
     with open(tmp_path / "supervisor.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         for n in range(2):
-            wait_for(lambda n=n: _answers(f"http://127.0.0.1:{metrics_port + n}/metrics"), timeout=30)
+            wait_for(lambda n=n: _answers(f"http://127.0.0.1:{metrics_port + n}/readyz"), timeout=60)
         yield process, proxy_port, metrics_port
     finally:
         if process.poll() is None:
@@ -85,6 +91,11 @@ def test_workers_share_one_address_restart_after_a_crash_and_flush_on_sigterm(
 ) -> None:
     process, proxy_port, metrics_port = supervisor
     host = socket.gethostname()
+    # Prometheus' targets: exactly the workers' metrics endpoints, each answering
+    targets = json.loads(Path(process.args[process.args.index("--policy") + 1]).with_name("run")
+                         .joinpath("prometheus-targets.json").read_text())
+    assert targets == [{"targets": [f"127.0.0.1:{metrics_port}", f"127.0.0.1:{metrics_port + 1}"]}]
+    assert all(_answers(f"http://{target}/metrics") for target in targets[0]["targets"])
     for n in range(30):
         assert _fetch(proxy_port, f"http://school.test/a/{n}") == 200
         assert _fetch(proxy_port, f"http://games.test/a/{n}") == 403
@@ -96,8 +107,8 @@ def test_workers_share_one_address_restart_after_a_crash_and_flush_on_sigterm(
     [first] = [w for w in workers if f"schoolgate_instance={host}-0" in w.cmdline()]
     first.kill()
     wait_for(lambda: not _answers(f"http://127.0.0.1:{metrics_port}/metrics"))
-    # Restarted under the same name: its metrics port answers once it is running.
-    wait_for(lambda: _answers(f"http://127.0.0.1:{metrics_port}/metrics"), timeout=30)
+    # Restarted under the same name: ready (listening, policy and database in hand) on its own port.
+    wait_for(lambda: _answers(f"http://127.0.0.1:{metrics_port}/readyz"), timeout=60)
     assert len(psutil.Process(process.pid).children()) == 2
 
     for n in range(20):

@@ -7,7 +7,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import uvicorn
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -25,6 +27,21 @@ from schoolgate.reports.retention import purge_daily
 
 log = logging.getLogger("schoolgate.console")
 
+class RowId(Convertor[int]):
+    """A row id in a path: at most 18 digits, so `/requests/99999999999999999999/approve`
+    is a 404 rather than an integer the database cannot hold (a 500)."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("row", RowId())
+
 ROUTES = [
     Route("/", views.home),
     Route("/login", views.login, methods=["GET", "POST"]),
@@ -37,9 +54,9 @@ ROUTES = [
     Route("/report.csv", views.report_download),
     Route("/exceptions", live_views.exceptions_page),
     Route("/exceptions/grant", live_views.grant_exception, methods=["POST"]),
-    Route("/exceptions/{id:int}/revoke", live_views.revoke_exception, methods=["POST"]),
+    Route("/exceptions/{id:row}/revoke", live_views.revoke_exception, methods=["POST"]),
     Route("/requests", live_views.requests_page),
-    Route("/requests/{id:int}/{decision:str}", live_views.decide_request, methods=["POST"]),
+    Route("/requests/{id:row}/{decision:str}", live_views.decide_request, methods=["POST"]),
     Route("/lists", live_views.lists_page),
     Route("/lists/{action:str}", live_views.change_list, methods=["POST"]),
     Route("/settings", live_views.settings_page),
@@ -61,7 +78,7 @@ def create_app(policy: Policy, secret: str, *, purge_in_background: bool = True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(policy.database_url)
+        engine = create_engine(policy.gateway.database)
         app.state.console = Console(policy=policy, engine=engine)
         purging = asyncio.create_task(purge_daily(engine, policy)) if purge_in_background else None
         try:
@@ -86,15 +103,17 @@ def create_app(policy: Policy, secret: str, *, purge_in_background: bool = True)
     )
 
 
+def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """How the console is served. No access log: its lines would carry addresses and filter
+    values (user names). No proxy headers: uvicorn would believe X-Forwarded-For from any local
+    process (the gateway included); the app reads it itself, from `[console] trusted_proxies` only."""
+    return uvicorn.Config(app, host=host, port=port, access_log=False, server_header=False, log_level="warning",
+                          proxy_headers=False)
+
+
 def serve(policy: Policy, host: str, port: int) -> None:
     """Upgrade the schema, then serve until interrupted (`schoolgate console`)."""
-    import uvicorn  # only the serving command needs it
-
-    if policy.console_secret_file is None:
-        raise ValueError("the policy names no [console] secret_file")
-    secret = load_secret(policy.console_secret_file)
-    asyncio.run(upgrade(policy.database_url))
+    secret = load_secret(policy.console.secret_file)
+    asyncio.run(upgrade(policy.gateway.database))
     log.info("review console on http://%s:%d/", host, port)
-    # No access log: its lines would carry addresses and filter values (user names).
-    uvicorn.run(create_app(policy, secret), host=host, port=port, access_log=False, server_header=False,
-                log_level="warning")
+    uvicorn.Server(server_config(create_app(policy, secret), host, port)).run()

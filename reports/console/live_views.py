@@ -13,9 +13,9 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from schoolgate.engine import grant_categories
 from schoolgate.grants import GrantRefused, GrantRequest, ScopeKind, lesson_end
 from schoolgate.live import AccessRequest, LiveStore, NotFound
-from schoolgate.manage import listed_categories
 from schoolgate.policy import Action
 from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import audit, console, form_text, page, render
@@ -30,7 +30,7 @@ DURATIONS = ((0, "Until the end of the lesson"), (30, "30 minutes"), (60, "1 hou
 
 def _teacher_groups(request: Request, account: Account) -> tuple[str, ...]:
     """Groups a teacher works for: on their account and allowed by the policy."""
-    return tuple(g for g in account.groups if g in console(request).policy.teacher_groups)
+    return tuple(g for g in account.groups if g in console(request).policy.exceptions.teacher_groups)
 
 
 def _back(path: str, message: str) -> RedirectResponse:
@@ -81,7 +81,7 @@ async def grant_exception(request: Request, account: Account) -> Response:
                              reason=await form_text(request, "reason"), actor=account.username,
                              role=account.role.live_role)
         made = await _store(request).grant(console(request).policy, grant,
-                                           listed_categories(console(request).policy, target))
+                                           grant_categories(console(request).policy, target))
     except (GrantRefused, InvalidHost, ValueError) as e:
         reasons = e.reasons if isinstance(e, GrantRefused) else [str(e)]
         return _back("/exceptions", "Not opened: " + "; ".join(reasons))
@@ -140,7 +140,7 @@ async def decide_request(request: Request, account: Account) -> Response:
                              ends_at=lesson_end(policy, now), reason=f"request #{request_id}: {asked.reason}",
                              actor=account.username, role=role)
         await _store(request).decide_request(request_id, approve=True, actor=account.username, role=role, note=note,
-                                             policy=policy, grant=grant, listed_categories=listed_categories(policy, host))
+                                             policy=policy, grant=grant, listed_categories=grant_categories(policy, host))
     except (GrantRefused, NotFound, InvalidHost) as e:
         return _back("/requests", f"Request #{request_id} not approved: {e}")
     return _back("/requests", f"Request #{request_id} approved: {host} is open until the end of the lesson.")

@@ -52,7 +52,7 @@ def render(request: Request, template: str, *, status: int = 200, account: Accou
     nav = [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
     html = environment().get_template(template).render(
         request_path=request.url.path, account=account, nav=nav, csrf=csrf_token(request),
-        school=console(request).policy.school_name, standalone=False, **context)
+        school=console(request).policy.school.name, standalone=False, **context)
     return HTMLResponse(html, status_code=status)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -25,14 +26,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schoolgate.db import console_sessions, login_attempts
 from schoolgate.live import record_audit
+from schoolgate.policy import IPNetwork
 from schoolgate.reports.accounts import Account, authenticate, get_account
+from schoolgate.urls import canonical_ip
 
 IDLE_TIMEOUT = timedelta(minutes=30)
 _TOUCH_EVERY = timedelta(minutes=1)  # last_seen is refreshed at most this often, not on every request
 
-# Login throttling: failures in the window, per user name (since its last success) and per address.
+# Login throttling: failures in the window from one address, and from one address for one user name
+# (since that user's last success from there). Never per user name alone: a pupil must not be able
+# to lock the DSL out by typing wrong passwords for her name.
 THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_USER = 5
+MAX_FAILURES_PER_ADDRESS_AND_USER = 5
 MAX_FAILURES_PER_ADDRESS = 20
 
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -50,6 +55,27 @@ def load_secret(path: Path) -> str:
     if len(secret) < 32:
         raise ValueError(f"{path}: the console secret is too short (at least 32 characters)")
     return secret
+
+
+def client_address(request: Request, trusted_proxies: tuple[IPNetwork, ...]) -> str:
+    """Where a request came from. X-Forwarded-For is believed only as far as it was written by
+    `[console] trusted_proxies`: read right to left, the first address that is not a trusted proxy
+    is the client. Anyone else's X-Forwarded-For is ignored."""
+    address = canonical_ip(request.client.host) if request.client else None
+    if address is None:
+        return "unknown"
+    hops = [hop.strip() for value in request.headers.getlist("x-forwarded-for") for hop in value.split(",")]
+    while hops and _trusted(address, trusted_proxies):
+        hop = canonical_ip(hops.pop())
+        if hop is None:  # garbage from the far side of the proxy: the proxy is as far as we can tell
+            break
+        address = hop
+    return address
+
+
+def _trusted(address: str, proxies: tuple[IPNetwork, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == net.version and ip in net for net in proxies)
 
 
 def _hash(token: str) -> str:
@@ -151,14 +177,15 @@ async def sign_in(engine: AsyncEngine, username: str, password: str, address: st
 async def _throttled(engine: AsyncEngine, username: str, address: str, now: datetime) -> bool:
     a = login_attempts.c
     since = now - THROTTLE_WINDOW
+    here = (a.client_ip == address, a.username == username)
     async with engine.connect() as conn:
-        last_ok = (await conn.execute(select(func.max(a.ts)).where(a.username == username, a.succeeded == 1))).scalar()
+        last_ok = (await conn.execute(select(func.max(a.ts)).where(*here, a.succeeded == 1))).scalar()
         user_since = max(since, last_ok) if last_ok else since
-        by_user = (await conn.execute(select(func.count()).where(
-            a.username == username, a.succeeded == 0, a.ts > user_since))).scalar_one()
+        by_user_here = (await conn.execute(select(func.count()).where(
+            *here, a.succeeded == 0, a.ts > user_since))).scalar_one()
         by_address = (await conn.execute(select(func.count()).where(
             a.client_ip == address, a.succeeded == 0, a.ts > since))).scalar_one()
-    return by_user >= MAX_FAILURES_PER_USER or by_address >= MAX_FAILURES_PER_ADDRESS
+    return by_user_here >= MAX_FAILURES_PER_ADDRESS_AND_USER or by_address >= MAX_FAILURES_PER_ADDRESS
 
 
 # --- headers ------------------------------------------------------------------------------

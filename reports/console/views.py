@@ -13,13 +13,21 @@ from schoolgate.categories.taxonomy import Severity
 from schoolgate.reports import incidents
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.pages import audit, console, error, form_text, home_for, page, render
-from schoolgate.reports.console.security import csrf_ok, end_session, session_account, sign_in, start_session
+from schoolgate.reports.console.security import (
+    client_address,
+    csrf_ok,
+    end_session,
+    session_account,
+    sign_in,
+    start_session,
+)
 from schoolgate.reports.incidents import OPEN, IncidentFilter, IncidentNotFound, Status
 from schoolgate.reports.queries import surrounding
 from schoolgate.reports.report import build_report, incidents_csv, report_csv, trend_svg
 
 DSL = ConsoleRole.DSL
 CONTEXT_MINUTES = 10
+MAX_ID_DIGITS = 18  # row ids are 64-bit: a longer number is no incident, not an overflow
 REPORT_DAYS = 30
 
 
@@ -45,7 +53,7 @@ async def login(request: Request) -> Response:
     username = await form_text(request, "username", 128)
     if not await csrf_ok(request):
         return form(403, username, "The sign-in form had expired. Please try again.")
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request, console(request).policy.console.trusted_proxies)
     result = await sign_in(engine, username, await form_text(request, "password", 1024), address)
     if result.throttled:
         return form(429, username, "Too many failed sign-ins. Wait 15 minutes and try again, "
@@ -57,8 +65,9 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    if await csrf_ok(request):
-        await end_session(console(request).engine, request)
+    # No CSRF check: signing out is what a forged request could do least harm with, and a
+    # missing or stale token must never leave the session open behind a "signed out" page.
+    await end_session(console(request).engine, request)
     return RedirectResponse("/login", status_code=303)
 
 
@@ -127,8 +136,8 @@ def _csv_download(text: str, filename: str) -> Response:
 async def _incident_id(request: Request) -> int | None:
     """The path names an incident by number, or by the block-page reference alerts link to."""
     key = request.path_params["key"]
-    if key.isdigit():
-        return int(key)
+    if key.isascii() and key.isdigit():
+        return int(key) if len(key) <= MAX_ID_DIGITS else None  # larger than any row id: no such incident
     found = await incidents.ids_for_ref(console(request).engine, key.upper())
     return found[0] if found else None
 

@@ -42,4 +42,5 @@ if connection is not None:
     run_migrations(connection)
 else:
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option("sqlalchemy.url")
+    assert url, "alembic needs -x url=DATABASE_URL (schoolgate db upgrade passes it)"
     asyncio.run(run_with_url(url))

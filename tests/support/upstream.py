@@ -168,7 +168,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A throwaway certificate for *.test (the gateway runs with ssl_insecure, any name is served)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "schoolgate test upstream")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -1,0 +1,72 @@
+"""Signed links and cookies: the warning's "I understand, continue" link, the
+acknowledgement cookie it leaves, and the block page's ask-for-access form.
+
+Each signature binds what it opens to this client (address and user) with the
+gateway secret shared by every gateway process, so another page cannot forge one.
+Signatures are compared as bytes: a forged value may hold any character.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from urllib.parse import parse_qs, urlencode
+
+from schoolgate.addons.decision import Who
+
+PROCEED_PATH = "/.well-known/schoolgate/proceed"
+# Remembered in a cookie on the warned site, removed before requests go upstream.
+ACK_COOKIE = "schoolgate_ack"
+WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
+PROCEED_LINK_SECONDS = 15 * 60  # the warning page stays usable for a lesson-sized while
+
+
+class Signer:
+    def __init__(self, secret: bytes):
+        self.secret = secret
+
+    def sign(self, who: Who, *parts: object) -> str:
+        message = "\0".join(map(str, (who.client_ip, who.user, *parts))).encode("utf-8", "surrogatepass")
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def valid(self, signature: str, who: Who, *parts: object) -> bool:
+        given = signature.encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given, self.sign(who, *parts).encode())
+
+    # --- the warning page ---------------------------------------------------------
+
+    def proceed_link(self, who: Who, host: str, url: str, now: float | None = None) -> str:
+        """The link that lets this pupil continue to `url` on `host`; signs both, so
+        it can neither open another site nor redirect anywhere else."""
+        expires = int(now or time.time()) + PROCEED_LINK_SECONDS
+        query = urlencode({"to": url, "exp": expires, "sig": self.sign(who, "proceed", host, url, expires)})
+        return f"{PROCEED_PATH}?{query}"
+
+    def proceed_destination(self, who: Who, host: str, query: str, now: float | None = None) -> str | None:
+        """The URL a proceed link on `host` leads to, if its signature holds and it has not expired."""
+        args = parse_qs(query)
+        to, expires, sig = (args.get(k, [""])[0] for k in ("to", "exp", "sig"))
+        if not (expires.isdigit() and int(expires) > (now or time.time())):
+            return None
+        return to if self.valid(sig, who, "proceed", host, to, int(expires)) else None
+
+    def acknowledgement_cookie(self, who: Who, host: str, secure: bool, now: float | None = None) -> str:
+        until = str(int(now or time.time()) + WARNING_ACKNOWLEDGED_SECONDS)
+        return (f"{ACK_COOKIE}={until}.{self.sign(who, 'ack', host, until)}; Path=/; "
+                f"Max-Age={WARNING_ACKNOWLEDGED_SECONDS}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else ""))
+
+    def acknowledged(self, who: Who, host: str, cookie: str | None, now: float | None = None) -> bool:
+        """Whether this pupil chose to continue past this site's warning lately."""
+        expires, _, sig = (cookie or "").partition(".")
+        if not (expires.isdigit() and int(expires) > (now or time.time())):
+            return False
+        return self.valid(sig, who, "ack", host, expires)
+
+    # --- the block page's ask-for-access form --------------------------------------
+
+    def request_fields(self, who: Who, url: str, reference: str) -> dict[str, str]:
+        return {"url": url, "ref": reference, "sig": self.sign(who, "request", url, reference)}
+
+    def request_valid(self, who: Who, url: str, reference: str, sig: str) -> bool:
+        return self.valid(sig, who, "request", url, reference)

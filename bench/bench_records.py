@@ -1,0 +1,144 @@
+"""Recording at volume: offer records to the RecordWriter at a fixed rate and report what it sustains.
+
+    ./dev bench bench_records.py                       # SQLite in a temporary directory, 50,000/s for 10 s
+    ./dev bench bench_records.py --rate 80000 --seconds 5
+    ./dev bench bench_records.py --postgres            # a throwaway PostgreSQL server (tests/support/postgres.py)
+    ./dev bench bench_records.py --database postgresql+asyncpg://...
+
+Prints the configuration, then: records offered and stored per second (stored = the
+database had every record by the end), the event loop's stalls while recording (p50,
+p99, max lateness of a 1 ms timer: what every proxied request would feel), the
+deepest in-memory queue, and whether the writer had to fall back to reading its
+journal (the database not keeping up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from copy import copy
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from schoolgate.db import access_log, create_engine
+from schoolgate.records import AccessRecord, RecordWriter
+
+TICK = 0.005  # records are offered in bursts this often, as requests finish
+
+
+def make_record(n: int) -> AccessRecord:
+    return AccessRecord(
+        ts=datetime.now(UTC), instance="bench", seq=0, client_ip=f"10.1.{n % 250}.{n % 200}", user=f"pupil{n % 300}",
+        group="pupils-secondary", method="GET", scheme="https", host=f"www.site{n % 5000}.example",
+        port=443, url=f"https://www.site{n % 5000}.example/page/{n}?q=1", categories=("news",), verdict="allow",
+        rule="default", reason="allowed by default", status=200, bytes_in=0, bytes_out=18_000, ref=None,
+        decision_us=12,
+    )
+
+
+async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float, batch_size: int) -> dict[str, float]:
+    writer = RecordWriter(database_url, spool_path=spool_dir / "bench.unwritten.jsonl", batch_size=batch_size)
+    await writer.start()
+    lateness: list[float] = []
+    stop = asyncio.Event()
+
+    async def monitor() -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lateness.append(time.perf_counter() - before - 0.001)
+
+    watcher = asyncio.create_task(monitor())
+    records = [make_record(n) for n in range(min(rate, 100_000))]  # built up front: the bench measures the writer
+    offered = 0
+    max_queue = 0
+    went_to_journal = False
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    burst = max(1, int(rate * TICK * 4))  # up to four ticks' worth, as timers fire late
+    while (elapsed := time.perf_counter() - started) < seconds:
+        # At most one burst per tick: a producer that has fallen behind does not catch up in one
+        # long stall of its own (the rate offered is then below the target, and says so).
+        for _ in range(min(burst, int(rate * elapsed) - offered)):
+            writer.submit(copy(records[offered % len(records)]))  # a fresh record each time: submit numbers it
+            offered += 1
+        max_queue = max(max_queue, writer.queue_depth)
+        went_to_journal = went_to_journal or writer.spool_bytes > 0
+        await asyncio.sleep(TICK)
+    offering_took = time.perf_counter() - started
+    stop.set()
+    await watcher
+    await writer.close()
+    took = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started  # every thread of this process: loop, journal reads, SQLite
+    engine = create_engine(database_url)
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(func.count()).select_from(access_log))).scalar_one()
+    await engine.dispose()
+    lateness.sort()
+    return {
+        "offered_per_s": offered / offering_took,
+        "stored": stored,
+        "offered": offered,
+        "stored_per_s": stored / took,
+        "close_s": took - offering_took,
+        "stall_p50_ms": statistics.median(lateness) * 1e3,
+        "stall_p99_ms": lateness[int(len(lateness) * 0.99)] * 1e3,
+        "stall_max_ms": lateness[-1] * 1e3,
+        "max_queue": max_queue,
+        "journal": went_to_journal,
+        "cpu_us_per_record": cpu / max(stored, 1) * 1e6,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=50_000, help="records offered per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--database", help="SQLAlchemy URL (default: SQLite in a temporary directory)")
+    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL server")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="sg-bench-records-"))
+    server = None
+    try:
+        if args.postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from support.postgres import start_postgres
+
+            server = start_postgres()
+            database_url = server.create_database("bench")
+        else:
+            database_url = args.database or f"sqlite+aiosqlite:///{workdir}/bench.db"
+        print(f"configuration: {database_url.split('@')[-1]}, {args.rate} records/s offered for {args.seconds:g} s "
+              f"in {TICK * 1e3:g} ms bursts, batch {args.batch_size}, journal in {workdir}; "
+              f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
+              f"(load {os.getloadavg()[0]:.1f})")
+        result = asyncio.run(measure(database_url, workdir, args.rate, args.seconds, args.batch_size))
+    finally:
+        if server is not None:
+            server.stop("immediate")
+            shutil.rmtree(server.root, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"offered {result['offered_per_s']:,.0f} records/s; stored {result['stored']:,} of {result['offered']:,} "
+          f"({result['stored_per_s']:,.0f}/s including {result['close_s']:.2f} s to finish at close)")
+    print(f"event-loop stall: p50 {result['stall_p50_ms']:.2f} ms, p99 {result['stall_p99_ms']:.2f} ms, "
+          f"max {result['stall_max_ms']:.1f} ms; deepest queue {result['max_queue']:,}; "
+          f"fell back to the journal: {'yes' if result['journal'] else 'no'}")
+    print(f"CPU per record stored (offering included): {result['cpu_us_per_record']:.1f} µs, so one idle core "
+          f"would carry about {1e6 / result['cpu_us_per_record']:,.0f} records/s")
+    return 0 if result["stored"] == result["offered"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The request hook decides what a request carries inside it (sites behind
+translators, archives and web proxies; DNS over HTTPS by body or by answer),
+pinned with mitmproxy's own taddons/tflow and a recorder that keeps records in a list."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import struct
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy import http, websocket
+from mitmproxy.test import taddons, tflow
+from wsproto.frame_protocol import Opcode
+
+from schoolgate.addons.aichat import AiChatMessages
+from schoolgate.addons.connections import Connections
+from schoolgate.addons.decision import decision_of
+from schoolgate.addons.gateway import SchoolGate
+from schoolgate.addons.identify import Identification
+from schoolgate.addons.judge import Judge
+from schoolgate.addons.policywatch import PolicyWatch
+from schoolgate.addons.recorder import Recorder
+
+POLICY = """\
+[gateway]
+database = "sqlite+aiosqlite:///{dir}/hooks.db"
+metrics_port = 0
+default_group = "pupils"
+secret_file = "{dir}/gateway.secret"
+
+[categories]
+pornography = "block"
+vpn-proxy = "block"
+doh = "block"
+
+[groups.pupils]
+networks = ["10.0.0.0/8"]
+block_ip_literals = true
+"""
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def submit(self, record) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def hooks(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.replace("{dir}", str(tmp_path)))
+    policy = PolicyWatch()
+    recorder = Recorder(policy)
+    identification = Identification(policy, recorder)
+    judge = Judge(policy)
+    gate = SchoolGate(policy, identification, judge)
+    chat = AiChatMessages(policy, judge, recorder)
+    with taddons.context(policy, Connections(policy, identification, judge, recorder), gate, chat, recorder) as tctx:
+        tctx.configure(policy, schoolgate_policy=str(path))
+        tctx.configure(recorder)
+        recorder.writer = ListWriter()
+        yield SimpleNamespace(gate=gate, chat=chat, recorder=recorder, records=recorder.writer.records)
+
+
+def request_flow(url: str, method: str = "GET", content: bytes = b"", **headers: str) -> http.HTTPFlow:
+    conn = tflow.tclient_conn()
+    conn.peername, conn.sockname, conn.sni = ("10.1.2.3", 50000), ("10.0.0.1", 8080), None
+    return tflow.tflow(client_conn=conn, req=http.Request.make(method, url, content, headers=headers))
+
+
+def run(hook_result):
+    if inspect.isawaitable(hook_result):
+        return asyncio.new_event_loop().run_until_complete(hook_result)
+    return hook_result
+
+
+def test_a_blocked_site_behind_google_translate_is_blocked_and_recorded_as_asked(hooks):
+    flow = request_flow("https://www-pornhub-com.translate.goog/?_x_tr_sl=auto")
+    run(hooks.gate.request(flow))
+    assert flow.response is not None and flow.response.status_code == 403
+    decision = decision_of(flow)
+    assert decision.refused and decision.verdict.category == "pornography" and decision.target.host == "www.pornhub.com"
+    hooks.recorder.response(flow)
+    (record,) = hooks.records
+    assert record.verdict == "block" and "translate.goog" in record.url
+
+
+def test_an_allowed_site_behind_an_archive_passes(hooks):
+    flow = request_flow("https://web.archive.org/web/2020/https://www.bbc.co.uk/news")
+    run(hooks.gate.request(flow))
+    assert flow.response is None
+
+
+def test_an_unknown_web_proxy_counts_as_vpn_proxy(hooks):
+    flow = request_flow("http://homework-help.example/browse.php?u=https%3A%2F%2Fwww.bbc.co.uk%2F&b=4")
+    run(hooks.gate.request(flow))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert decision_of(flow).verdict.category == "vpn-proxy"
+
+
+def test_a_name_that_spells_an_ip_is_an_ip_literal(hooks):
+    flow = request_flow("http://203-0-113-9.example-wildcard.sslip.io/")
+    run(hooks.gate.request(flow))
+    assert flow.response is not None and flow.response.status_code == 403
+
+
+def test_a_post_whose_body_is_a_dns_query_is_doh(hooks):
+    query = struct.pack(">HHHHHH", 0, 0x0100, 1, 0, 0, 0) + b"\x07pornhub\x03com\x00" + struct.pack(">HH", 1, 1)
+    flow = request_flow("https://resolver.example/upload", "POST", query, **{"content-type": "application/octet-stream"})
+    run(hooks.gate.request(flow))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert "doh" in decision_of(flow).verdict.categories
+
+
+def test_dns_answers_from_a_server_the_request_did_not_give_away_are_refused(hooks):
+    flow = request_flow("https://innocent-looking.example/api/lookup?x=1")
+    run(hooks.gate.request(flow))
+    assert flow.response is None
+    flow.response = http.Response.make(200, b"\x00\x00\x81\x80", {"content-type": "application/dns-message"})
+    hooks.gate.response(flow)
+    assert flow.response.status_code == 403
+    assert decision_of(flow).refused and "doh" in decision_of(flow).verdict.categories
+    hooks.recorder.response(flow)
+    assert hooks.records[-1].verdict == "block"
+
+
+def test_ordinary_answers_are_untouched(hooks):
+    flow = request_flow("https://www.bbc.co.uk/")
+    run(hooks.gate.request(flow))
+    flow.response = http.Response.make(200, b"<html>", {"content-type": "text/html"})
+    hooks.gate.response(flow)
+    assert flow.response.status_code == 200
+
+
+def chat_message(flow: http.HTTPFlow, text: str, from_client: bool = True) -> None:
+    if flow.websocket is None:
+        flow.websocket = websocket.WebSocketData()
+    flow.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, from_client, text.encode()))
+
+
+def test_prompts_over_websockets_are_recorded_and_a_severe_one_closes_the_chat(hooks):
+    flow = request_flow("https://copilot.microsoft.com/c/api/chat?api-version=2")
+    run(hooks.gate.request(flow))
+    assert flow.response is None
+    flow.response = http.Response.make(101)
+    hooks.recorder.response(flow)  # the upgrade itself
+    chat_message(flow, json.dumps({"event": "send", "content": [{"type": "text", "text": "help me revise fractions"}]}))
+    hooks.chat.websocket_message(flow)
+    assert not flow.websocket.messages[-1].dropped
+    chat_message(flow, json.dumps({"event": "appendText", "text": "how to kill myself"}), from_client=False)
+    hooks.chat.websocket_message(flow)  # the service's answers are not the pupil's prompts
+    chat_message(flow, json.dumps({"event": "send", "content": [{"type": "text", "text": "how to k\u0456ll myself"}]}))
+    hooks.chat.websocket_message(flow)
+    assert flow.websocket.messages[-1].dropped
+    upgrade, revise, severe = hooks.records
+    assert revise.search_term == "help me revise fractions" and revise.verdict == "allow" and revise.search_engine == "copilot"
+    assert severe.verdict == "block" and severe.flag == "self-harm" and severe.method == "WEBSOCKET"

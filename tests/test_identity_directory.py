@@ -1,0 +1,144 @@
+"""Directory sign-in against a real OpenLDAP server (slapd) started for these tests:
+search then bind and bind as the user, over LDAP, StartTLS and LDAPS; groups and OUs;
+injection attempts; group changes picked up after the cache time, without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+
+import pytest
+
+from schoolgate.addons.directory import Directory, DirectoryUnavailable
+from schoolgate.addons.identity import BadCredentials, ProxyLogin
+from schoolgate.identities import Source
+from schoolgate.policy import DirectorySettings
+
+from support.slapd import BASE, SERVICE_DN, Slapd, free_ports, unavailable, user_dn
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory):
+    server = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def search_then_bind(slapd) -> DirectorySettings:
+    return DirectorySettings(url=slapd.url, bind_dn=SERVICE_DN, bind_password_file=slapd.service_password_file,
+                             user_base=BASE, group_base=f"ou=groups,{BASE}")
+
+
+def test_search_then_bind_checks_the_password_and_reads_groups_and_ous(search_then_bind):
+    directory = Directory(search_then_bind)
+    amy = directory.check("amy.b", "amy-pw")
+    assert amy is not None and amy.user == "amy.b" and amy.source is Source.PROXY_BASIC
+    assert {"year7", f"cn=year7,ou=groups,{BASE}".lower(), f"ou=year7,ou=pupils,{BASE}".lower(),
+            f"ou=pupils,{BASE}".lower()} <= amy.directory_groups
+    assert "teachers" not in amy.directory_groups
+    assert "teachers" in directory.check("mr.smith", "smith-pw").directory_groups
+    assert directory.check("amy.b", "wrong") is None
+    assert directory.check("nobody", "amy-pw") is None
+
+
+def test_bind_as_the_user(slapd):
+    directory = Directory(DirectorySettings(url=slapd.url, user_dn="uid={user},ou=Staff," + BASE,
+                                            group_base=f"ou=groups,{BASE}"))
+    smith = directory.check("mr.smith", "smith-pw")
+    assert smith is not None and "teachers" in smith.directory_groups
+    assert directory.check("mr.smith", "amy-pw") is None
+    # DN-special characters are escaped into the DN, so a real name with a comma works...
+    assert directory.check("o'brien,t", "obrien-pw") is not None
+    # ...and a name cannot climb to another entry (amy is in ou=Year7, not ou=Staff).
+    assert directory.check("amy.b,ou=Year7,ou=Pupils", "amy-pw") is None
+
+
+@pytest.mark.parametrize("user", ["*", "amy*", "*)(uid=*", ")(uid=*", "amy.b)(|(uid=*", "amy.b)(objectClass=*",
+                                  "a\\2a", "amy.b\x00", "(uid=amy.b)"])
+def test_injection_attempts_never_sign_anyone_in(search_then_bind, user):
+    directory = Directory(search_then_bind)
+    for password in ("amy-pw", "ben-pw", "smith-pw", "x"):
+        assert directory.check(user, password) is None
+
+
+def test_an_empty_password_is_refused_before_any_bind(search_then_bind, slapd):
+    # An LDAP simple bind with a DN and no password is an "unauthenticated bind", which succeeds.
+    assert Directory(search_then_bind).check("amy.b", "") is None
+    assert Directory(DirectorySettings(url=slapd.url, user_dn="uid={user},ou=Year7,ou=Pupils," + BASE)).check("amy.b", "") is None
+
+
+def test_starttls_and_ldaps_verify_the_directory_certificate(search_then_bind, slapd):
+    # By name: the certificate names localhost (ldap3 checks names, not IP addresses).
+    start_tls = dataclasses.replace(search_then_bind, url=slapd.url.replace("127.0.0.1", "localhost"), start_tls=True,
+                                    ca_file=slapd.tls.ca_file)
+    assert Directory(start_tls).check("amy.b", "amy-pw") is not None
+    ldaps = dataclasses.replace(search_then_bind, url=slapd.ldaps_url.replace("127.0.0.1", "localhost"), ca_file=slapd.tls.ca_file)
+    assert Directory(ldaps).check("amy.b", "amy-pw") is not None
+    # A certificate from a CA the gateway was not told to trust: refused, never "signed in".
+    with pytest.raises(DirectoryUnavailable):
+        Directory(dataclasses.replace(ldaps, ca_file=None)).check("amy.b", "amy-pw")
+
+
+def test_an_unreachable_directory_or_a_wrong_service_password_is_unavailable_not_a_wrong_password(search_then_bind, slapd, tmp_path):
+    (port,) = free_ports(1)
+    with pytest.raises(DirectoryUnavailable):
+        Directory(dataclasses.replace(search_then_bind, url=f"ldap://127.0.0.1:{port}", timeout_seconds=2)).check("amy.b", "amy-pw")
+    bad = tmp_path / "bad.password"
+    bad.write_text("nope")
+    with pytest.raises(DirectoryUnavailable):
+        Directory(dataclasses.replace(search_then_bind, bind_password_file=bad)).check("amy.b", "amy-pw")
+
+
+def test_groups_of_a_user_named_by_another_source(search_then_bind):
+    directory = Directory(search_then_bind)
+    assert "teachers" in directory.groups_of("o'brien,t")
+    assert directory.groups_of("nobody") is None
+    assert directory.groups_of("*") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_group_changes_are_picked_up_after_the_cache_time_without_a_restart(search_then_bind, slapd):
+    clock = Clock()
+    directory = Directory(dataclasses.replace(search_then_bind, cache_seconds=60), clock=clock)
+    login = ProxyLogin(clock=clock)
+    header = "Basic " + base64.b64encode(b"ben.c:ben-pw").decode()
+
+    async def groups():
+        return (await login.verify("10.0.0.5", header, [directory], remember=60)).directory_groups
+
+    assert "sixth-form" not in asyncio.run(groups())
+    slapd.modify(f"dn: cn=sixth-form,ou=groups,{BASE}\nchangetype: modify\nadd: member\nmember: {user_dn('ben.c')}\n")
+    try:
+        clock.now += 30
+        assert "sixth-form" not in asyncio.run(groups())  # still within the cache time
+        clock.now += 31
+        assert "sixth-form" in asyncio.run(groups())
+        assert login.checks == 2
+    finally:
+        slapd.modify(f"dn: cn=sixth-form,ou=groups,{BASE}\nchangetype: modify\ndelete: member\nmember: {user_dn('ben.c')}\n")
+
+
+def test_proxy_login_with_the_directory_limits_guesses(search_then_bind):
+    login = ProxyLogin()
+    directory = Directory(search_then_bind)
+
+    async def go():
+        for n in range(5):
+            with pytest.raises(BadCredentials):
+                await login.verify("10.0.0.7", "Basic " + base64.b64encode(f"amy.b:g{n}".encode()).decode(), [directory])
+        with pytest.raises(BadCredentials):
+            await login.verify("10.0.0.7", "Basic " + base64.b64encode(b"amy.b:amy-pw").decode(), [directory])
+        assert login.checks == 5
+
+    asyncio.run(go())

@@ -1,0 +1,106 @@
+"""Slow and greedy clients, and what reaches the service journal, through a real gateway."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+
+from support.clients import curl, httpx_client
+from support.gateway import Gateway
+from support.waiting import wait_for
+
+POLICY = """\
+[gateway]
+default_group = "pupils"
+
+[groups.pupils]
+networks = ["127.0.0.0/8"]
+"""
+
+
+def metric(gateway: Gateway, sample: str) -> float:
+    body = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(gateway.metrics_url, timeout=2).read().decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", body, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _connect(gw: Gateway, source_ip: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gw.proxy_port), timeout=10, source_address=(source_ip, 0))
+    sock.settimeout(10)
+    return sock
+
+
+def _closed_by_gateway(sock: socket.socket, within: float) -> bool:
+    """Whether the gateway closes the connection within `within` seconds (reading gives EOF or a reset)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_slowloris_connections_are_closed_and_counted_while_real_clients_are_served(gateway_factory) -> None:
+    gw = gateway_factory(POLICY, options={"schoolgate_client_header_seconds": 2, "flow_detail": 0})
+    before = metric(gw, 'schoolgate_client_connections_closed_total{reason="header-timeout"}')
+    slow = [_connect(gw) for _ in range(40)]
+    started = time.monotonic()
+    # Trickle a header byte now and then: never idle, never a complete request head.
+    head = b"GET http://school.test/ HTTP/1.1\r\nHost: school.test\r\nX-a: "
+    for sock in slow:
+        sock.sendall(head)
+    closed: set[int] = set()
+    while time.monotonic() - started < 8 and len(closed) < len(slow):
+        for n, sock in enumerate(slow):
+            if n in closed:
+                continue
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                closed.add(n)
+        time.sleep(0.25)
+    assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow connections still open after 8 s"
+    assert metric(gw, 'schoolgate_client_connections_closed_total{reason="header-timeout"}') - before >= len(slow)
+
+    # A keep-alive client that asks, waits less than the limit, and asks again is not cut off.
+    with httpx_client(gw, timeout=10) as client:
+        assert client.get("http://school.test/one").status_code == 200
+        time.sleep(1)
+        assert client.get("http://school.test/two").status_code == 200
+    for sock in slow:
+        sock.close()
+
+
+def test_connections_over_the_per_client_cap_are_refused_and_counted(gateway_factory) -> None:
+    gw = gateway_factory(POLICY, options={"schoolgate_max_connections_per_client": 5, "flow_detail": 0})
+    held = [_connect(gw) for _ in range(5)]
+    wait_for(lambda: metric(gw, "schoolgate_client_connections") >= 5)
+    extra = [_connect(gw) for _ in range(3)]
+    assert all(_closed_by_gateway(sock, within=5) for sock in extra)
+    assert metric(gw, 'schoolgate_client_connections_refused_total{reason="per-client-cap"}') == 3
+    # Another device is not affected; and once the first device lets go, it is served again.
+    assert curl(gw, "http://school.test/", source_ip="127.0.0.2").status == 200
+    for sock in held:
+        sock.close()
+    wait_for(lambda: metric(gw, "schoolgate_client_connections") == 0)
+    assert curl(gw, "http://school.test/").status == 200
+    body = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(gw.metrics_url, timeout=2).read().decode()
+    assert "127.0.0." not in body  # counts, never addresses
+
+
+def test_tls_failures_reach_the_journal_without_the_pupil_or_the_site(gateway_factory) -> None:
+    gw = gateway_factory(POLICY, options={"flow_detail": 0})
+    # curl without the school CA: the handshake fails, and mitmproxy says where and who.
+    result = curl(gw, "https://www.private-site.test/page", "--cacert", "/etc/ssl/certs/ca-certificates.crt",
+                  source_ip="127.0.0.3")  # the last --cacert wins: the system roots, not the school CA
+    assert result.status == 0
+    wait_for(lambda: "handshake failed" in gw.log_text())
+    text = gw.log_text()
+    assert "Client TLS handshake failed (details withheld" in text
+    assert "private-site" not in text
+    assert "127.0.0.3" not in text
