@@ -373,7 +373,7 @@ class RecordWriter:
         batch_size: int = 500,
         flush_interval: float = 0.25,
         spool_path: Path | None = None,
-        close_retry_seconds: float = 5.0,
+        close_retry_seconds: float = 3.0,  # with the cleanup after it, a stop stays well under 10 s
         spool_after_seconds: float = 2.0,
         write_timeout: float = 10.0,
         max_backlog: int = 10_000,

@@ -148,10 +148,10 @@ def test_database_outage_mid_traffic_loses_no_record_and_keeps_order(gateway_fac
             server.stop("fast")
             down_at = len(traffic.made)
             # Filtering goes on; past the backlog time the records move to the spool file.
-            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=15)
+            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=60)
             wait_for(lambda: len(traffic.made) > down_at + 60)
             server.start()
-            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=20)
+            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=60)
             up_at = len(traffic.made)
             wait_for(lambda: len(traffic.made) > up_at + 30)
         finally:
