@@ -182,20 +182,24 @@ class Connections:
 
     # --- the connection upstream --------------------------------------------------------
 
+    @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """A name that resolves to the gateway's own machine (loopback, link-local, its
         own addresses) is not a destination: refused before any connection, and recorded.
-        Runs before add-ons that redirect connections, so it sees the address asked for."""
+        Otherwise the connection goes to the address checked, not to a second lookup's
+        answer (DNS rebinding). Runs before add-ons that redirect connections, so it sees
+        the address asked for."""
         if data.server.error or not data.server.address:
             return
         host, port = data.server.address[:2]
         back_office = self.judge.back_office()
         gateway_address = _gateway_address(data.client)
         try:
-            resolved = {host} if back_office.internal(host, port, gateway_address) else await _resolve(host, port)
+            resolved = [host] if back_office.internal(host, port, gateway_address) else await _resolve(host, port)
         except Exception:  # unresolvable: mitmproxy's own connect fails and says so
             return
         if not any(back_office.internal(address, port, gateway_address) for address in resolved):
+            data.server.address = (resolved[0], port)
             return
         data.server.error = f"{REFUSED_UPSTREAM}: the gateway's own machine is not a destination"
         try:
@@ -208,10 +212,11 @@ class Connections:
         self.recorder.record(decision)
 
 
-async def _resolve(host: str, port: int) -> set[str]:
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host`, in the resolver's order of preference."""
     infos = await asyncio.wait_for(
         asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
-    return {str(info[4][0]) for info in infos}
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _gateway_address(client: connection.Client) -> str | None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from mitmproxy import dns, http, tcp, udp
 from mitmproxy import flow as mflow
 from mitmproxy.net.dns import response_codes
+from mitmproxy.proxy import server_hooks
 
 from schoolgate import metrics
 from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, Who, attach, decision_of
@@ -121,6 +122,9 @@ def fail_closed(hook):
     def failed(owner, flow) -> None:
         log.exception("schoolgate could not decide a %s; refused", type(flow).__name__)
         metrics.DECISION_ERRORS.inc()
+        if isinstance(flow, server_hooks.ServerConnectionHookData):
+            flow.server.error = "the filter failed while deciding"  # never connect undecided
+            return
         if not isinstance(flow, mflow.Flow):
             return
         if isinstance(flow, http.HTTPFlow):

@@ -13,6 +13,7 @@ import pytest
 from mitmproxy import connection, http, tls
 from mitmproxy.flow import Error
 from mitmproxy.net.dns import response_codes
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.tcp import TCPMessage
 from mitmproxy.test import taddons, tflow
 
@@ -398,7 +399,7 @@ def test_a_request_line_mitmproxy_refuses_is_still_recorded(hooks):
 
 def test_a_name_that_resolves_to_the_back_office_is_refused_before_connecting(hooks, monkeypatch):
     async def resolves_to_loopback(host, port):
-        return {"127.0.0.1"}
+        return ["127.0.0.1"]
 
     monkeypatch.setattr("schoolgate.addons.connections._resolve", resolves_to_loopback)
     flow = request_flow("http://rebind.example/admin")
@@ -414,6 +415,35 @@ def test_a_name_that_resolves_to_the_back_office_is_refused_before_connecting(ho
     refused, request = hooks.records
     assert (refused.host, refused.verdict, refused.rule.split()[0]) == ("rebind.example", "block", "internal-destination")
     assert (request.host, request.verdict) == ("rebind.example", "block")  # not "allow": it never got through
+
+
+def test_an_allowed_name_is_connected_to_the_address_checked_not_a_second_lookup(hooks, monkeypatch):
+    """DNS rebinding: a name answering a public address to our check and loopback to
+    mitmproxy's own lookup would reach the back office, so the checked address is used."""
+    answers = iter((["203.0.113.7", "198.51.100.9"], ["127.0.0.1"]))
+
+    async def rebinding(host, port):
+        return next(answers)
+
+    monkeypatch.setattr("schoolgate.addons.connections._resolve", rebinding)
+    flow = request_flow("http://rebind.example/")
+    server = tflow.tserver_conn()
+    server.address, server.error = ("rebind.example", 80), None
+    run(hooks.connections.server_connect(ServerConnectionHookData(client=flow.client_conn, server=server)))
+    assert server.error is None
+    assert server.address == ("203.0.113.7", 80)  # mitmproxy connects there without asking DNS again
+
+
+def test_a_fault_while_checking_a_connection_refuses_it(hooks, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(hooks.connections.judge, "back_office", broken)
+    flow = request_flow("http://example.org/")
+    server = tflow.tserver_conn()
+    server.address, server.error = ("example.org", 80), None
+    run(hooks.connections.server_connect(ServerConnectionHookData(client=flow.client_conn, server=server)))
+    assert server.error == "the filter failed while deciding"
 
 
 def test_every_address_of_the_gateways_own_interfaces_is_refused(hooks):
