@@ -25,6 +25,12 @@ METADATA_KEY = "schoolgate"
 REFUSED_UPSTREAM = "refused by schoolgate"
 
 
+def carried_names(pretty_host: str, host: str, sni: str | None, scheme: str) -> list[str]:
+    """Every name one request carries (its Host header first, the one people see; then where
+    it is sent; then its connection's TLS server name): each is decided, and each must be open."""
+    return list(dict.fromkeys((pretty_host, host, *((sni,) if sni and scheme == "https" else ()))))
+
+
 class Outcome(StrEnum):
     """What was done, as access records store it."""
 

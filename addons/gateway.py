@@ -17,7 +17,7 @@ from mitmproxy import ctx, http
 
 from schoolgate.addons.circumvention import is_doh_request, is_doh_response
 from schoolgate.addons.connections import _gateway_address
-from schoolgate.addons.decision import Decision, Outcome, Who, attach, decision_of
+from schoolgate.addons.decision import Decision, Outcome, Who, attach, carried_names, decision_of
 from schoolgate.addons.embedded import decided_targets
 from schoolgate.addons.endpoints import Endpoints
 from schoolgate.addons.identify import Identification
@@ -78,9 +78,8 @@ class SchoolGate:
 
     @staticmethod
     def _names(request: http.Request, sni: str | None) -> list[Target]:
-        """Every name one request carries, the one people see (its Host header) first."""
-        names = (request.pretty_host, request.host, *((sni,) if sni and request.scheme == "https" else ()))
-        return [target_from_parts(request.scheme, name, request.port, request.path) for name in dict.fromkeys(names)]
+        names = carried_names(request.pretty_host, request.host, sni, request.scheme)
+        return [target_from_parts(request.scheme, name, request.port, request.path) for name in names]
 
     def _decide(self, flow: http.HTTPFlow, who: Who, targets: list[Target]) -> Decision:
         request = flow.request

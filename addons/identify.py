@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from mitmproxy import connection, http
 
-from schoolgate.addons.decision import Decision, Kind, Who
+from schoolgate.addons.decision import Decision, Kind, Who, carried_names
 from schoolgate.addons.directory import Directory
 from schoolgate.addons.identity import (
     BadCredentials,
@@ -84,8 +84,12 @@ class Identification:
             if portal is None:
                 flow.response = login_required(negotiate=self.negotiator(policy) is not None)
                 return None
-            # A tunnel goes on, so the request inside can be sent to sign in; the provider's pages stay open.
-            if flow.request.method != "CONNECT" and not portal.opens(flow.request.pretty_host):
+            # A tunnel goes on, so the request inside can be sent to sign in; the provider's pages stay
+            # open, but only when every name the request carries is one of them (a Host header alone
+            # naming the provider must not carry a request to another site).
+            request = flow.request
+            names = carried_names(request.pretty_host, request.host, flow.client_conn.sni, request.scheme)
+            if request.method != "CONNECT" and not all(portal.opens(name) for name in names):
                 flow.response = http.Response.make(302, b"", {"Location": portal_url(portal, flow.request.pretty_url),
                                                               "Cache-Control": "no-store"})
                 return None

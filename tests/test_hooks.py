@@ -5,6 +5,7 @@ recorder whose writer keeps records in a list (the end-to-end tests use the data
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,8 +67,15 @@ class ListWriter:
 
 @pytest.fixture
 def hooks(tmp_path):
+    with hook_stack(tmp_path, POLICY) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def hook_stack(tmp_path, policy_text: str):
+    """The request path's add-ons as mitmproxy composes them, with records kept in a list."""
     path = tmp_path / "policy.toml"
-    path.write_text(POLICY.replace("{dir}", str(tmp_path)))
+    path.write_text(policy_text.replace("{dir}", str(tmp_path)))
     policy = PolicyWatch()
     recorder = Recorder(policy)
     identification = Identification(policy, recorder)
@@ -460,3 +468,29 @@ def test_every_address_of_the_gateways_own_interfaces_is_refused(hooks):
         flow = request_flow(f"http://{host}:9464/metrics")
         run(hooks.gate.request(flow))
         assert decision_of(flow).verdict.rule is Rule.INTERNAL, address
+
+
+PORTAL_POLICY = POLICY.replace('block_ip_literals = true', 'block_ip_literals = true\nrequire_auth = true') + """
+[auth]
+htpasswd = "{dir}/htpasswd"
+
+[portal]
+host = "signin.test"
+open_hosts = ["login.provider.test"]
+"""
+
+
+def test_an_unsigned_device_reaches_only_the_open_hosts_themselves(tmp_path):
+    """A Host header naming the sign-in provider must not carry a request to another site
+    past the sign-in page."""
+    (tmp_path / "htpasswd").write_text("")
+    with hook_stack(tmp_path, PORTAL_POLICY) as h:
+        open_page = request_flow("http://login.provider.test/authorize")
+        run(h.gate.request(open_page))
+        assert open_page.response is None
+        fronted = request_flow("http://adult.test/")
+        fronted.request.headers["Host"] = "login.provider.test"
+        run(h.gate.request(fronted))
+        assert fronted.response is not None and fronted.response.status_code == 302
+        assert fronted.response.headers["Location"].startswith("https://signin.test/")
+
