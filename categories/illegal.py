@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schoolgate.urls import InvalidHost, normalise_entry, parent_domains
+from schoolgate.urls import InvalidHost, normalise_entry, parent_domains, url_entry_matches, url_host_start
 
 DEFAULT_DIR = Path("illegal-content")
 DIR_VARIABLE = "SCHOOLGATE_ILLEGAL_DIR"  # the CLI's default, so `check` and `explain` read what the gateway reads
@@ -51,7 +51,6 @@ PROVIDERS = {
 _PLAIN_SUFFIXES = frozenset({".txt", ".urls", ".list"})
 _HASH_SUFFIXES = {".sha256": "sha256", ".sha1": "sha1", ".md5": "md5"}
 _HASHERS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}  # direct: hashlib.new is slower
-_LEADING_WWW = ("www.",)
 
 
 def default_dir() -> Path:
@@ -110,14 +109,14 @@ class IllegalTier:
 
     def lookup(self, host: str, match_path: str) -> IllegalHit | None:
         """The tier's entry for this canonical host and path+query, if any."""
-        bare = host[4:] if host.startswith(_LEADING_WWW) and host.count(".") > 1 else host
+        bare = host[url_host_start(host) :]  # as the category index compares URL entries
         parents = parent_domains(host)
         for domain in parents:
             hit = self._domains.get(domain)
             if hit is not None:
                 return hit
         for prefix, hit in self._urls.get(bare, ()):
-            if match_path.startswith(prefix):
+            if url_entry_matches(match_path, prefix):
                 return hit
         if self._hashes:
             for candidate in _hash_candidates(parents, host, bare, match_path):
@@ -228,8 +227,7 @@ def _read(tier: IllegalTier, provider: str, path: Path) -> TierList:
                     malformed += 1
                     continue
                 if prefix:
-                    bare = host[4:] if host.startswith(_LEADING_WWW) and host.count(".") > 1 else host
-                    tier._urls.setdefault(bare, []).append((prefix, hit))
+                    tier._urls.setdefault(host[url_host_start(host) :], []).append((prefix, hit))
                 else:
                     tier._domains.setdefault(host, hit)
             entries += 1
@@ -240,6 +238,6 @@ def canonical_digest(entry: str, algorithm: str = "sha256") -> str:
     """The hex digest a hashed list holds for `entry` (a URL or domain as a provider
     writes it): what a school or provider runs to turn a plain list into a hashed one."""
     host, prefix = normalise_entry(entry)
-    if host.startswith(_LEADING_WWW) and host.count(".") > 1 and prefix:
-        host = host[4:]
+    if prefix:
+        host = host[url_host_start(host) :]
     return hashlib.new(algorithm, (host + prefix.rstrip("/")).encode()).hexdigest()

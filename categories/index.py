@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import struct
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from xxhash import xxh3_64_intdigest
 
 from schoolgate.categories.sources import ListKind, ListSource, MalformedLine, builtin_tree, parse_line, progress
-from schoolgate.urls import is_ip, query_entry_matches
+from schoolgate.urls import is_ip, url_entry_matches, url_host_start
 
 MAGIC = b"SGCATIX\x02"
 FORMAT_VERSION = 2
@@ -47,9 +46,6 @@ _HAS_LONGER = 0x4000_0000  # longer listed hosts end with this one: keep probing
 _NUMBER_MASK = 0x3FFF_FFFF
 _SECTIONS = ("keys", "vals", "buckets", "url_hosts", "url_recs", "url_blob")
 _SECTION_TYPES = {"keys": "Q", "vals": "I", "buckets": "I", "url_hosts": "I", "url_recs": "I"}
-# squidGuard compares URL entries with the host minus one leading www/web/ftp
-# label (optionally numbered: www2.). Stripping it from entries too is ours.
-_URL_HOST_PREFIX = re.compile(r"(?:www|web|ftp)[0-9]*\.")
 _IP_LAST_CHARS = frozenset("0123456789:")
 _MALFORMED_EXAMPLES = 5
 _PROGRESS_EVERY_LINES = 65536
@@ -111,13 +107,6 @@ class CompileReport:
             if source.malformed:
                 lines.append(f"  {source.name}: {source.malformed:,} malformed, e.g. " + "; ".join(source.examples))
         return "\n".join(lines)
-
-
-def url_host_start(host: str) -> int:
-    """Where the host URL entries are compared with begins: after a leading
-    `www.`/`www2.`/`web.`/`ftp.` label, else 0."""
-    m = _URL_HOST_PREFIX.match(host)
-    return m.end() if m and m.end() < len(host) else 0
 
 
 class IndexInvalid(ValueError):
@@ -244,16 +233,13 @@ class CategoryIndex:
             self._collect_urls(entry, url_host[1], url_host[2], match_path, found)
 
     def _collect_urls(self, host: str, first: int, count: int, match_path: str, found: dict[str, CategoryHit]) -> None:
-        path = match_path.encode()
         recs = self._url_recs
         for r in range(first * 3, (first + count) * 3, 3):
             offset, length, set_id = recs[r : r + 3]
-            prefix = bytes(self._url_blob[offset : offset + length])
-            # squidGuard: a plain string prefix, no boundary; an entry's query parameters
-            # also match in any order among others (both sides are canonical_query'd).
-            if path.startswith(prefix) or (b"?" in prefix and query_entry_matches(match_path, prefix.decode())):
+            prefix = bytes(self._url_blob[offset : offset + length]).decode()
+            if url_entry_matches(match_path, prefix):
                 for category in self._set_categories[set_id]:
-                    found[category] = _new_hit(category, host + prefix.decode())
+                    found[category] = _new_hit(category, host + prefix)
 
 
 def _verified_header(view: memoryview, where: object) -> dict:

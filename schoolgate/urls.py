@@ -286,6 +286,24 @@ def path_matches_prefix(match_path: str, prefix: str) -> bool:
     return "?" in prefix and query_entry_matches(match_path, prefix)
 
 
+# squidGuard compares URL entries with the host minus one leading www/web/ftp
+# label (optionally numbered: www2.). Stripping it from entries too is ours.
+_URL_HOST_PREFIX = re.compile(r"(?:www|web|ftp)[0-9]*\.")
+
+
+def url_host_start(host: str) -> int:
+    """Where the host URL entries are compared with begins: after a leading
+    `www.`/`www2.`/`web.`/`ftp.` label, else 0."""
+    m = _URL_HOST_PREFIX.match(host)
+    return m.end() if m and m.end() < len(host) else 0
+
+
+def url_entry_matches(match_path: str, prefix: str) -> bool:
+    """Whether a URL entry's path prefix (both canonical) covers this path and query:
+    squidGuard's plain string prefix, and an entry's query parameters in any order among others."""
+    return match_path.startswith(prefix) or ("?" in prefix and query_entry_matches(match_path, prefix))
+
+
 def query_entry_matches(match_path: str, prefix: str) -> bool:
     """Whether a URL entry with a query (both canonical) covers this path and query:
     the same path, and each of the entry's parameters present; a parameter written

@@ -46,6 +46,7 @@ def write_tier(root: Path) -> Path:
         "abuse.example/gallery/\n"
         "http://www.Images.Example/x/y.jpg\n"
         "whole-site.example\n"
+        "query.example/view.php?id=5\n"
         "not a url at all\n"
     )
     lines = [hashlib.sha256(b"terror.example/videos/17").hexdigest(), hashlib.sha256(b"hashed-site.example").hexdigest()]
@@ -83,6 +84,12 @@ def hit(tier: illegal.IllegalTier, url: str) -> str | None:
         ("http://hashed-site.example/anything", "ctiru"),  # a hashed whole site
         ("http://sub.hashed-site.example/", "ctiru"),
         ("http://md5.example/p/q", "ctiru"),
+        ("http://www2.abuse.example/gallery/1.jpg", "iwf"),  # a numbered www label, as the index strips it
+        ("http://www2.terror.example/videos/17", "ctiru"),
+        ("http://query.example/view.php?id=5", "iwf"),
+        ("http://query.example/view.php?a=1&id=5", "iwf"),  # the listed parameter among others, in any order
+        ("http://query.example/view.php;x?id=5", "iwf"),
+        ("http://query.example/view.php?id=6", None),
         ("http://unlisted.example/", None),
     ],
 )
@@ -91,7 +98,7 @@ def test_each_format_matches_what_it_lists(tier: illegal.IllegalTier, url: str, 
 
 
 def test_load_counts_entries_and_reports_malformed_lines(tier: illegal.IllegalTier) -> None:
-    assert tier.entries_by_provider() == {"iwf": 3, "ctiru": 3}
+    assert tier.entries_by_provider() == {"iwf": 4, "ctiru": 3}
     assert {(t.provider, t.format) for t in tier.lists} == {("iwf", "plain"), ("ctiru", "sha256"), ("ctiru", "md5")}
     assert tier.problems == [f"{tier.directory}/iwf/urls.txt: 1 lines are not entries"]
 
