@@ -127,7 +127,11 @@ def fail_closed(hook):
             return
         if not isinstance(flow, mflow.Flow):
             return
-        if isinstance(flow, http.HTTPFlow):
+        if isinstance(flow, http.HTTPFlow) and flow.websocket is not None and flow.websocket.messages:
+            # The page was answered long ago: the message is what is undecided.
+            flow.websocket.messages[-1].drop()
+            flow.kill()
+        elif isinstance(flow, http.HTTPFlow):
             flow.response = text(503, COULD_NOT_CHECK)
         else:
             refuse(flow, "the filter failed while deciding")

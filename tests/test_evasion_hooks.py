@@ -160,3 +160,19 @@ def test_prompts_over_websockets_are_recorded_and_a_severe_one_closes_the_chat(h
     upgrade, revise, severe = hooks.records
     assert revise.search_term == "help me revise fractions" and revise.verdict == "allow" and revise.search_engine == "copilot"
     assert severe.verdict == "block" and severe.flag == "self-harm" and severe.method == "WEBSOCKET"
+
+
+def test_a_fault_while_deciding_a_websocket_message_drops_it_and_closes_the_chat(hooks, monkeypatch):
+    flow = request_flow("https://copilot.microsoft.com/c/api/chat?api-version=2")
+    run(hooks.gate.request(flow))
+    flow.response = http.Response.make(101)
+    hooks.recorder.response(flow)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(hooks.chat.judge, "decide", broken)
+    chat_message(flow, json.dumps({"event": "send", "content": [{"type": "text", "text": "anything"}]}))
+    hooks.chat.websocket_message(flow)
+    assert flow.websocket.messages[-1].dropped
+    assert flow.error is not None  # killed: nothing more crosses the chat
