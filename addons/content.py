@@ -30,7 +30,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import brotli
 from mitmproxy import http
@@ -47,7 +46,7 @@ from schoolgate.categories.content import ContentScore, ContentScorer, ContentVe
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
 from schoolgate.flags import Flag
-from schoolgate.policy import Action, ContentSettings
+from schoolgate.policy import Action, ContentSettings, Policy
 from schoolgate.records import new_reference
 
 try:
@@ -238,6 +237,9 @@ class ContentJob:
     flag_at: int
     score: ContentScore | None = None
     verdict: ContentVerdict | None = None
+    # Only a page fetched by address says the same next time: an AI chat endpoint, or a POST,
+    # answers something new each time, so its score is neither remembered nor reused.
+    cacheable: bool = True
 
     def judge(self, score: ContentScore) -> ContentVerdict:
         self.score = score
@@ -399,7 +401,7 @@ class ContentScoring:
         self.policy = policy
         self.judge = judge  # for the answers of AI chat WebSockets, each recorded on its own
         self.recorder = recorder
-        self._scorer: tuple[tuple[str, ...], ContentScorer] | None = None
+        self._scorer: tuple[Policy | None, ContentScorer] | None = None
         self.cache = ScoreCache(ContentSettings().cache_minutes * 60)
 
     # --- what to score -------------------------------------------------------------
@@ -412,10 +414,12 @@ class ContentScoring:
         return settings
 
     def scorer(self) -> ContentScorer:
-        """The shipped phrase lists plus the school's (`[content] phrase_files`), compiled once per set of files."""
-        files = tuple(str(p) for p in self.settings().phrase_files)
-        if self._scorer is None or self._scorer[0] != files:
-            self._scorer = (files, ContentScorer.load(Path(p) for p in files) if files else ContentScorer.default())
+        """The shipped phrase lists plus the school's (`[content] phrase_files`), compiled once per
+        loaded policy: an edit to a phrase file reloads the policy, so it is compiled again."""
+        policy = self.policy.engine.policy if self.policy.engine else None
+        if self._scorer is None or self._scorer[0] is not policy:
+            files = self.settings().phrase_files
+            self._scorer = (policy, ContentScorer.load(files) if files else ContentScorer.default())
         return self._scorer[1]
 
     def _wants(self, flow: http.HTTPFlow, decision: Decision | None, settings: ContentSettings) -> bool:
@@ -438,7 +442,8 @@ class ContentScoring:
         block_at, flag_at = settings.thresholds(decision.who.group)
         url = flow.request.pretty_url
         content_type = flow.response.headers.get("content-type", "") if flow.response else ""
-        return ContentJob(url, content_type, block_at, flag_at)
+        cacheable = flow.request.method == "GET" and engine_for_host(decision.target.host) not in AI_CHAT
+        return ContentJob(url, content_type, block_at, flag_at, cacheable=cacheable)
 
     # --- prompts ---------------------------------------------------------------------
 
@@ -457,6 +462,8 @@ class ContentScoring:
         search = decision.search
         if search is not None and search.engine in AI_CHAT:
             self._apply(flow, decision, job, self._score(search.query), what="prompt")
+            return
+        if not job.cacheable:
             return
         cached = self.cache.get(job.url)
         if cached is not None and job.judge(cached).blocks:
@@ -499,7 +506,7 @@ class ContentScoring:
         if not self._wants(flow, decision, settings) or not scored_type(response.headers.get("content-type", "")):
             return
         job = self._job(flow, decision, settings)
-        cached = self.cache.get(job.url)
+        cached = self.cache.get(job.url) if job.cacheable else None
         if cached is not None and not job.judge(cached).blocks:
             self._apply(flow, decision, job, cached, what="page (remembered)", cached=True)
             return
@@ -531,7 +538,7 @@ class ContentScoring:
             return
         if isinstance(flow.response.stream, ScoredStream):
             if job.score is not None:
-                self.cache.put(job.url, decision.target.host, job.score)
+                self._remember(job, decision.target.host, job.score)
                 if not flow.response.stream.blocked:
                     self._apply(flow, decision, job, job.score, what=_what(decision), replace_response=False)
             return
@@ -546,8 +553,12 @@ class ContentScoring:
             flow.response = self._block_page(flow, decision)
             return
         score = self._score(prefix.text(charset_of(job.content_type)), job.content_type)
-        self.cache.put(job.url, decision.target.host, score)
+        self._remember(job, decision.target.host, score)
         self._apply(flow, decision, job, score, what=_what(decision))
+
+    def _remember(self, job: ContentJob, host: str, score: ContentScore) -> None:
+        if job.cacheable:
+            self.cache.put(job.url, host, score)
 
     # --- AI answers over WebSockets ---------------------------------------------------
 

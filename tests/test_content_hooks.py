@@ -400,3 +400,34 @@ def test_score_cache_keeps_only_the_strongest_pages_per_site_and_forgets_with_th
         cache.put(f"http://other.test/{n}", "other.test", harmless)
     assert cache.strongest("site.test") == {} and cache.get("http://site.test/casino/0") is None
     assert ScoreCache(ttl_seconds=0).get("x") is None
+
+
+def test_ai_answers_are_scored_every_time_not_remembered_by_address(addon) -> None:
+    """An AI chat endpoint answers something new each time: a harmless answer first must not
+    let a harmful one through, nor one blocked answer block every later one unread."""
+    url = "https://chatgpt.com/backend-api/conversation"
+    harmless = flow_for(addon, url, json.dumps({"message": "Fractions are parts of a whole."}).encode(),
+                        "application/json")
+    harmless.request.method = "POST"
+    run(addon, harmless)
+    assert not decision_of(harmless).refused
+    harmful = flow_for(addon, url, json.dumps({"message": HARMFUL_ANSWER * 3}).encode(), "application/json")
+    harmful.request.method = "POST"
+    run(addon, harmful)
+    assert decision_of(harmful).refused and decision_of(harmful).verdict.category == "self-harm"
+    after = flow_for(addon, url, json.dumps({"message": "Photosynthesis makes sugar from light."}).encode(),
+                     "application/json")
+    after.request.method = "POST"
+    run(addon, after)
+    assert not decision_of(after).refused
+
+
+def test_an_edited_phrase_file_is_scored_with_once_the_policy_reloads(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.toml"
+    ours.write_text('[[group]]\ncategory = "gambling"\nweight = 60\nphrases = ["lucky crate"]\n')
+    addon = make_addon(tmp_path, POLICY + '[content]\nphrase_files = ["ours.toml"]\n')
+    page = "Open a mystery box today. " * 3
+    assert addon.scorer().score(page).scores.get("gambling", 0) == 0
+    ours.write_text('[[group]]\ncategory = "gambling"\nweight = 60\nphrases = ["mystery box"]\n')
+    addon.policy.engine = Engine.load(tmp_path / "policy.toml", addon.policy.engine)  # what PolicyWatch does
+    assert addon.scorer().score(page).scores.get("gambling", 0) > 0
