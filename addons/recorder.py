@@ -102,10 +102,7 @@ class Recorder:
 
     def _http(self, flow: http.HTTPFlow) -> None:
         response = flow.response
-        decision = decision_of(flow)
-        if decision is not None and flow.error is not None and REFUSED_UPSTREAM in flow.error.msg:
-            # Allowed by name, but its connection was refused (the name resolves to the back office).
-            decision.block(replace(decision.verdict, action=Action.BLOCK), flow.error.msg.split(": ", 1)[-1])
+        decision = _refused_upstream(flow)
         self.record(
             decision,
             status=response.status_code if response else None,
@@ -115,7 +112,7 @@ class Recorder:
 
     def _stream(self, flow: tcp.TCPFlow | udp.UDPFlow) -> None:
         """Bytes each way, as relayed (a refused connection relays none)."""
-        decision = decision_of(flow)
+        decision = _refused_upstream(flow)
         if decision is None:
             return
         relayed = not decision.refused
@@ -165,3 +162,13 @@ class Recorder:
                 summary=f"{flags.risk_title(flag.risk)}: {'a search' if decision.search_hit else 'a site visit'} "
                         f"({decision.outcome.value}) in group {who.group.title}",
             ))
+
+
+def _refused_upstream(flow: http.HTTPFlow | tcp.TCPFlow | udp.UDPFlow) -> Decision | None:
+    """The flow's decision, turned into a block when the name was allowed but its connection
+    was refused (it resolves to the back office): HTTP, TCP and UDP alike."""
+    decision = decision_of(flow)
+    if decision is not None and flow.error is not None and REFUSED_UPSTREAM in flow.error.msg:
+        decision.block(replace(decision.verdict, action=Action.BLOCK), flow.error.msg.split(": ", 1)[-1])
+    return decision
+

@@ -19,14 +19,16 @@ from mitmproxy.tcp import TCPMessage
 from mitmproxy.test import taddons, tflow
 
 from schoolgate.addons.connections import Connections
-from schoolgate.addons.decision import Kind, Outcome, decision_of
+from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, Outcome, Who, attach, decision_of
 from schoolgate.addons.gateway import SchoolGate
 from schoolgate.addons.identify import Identification
 from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import MAX_RECORDED_URL, Recorder
 from schoolgate.addons.signing import Signer
-from schoolgate.decide import Rule
+from schoolgate.decide import Rule, Verdict
+from schoolgate.policy import Action
+from schoolgate.urls import parse_target
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -494,3 +496,18 @@ def test_an_unsigned_device_reaches_only_the_open_hosts_themselves(tmp_path):
         assert fronted.response is not None and fronted.response.status_code == 302
         assert fronted.response.headers["Location"].startswith("https://signin.test/")
 
+
+
+def test_an_allowed_raw_tunnel_whose_connection_was_refused_is_recorded_as_blocked(hooks):
+    """As for HTTP: a name allowed by the policy that resolves to the back office is refused
+    before connecting, and its flow's record says block, not allow."""
+    connect = connect_flow("allowed.test", 443)
+    run(hooks.connections.http_connect(connect))
+    flow = raw_tcp(connect)
+    who = Who("10.1.2.3", None, hooks.policy.engine.policy.groups["pupils"])
+    attach(flow, Decision(who, parse_target("https://allowed.test/"),
+                          Verdict(Action.ALLOW, Rule.DEFAULT, "not on any list", "pupils"), "TCP", Kind.TCP))
+    flow.error = Error(f"{REFUSED_UPSTREAM}: the gateway's own machine is not a destination")
+    hooks.recorder.tcp_error(flow)
+    (record,) = [r for r in hooks.records if r.method == "TCP"]
+    assert (record.verdict, record.bytes_in, record.bytes_out) == ("block", 0, 0)
