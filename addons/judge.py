@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from schoolgate import metrics
@@ -51,6 +52,10 @@ class Judge:
                     target, who.group, web=web, user=who.user, client_ip=who.client_ip, **context)
             decided.append((target, verdict))
         target, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
+        # The strictest name decides the action; the DSL still hears of the worst concern any name raised.
+        worst = max((v.flag for _, v in decided if v.flag is not None), key=lambda flag: flag.severity, default=None)
+        if worst is not None and (verdict.flag is None or worst.severity > verdict.flag.severity):
+            verdict = replace(verdict, flag=worst)
         elapsed = time.perf_counter() - started
         metrics.DECISION_SECONDS.observe(elapsed)
         return Decision(who, target, verdict, method, kind, decision_us=int(elapsed * 1_000_000),

@@ -511,3 +511,14 @@ def test_an_allowed_raw_tunnel_whose_connection_was_refused_is_recorded_as_block
     hooks.recorder.tcp_error(flow)
     (record,) = [r for r in hooks.records if r.method == "TCP"]
     assert (record.verdict, record.bytes_in, record.bytes_out) == ("block", 0, 0)
+
+
+def test_a_flag_raised_by_any_name_is_kept_when_another_name_decides(hooks):
+    """A translator page (allowed, decided first) carrying a flagged site that is allowed too:
+    the action is the strictest name's, and the DSL still hears of the flagged one."""
+    who = Who("10.1.2.3", None, hooks.policy.engine.policy.groups["pupils"])
+    alone = hooks.connections.judge.decide(who, parse_target("http://casino.test/"), method="GET")
+    assert alone.verdict.action is Action.ALLOW and alone.verdict.flag is not None
+    both = hooks.connections.judge.decide(who, parse_target("http://allowed.test/"), parse_target("http://casino.test/"),
+                                          method="GET")
+    assert both.verdict.action is Action.ALLOW and both.verdict.flag == alone.verdict.flag
