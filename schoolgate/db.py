@@ -387,14 +387,22 @@ async def dispose_within(engine: AsyncEngine, seconds: float = 1.0) -> None:
         disposal.cancel()
 
 
+# Databases this process has brought up to date: the add-ons that need the schema each
+# ask at start, and only the first asks the database.
+_upgraded: set[str] = set()
+
+
 async def upgrade(database_url: str) -> None:
     """Bring the schema to the latest revision; safe to run on every start."""
+    if database_url in _upgraded:
+        return
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_upgrade_head)
     finally:
         await engine.dispose()
+    _upgraded.add(database_url)
 
 
 # Any fixed number; PostgreSQL advisory locks are named by integers.
@@ -409,9 +417,9 @@ def _upgrade_head(connection: Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     context = MigrationContext.configure(connection)
-    before = context.get_current_heads()
-    # "heads": migrations added side by side (each revising the same parent) all apply.
-    command.upgrade(config, "heads")
-    after = MigrationContext.configure(connection).get_current_heads()
+    # A database from before 0006 may carry both 0005 revisions at once.
+    before = ",".join(context.get_current_heads())
+    command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
     if after != before:
-        log.info("database schema upgraded from %s to %s", ",".join(before) or "empty", ",".join(after))
+        log.info("database schema upgraded from %s to %s", before or "empty", after)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -127,16 +128,36 @@ def test_default_spool_path() -> None:
 def test_upgrade_is_idempotent_and_matches_the_table_definitions(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     asyncio.run(db.upgrade(sqlite_url(path)))
+    db._upgraded.discard(sqlite_url(path))  # as a second process would: the database is asked again
     asyncio.run(db.upgrade(sqlite_url(path)))
 
-    heads = ScriptDirectory.from_config(db.alembic_config()).get_heads()  # side-by-side revisions all apply
+    heads = ScriptDirectory.from_config(db.alembic_config()).get_heads()
+    assert len(heads) == 1, f"the migrations have several heads, {heads}: revise the newest one instead"
     with sqlite3.connect(path) as connection:
-        assert sorted(connection.execute("SELECT version_num FROM alembic_version").fetchall()) == sorted((h,) for h in heads)
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(heads[0],)]
     engine = create_sync_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), db.metadata)
     engine.dispose()
     assert differences == [], "db.py and the migrations disagree; add a revision"
+
+
+def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    engine = create_sync_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:  # as the build that had two heads left it
+        config = db.alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005_front")
+        command.upgrade(config, "0005_identity")
+    engine.dispose()
+    with sqlite3.connect(path) as connection:
+        assert sorted(connection.execute("SELECT version_num FROM alembic_version").fetchall()) == [("0005_front",), ("0005_identity",)]
+
+    asyncio.run(db.upgrade(sqlite_url(path)))
+
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
 
 
 def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
