@@ -31,7 +31,7 @@ from schoolgate.records import RecordWriter, default_spool_path
 
 from support.clients import httpx_client
 from support.gateway import Gateway
-from support.postgres import PostgresServer, postgres_bin, start_postgres
+from support.postgres import PostgresServer
 from support.waiting import wait_for
 
 POLICY = """\
@@ -213,9 +213,9 @@ def _signal_all(processes: list[psutil.Process], sig: signal.Signals) -> None:
             pass
 
 
-@pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (apt install postgresql)")
-def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_bounded(gateway_factory, tmp_path) -> None:
-    server = start_postgres()  # its own server: this test freezes it
+def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_bounded(
+        gateway_factory, private_postgres, tmp_path) -> None:
+    server = private_postgres  # its own server: this test freezes it
     paused: list[psutil.Process] = []
     try:
         url = server.create_database("faults")
@@ -252,9 +252,6 @@ def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_
               f"{len(traffic.answered)} answered, 0 lost")
     finally:
         _signal_all(paused, signal.SIGCONT)
-        server.stop("immediate")
-        import shutil
-        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def _mount_tmpfs(directory: Path, size: str) -> bool:
