@@ -8,7 +8,6 @@ import asyncio
 import re
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
@@ -127,12 +126,6 @@ class Traffic:
                 time.sleep(0.01)
 
 
-def _metric(gateway: Gateway, name: str) -> float:
-    body = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(gateway.metrics_url, timeout=2).read().decode()
-    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_database_outage_mid_traffic_loses_no_record_and_keeps_order(gateway_factory, private_postgres, tmp_path) -> None:
     server = private_postgres  # its own server: this test stops it
     url = server.create_database("outage")
@@ -146,17 +139,17 @@ def test_database_outage_mid_traffic_loses_no_record_and_keeps_order(gateway_fac
         server.stop("fast")
         down_at = len(traffic.made)
         # Filtering goes on; past the backlog time the records move to the spool file.
-        wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=60)
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") > 0, timeout=60)
         wait_for(lambda: len(traffic.made) > down_at + 60)
         server.start()
-        wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=60)
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") == 0, timeout=60)
         up_at = len(traffic.made)
         wait_for(lambda: len(traffic.made) > up_at + 30)
     finally:
         traffic.stop.set()
         client.join(20)
     assert not traffic.wrong, f"filtering changed while the database was away: {traffic.wrong[:5]}"
-    assert _metric(gw, "schoolgate_records_spooled_total") > 0
+    assert gw.metric("schoolgate_records_spooled_total") > 0
     gw.stop()  # flushes the queue
 
     rows = [line.split("|") for line in server.psql(
