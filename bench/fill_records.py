@@ -43,7 +43,7 @@ BATCH = 200_000
 PUPILS, STAFF = 300, 60
 GROUPS = ("pupils-secondary", "pupils-primary", "staff", "guests")
 # (risk, severity, category, how often among flagged records): circumvention dominates, as in every school's log.
-RISKS = (
+RISKS: tuple[tuple[str, int, str | None, int], ...] = (
     ("circumvention", 2, "vpn", 40), ("circumvention", 2, "doh", 10), ("pornography", 3, "adult", 18),
     ("gambling", 2, "gambling", 10), ("violence", 2, "agressif", 6), ("drugs", 2, "drogue", 5),
     ("self-harm", 4, None, 4), ("extremism", 3, None, 2), ("bullying", 2, None, 3),
@@ -108,13 +108,16 @@ def generate(count: int, *, days: int, now: datetime, seed: int) -> Iterator[Acc
 def _record(rng: random.Random, ts: datetime, people: list[tuple[str, str, str]], host_pool: list[str],
             risk_pool: list[tuple[str, int, str | None, int]], flagged_hosts: dict[tuple[str, str | None], list[str]],
             seqs: dict[str, int]) -> AccessRecord:
-    user, group, ip = people[rng.randrange(len(people))]
+    name, group, ip = people[rng.randrange(len(people))]
+    user: str | None = name
     if group != "staff" and rng.random() < 0.25:  # a device nobody signed in on: known by its network only
         user = None
     instance = "gw1" if rng.random() < 0.5 else "gw2"
     seqs[instance] += 1
     roll = rng.random()
-    flag = severity = detail = engine = term = ref = None
+    flag: str | None = None
+    severity: int | None = None
+    detail = engine = term = ref = None
     rule = "default"
     if roll < 0.01:
         risk, severity, category, _ = risk_pool[rng.randrange(len(risk_pool))]
