@@ -52,7 +52,8 @@ from schoolgate.commandline import default_policy_path
 from schoolgate.db import access_log, create_engine, is_sqlite
 from schoolgate.policy import RetentionSettings, load_policy
 from schoolgate.reports.incidents import OPEN, IncidentFilter, Status, queue
-from schoolgate.reports.queries import recent, surrounding
+from schoolgate.reports.queries import surrounding
+from schoolgate.reports.recent import LogFilter, read
 from schoolgate.reports.report import build_report
 from schoolgate.reports.retention import purge
 
@@ -82,7 +83,7 @@ async def _report(engine: AsyncEngine, sample: dict[str, Any]) -> object:
 def _log_query(**filters: Any) -> Query:
     async def run(engine: AsyncEngine, sample: dict[str, Any]) -> object:
         values = {k: sample[v] if isinstance(v, str) and v in sample else v for k, v in filters.items()}
-        return await recent(engine, limit=50, **values)
+        return await read(engine, LogFilter(limit=50, **values))
     return run
 
 
