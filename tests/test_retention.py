@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from test_records import make_record
 
-from schoolgate.db import create_engine, upgrade
+from schoolgate.db import access_log, create_engine, incident_notes, upgrade
 from schoolgate.policy import Policy, load_policy
 from schoolgate.records import AccessRecord, RecordWriter
 from schoolgate.reports.incidents import IncidentFilter, Status, queue, update_incident
 from schoolgate.reports.retention import purge
+
+from support.postgres import postgres_bin
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -48,34 +51,40 @@ def expected_left(made: list[AccessRecord]) -> set[str]:
     return {r.host for r in made if kept(r)}
 
 
-@pytest.mark.parametrize("batch_rows", [1, 2, 3, 1000])
-def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path, batch_rows: int) -> None:
+@pytest.mark.parametrize(("backend", "batch_rows"), [("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("sqlite", 1000),
+                                                    ("postgresql", 2)])
+def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path, backend: str, batch_rows: int,
+                                                                 request: pytest.FixtureRequest) -> None:
     policy = policy_in(tmp_path)
+    if backend == "postgresql":
+        if postgres_bin() is None:
+            pytest.skip("PostgreSQL is not installed (apt install postgresql)")
+        policy = replace(policy, gateway=replace(policy.gateway, database=request.getfixturevalue("database_url")))
+    url = policy.gateway.database
     made = records()
 
-    async def scenario() -> tuple[int, int, int, int]:
-        await upgrade(policy.gateway.database)
-        writer = RecordWriter(policy.gateway.database)
+    async def scenario() -> tuple[int, int, int, set[str], int, int]:
+        await upgrade(url)
+        writer = RecordWriter(url)
         await writer.start()
         for record in made:
             writer.submit(record)
         await writer.close()
-        engine = create_engine(policy.gateway.database)
+        engine = create_engine(url)
         try:
             flagged = await queue(engine, IncidentFilter())  # opens an incident for each flagged record
             for item in flagged:
                 await update_incident(engine, item.id, actor="dsl", role="dsl", status=Status.REVIEWING, note="seen")
             counts = await purge(engine, policy, now=NOW, batch_rows=batch_rows)
             left = len(await queue(engine, IncidentFilter()))
+            async with engine.connect() as conn:
+                hosts = set((await conn.execute(select(access_log.c.host))).scalars())
+                notes = (await conn.execute(select(func.count()).select_from(incident_notes))).scalar_one()
         finally:
             await engine.dispose()
-        return counts.records, counts.flagged_records, counts.incidents, left
+        return counts.records, counts.flagged_records, counts.incidents, hosts, left, notes
 
-    deleted, deleted_flagged, deleted_incidents, incidents_left = asyncio.run(scenario())
-    with sqlite3.connect(tmp_path / "sg.db") as db:
-        hosts = {host for (host,) in db.execute("SELECT host FROM access_log")}
-        notes = db.execute("SELECT count(*) FROM incident_notes").fetchone()[0]
-        wal = Path(f"{tmp_path}/sg.db-wal")
+    deleted, deleted_flagged, deleted_incidents, hosts, incidents_left, notes = asyncio.run(scenario())
     assert hosts == expected_left(made)
     long = [r for r in made if r.flag_severity is not None or r.rule.startswith("illegal")]
     assert deleted_flagged == sum(r.ts < NOW - timedelta(days=365) for r in long)
@@ -83,6 +92,7 @@ def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path,
     flagged_left = sum(h.startswith("flagged") for h in hosts)
     assert deleted_incidents == sum(r.flag_severity is not None for r in made) - flagged_left
     assert incidents_left == notes == flagged_left  # the kept records keep their incidents and notes
+    wal = tmp_path / "sg.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # truncated once the purge is done
 
 
