@@ -140,7 +140,7 @@ access_log = Table(
     Index("ix_access_log_verdict_ts", "verdict", "ts"),
     Index("ix_access_log_instance_seq", "instance", "seq"),
     Index("ix_access_log_flag_severity_ts", "flag_severity", "ts"),
-    # The flagged records alone (about 1 %), by time: the DSL's queue and incidents read these (0007_volume).
+    # The flagged records alone (about 1 %), by time: reports read them without scanning the table (0007_volume).
     Index("ix_access_log_flagged_ts", "ts", sqlite_where=text("flag_severity IS NOT NULL"),
           postgresql_where=text("flag_severity IS NOT NULL")),
 )
