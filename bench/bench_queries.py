@@ -258,7 +258,9 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
     copy = source.with_name(source.stem + "-purge" + source.suffix)
     for suffix in ("-wal", "-shm"):
         Path(str(copy) + suffix).unlink(missing_ok=True)
-    shutil.copyfile(source, copy)
+    copy.unlink(missing_ok=True)
+    os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # personal data: never world-readable
+    shutil.copyfile(source, copy)  # into the 0600 file
     copy_url = f"sqlite+aiosqlite:///{copy}"
     policy = load_policy(default_policy_path())
     policy = replace(policy, retention=RetentionSettings(records_days=days - purge_days,
