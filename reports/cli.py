@@ -30,8 +30,8 @@ from schoolgate.reports.roles import ConsoleRole
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from schoolgate.accessrecord import AccessRecord
     from schoolgate.policy import Policy
-    from schoolgate.records import AccessRecord
 
 VERDICTS = ("allow", "block", "warn", "proceed", "monitor")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -148,20 +148,18 @@ def lookup_command(args: argparse.Namespace) -> int:
 
 
 def log_command(args: argparse.Namespace) -> int:
-    from schoolgate.reports.queries import recent
+    from schoolgate.reports.recent import LogFilter, read, read_sqlite, sqlite_file
 
-    records = _read(
-        args,
-        lambda engine: recent(
-            engine,
-            limit=args.limit,
-            verdict=args.verdict,
-            user=args.user,
-            client_ip=args.client,
-            host=args.host,
-            since=args.since,
-        ),
-    )
+    wanted = LogFilter(limit=args.limit, verdict=args.verdict, user=args.user, client_ip=args.client,
+                       host=args.host, since=args.since)
+    path = sqlite_file(_database_url(args))
+    if path is not None:  # straight to the file: no database library to load
+        if not Path(path).exists():
+            print(_NO_DATABASE.format(path), file=sys.stderr)
+            return 1
+        records: list[AccessRecord] | None = read_sqlite(path, wanted)
+    else:
+        records = _read(args, lambda engine: read(engine, wanted))
     if records is None:
         return 1
     {"text": _write_text, "csv": _write_csv, "json": _write_json}[args.format](records, sys.stdout)
@@ -174,6 +172,9 @@ def _database_url(args: argparse.Namespace) -> str:
     return load_policy_or_exit(args.policy).gateway.database
 
 
+_NO_DATABASE = "no database at {}; the gateway creates it when it starts (or run `schoolgate db upgrade`)"
+
+
 def _read(args: argparse.Namespace, query: Callable[[AsyncEngine], Coroutine[Any, Any, list[AccessRecord]]]) -> list[AccessRecord] | None:
     """Run a read-only query, or say why there is nothing to read (None)."""
     from sqlalchemy.engine import make_url
@@ -184,7 +185,7 @@ def _read(args: argparse.Namespace, query: Callable[[AsyncEngine], Coroutine[Any
     database = make_url(url).database
     # Opening a missing SQLite file would create an empty one; report it instead.
     if is_sqlite(url) and database and database != ":memory:" and not Path(database).exists():
-        print(f"no database at {database}; the gateway creates it when it starts (or run `schoolgate db upgrade`)", file=sys.stderr)
+        print(_NO_DATABASE.format(database), file=sys.stderr)
         return None
 
     async def run() -> list[AccessRecord]:
@@ -237,7 +238,7 @@ def _write_text(records: list[AccessRecord], out: TextIO) -> None:
 
 
 def _write_csv(records: list[AccessRecord], out: TextIO) -> None:
-    from schoolgate.records import AccessRecord, record_as_json
+    from schoolgate.accessrecord import AccessRecord, record_as_json
 
     writer = csv.DictWriter(out, fieldnames=list(AccessRecord.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
@@ -246,7 +247,7 @@ def _write_csv(records: list[AccessRecord], out: TextIO) -> None:
 
 
 def _write_json(records: list[AccessRecord], out: TextIO) -> None:
-    from schoolgate.records import record_as_json
+    from schoolgate.accessrecord import record_as_json
 
     json.dump([record_as_json(r) for r in records], out, indent=1)
     out.write("\n")

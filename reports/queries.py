@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import access_log
@@ -27,36 +27,6 @@ async def find_by_ref(engine: AsyncEngine, ref: str) -> list[AccessRecord]:
     Usually one; references are random, so over years a repeat is possible
     and the time tells them apart."""
     query = select(access_log).where(access_log.c.ref == ref).order_by(*_NEWEST_FIRST)
-    async with engine.connect() as connection:
-        rows = await connection.execute(query)
-        return [record_from_row(row) for row in rows.mappings()]
-
-
-async def recent(
-    engine: AsyncEngine,
-    *,
-    limit: int = 50,
-    verdict: str | None = None,
-    user: str | None = None,
-    client_ip: str | None = None,
-    host: str | None = None,
-    since: datetime | None = None,
-) -> list[AccessRecord]:
-    """The latest records matching every filter given, newest first.
-
-    `host` also matches its subdomains, so "youtube.com" finds www.youtube.com."""
-    c = access_log.c
-    query = select(access_log).order_by(*_NEWEST_FIRST).limit(limit)
-    if verdict is not None:
-        query = query.where(c.verdict == verdict)
-    if user is not None:
-        query = query.where(c.username == user)
-    if client_ip is not None:
-        query = query.where(c.client_ip == client_ip)
-    if host is not None:
-        query = query.where(or_(c.host == host, c.host.endswith("." + host, autoescape=True)))
-    if since is not None:
-        query = query.where(c.ts >= since)
     async with engine.connect() as connection:
         rows = await connection.execute(query)
         return [record_from_row(row) for row in rows.mappings()]

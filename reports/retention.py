@@ -7,6 +7,10 @@
 - access requests and console login attempts older than `records_days`;
 - console sessions that have ended or gone idle.
 
+Access records go in short transactions of a few thousand rows, oldest first,
+so the gateway's record writer is never held up for long and SQLite's WAL stays
+small (checkpointed between batches, truncated at the end).
+
 The audit trail is not purged: it is append-only (the database refuses DELETE)
 and records who did what, not what pupils browsed. Each purge writes one audit
 row and one log line with the counts, never any identity.
@@ -19,7 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, not_, or_, select
+from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
@@ -31,6 +35,11 @@ log = logging.getLogger("schoolgate.retention")
 
 SESSION_KEEP = timedelta(days=1)  # ended or idle sessions are only kept to explain a recent sign-out
 PURGE_EVERY = timedelta(days=1)
+
+
+# Rows deleted per transaction: each holds SQLite's write lock for well under a second
+# (the gateway's writer waits at most that long), and the WAL stays a few megabytes.
+BATCH_ROWS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,47 +54,91 @@ class PurgeCounts:
 
 
 async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
-                now: datetime | None = None) -> PurgeCounts:
-    """Delete (or, with dry_run, count) what is past its retention, in one transaction."""
+                now: datetime | None = None, batch_rows: int = BATCH_ROWS) -> PurgeCounts:
+    """Delete (or, with dry_run, count) what is past its retention.
+
+    Access records go oldest first in transactions of `batch_rows`, each with its
+    incidents and their notes, so the gateway's writer never waits long for the
+    database; a purge cut short leaves only whole batches done, and the next run
+    carries on. The small tables and the audit row go in one last transaction."""
     now = now or datetime.now(UTC)
     records_before = now - timedelta(days=policy.retention.records_days)
     flagged_before = now - timedelta(days=policy.retention.flagged_days)
     c = access_log.c
     kept_long = or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))  # evidence for the DSL and police
-    expired_flagged = select(c.id).where(kept_long, c.ts < flagged_before)
-    expired_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(expired_flagged))
-    # Notes before incidents before records: each step finds its rows through the next.
-    steps: list[tuple[str, Delete]] = [
-        ("incident_notes", delete(incident_notes).where(incident_notes.c.incident_id.in_(expired_incidents))),
-        ("incidents", delete(incidents).where(incidents.c.record_id.in_(expired_flagged))),
-        ("flagged_records", delete(access_log).where(kept_long, c.ts < flagged_before)),
-        ("records", delete(access_log).where(not_(kept_long), c.ts < records_before)),
+    expired_flagged = and_(kept_long, c.ts < flagged_before)
+    expired_records = and_(not_(kept_long), c.ts < records_before)
+    others: list[tuple[str, Delete]] = [
         ("access_requests", delete(access_requests).where(access_requests.c.created_at < records_before)),
         ("login_attempts", delete(login_attempts).where(login_attempts.c.ts < records_before)),
         ("sessions", delete(console_sessions).where(console_sessions.c.last_seen < now - SESSION_KEEP)),
     ]
     counted: dict[str, int] = {}
-    async with engine.begin() as conn:
-        for name, statement in steps:
-            counted[name] = await (_count(conn, statement) if dry_run else _delete(conn, statement))
-        counts = PurgeCounts(**counted)
-        if not dry_run:
+    if dry_run:
+        async with engine.connect() as conn:
+            expired_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(select(c.id).where(expired_flagged)))
+            counted["incident_notes"] = await _count(conn, incident_notes, incident_notes.c.incident_id.in_(expired_incidents))
+            counted["incidents"] = await _count(conn, incidents, incidents.c.id.in_(expired_incidents))
+            counted["flagged_records"] = await _count(conn, access_log, expired_flagged)
+            counted["records"] = await _count(conn, access_log, expired_records)
+            for name, statement in others:
+                counted[name] = await _count(conn, statement.table, statement.whereclause)  # type: ignore[arg-type]
+    else:
+        flagged = await _delete_records(engine, expired_flagged, batch_rows, with_incidents=True)
+        counted.update(incident_notes=flagged[2], incidents=flagged[1], flagged_records=flagged[0])
+        counted["records"] = (await _delete_records(engine, expired_records, batch_rows, with_incidents=False))[0]
+        async with engine.begin() as conn:
+            for name, statement in others:
+                counted[name] = (await conn.execute(statement)).rowcount or 0
             await record_audit(conn, "schoolgate", "system", "retention.purge", "retention", None, None,
-                               {**asdict(counts), "records_days": policy.retention.records_days,
+                               {**asdict(PurgeCounts(**counted)), "records_days": policy.retention.records_days,
                                 "flagged_days": policy.retention.flagged_days})
+        if engine.dialect.name == "sqlite":
+            async with engine.connect() as conn:  # give the disk back: the WAL held the deleted pages
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    counts = PurgeCounts(**counted)
     log.info("%s: %s", "retention dry run, would delete" if dry_run else "retention purge deleted",
              ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in asdict(counts).items()))
     return counts
 
 
-async def _delete(conn: AsyncConnection, statement: Delete) -> int:
+async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], batch_rows: int, *,
+                          with_incidents: bool) -> tuple[int, int, int]:
+    """Delete the access records matching `expired`, oldest first, one short transaction per batch
+    (with their incidents and notes when asked); returns records, incidents and notes deleted."""
+    c = access_log.c
+    deleted = [0, 0, 0]
+    after: tuple[datetime, int] | None = None  # the last row of the previous batch, so kept rows are read once
+    while True:
+        query = select(c.ts, c.id).where(expired).order_by(c.ts, c.id).limit(batch_rows)
+        if after is not None:
+            query = query.where(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
+        async with engine.begin() as conn:
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                break
+            ids = [row.id for row in rows]
+            if with_incidents:
+                their_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(ids))
+                deleted[2] += await _rowcount(conn, delete(incident_notes).where(
+                    incident_notes.c.incident_id.in_(their_incidents)))
+                deleted[1] += await _rowcount(conn, delete(incidents).where(incidents.c.record_id.in_(ids)))
+            deleted[0] += await _rowcount(conn, delete(access_log).where(c.id.in_(ids)))
+        after = (rows[-1].ts, rows[-1].id)
+        if engine.dialect.name == "sqlite":
+            async with engine.connect() as conn:  # keep the WAL from growing batch after batch
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        if len(rows) < batch_rows:
+            break
+    return deleted[0], deleted[1], deleted[2]
+
+
+async def _rowcount(conn: AsyncConnection, statement: Delete) -> int:
     return (await conn.execute(statement)).rowcount or 0
 
 
-async def _count(conn: AsyncConnection, statement: Delete) -> int:
-    table = statement.table
-    query = select(func.count()).select_from(table).where(statement.whereclause)  # type: ignore[arg-type]
-    return (await conn.execute(query)).scalar_one()
+async def _count(conn: AsyncConnection, table: Table, where: ColumnElement[bool]) -> int:
+    return (await conn.execute(select(func.count()).select_from(table).where(where))).scalar_one()
 
 
 async def purge_daily(engine: AsyncEngine, policy: Policy) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -139,6 +140,9 @@ access_log = Table(
     Index("ix_access_log_verdict_ts", "verdict", "ts"),
     Index("ix_access_log_instance_seq", "instance", "seq"),
     Index("ix_access_log_flag_severity_ts", "flag_severity", "ts"),
+    # The flagged records alone (about 1 %), by time: reports read them without scanning the table (0007_volume).
+    Index("ix_access_log_flagged_ts", "ts", sqlite_where=text("flag_severity IS NOT NULL"),
+          postgresql_where=text("flag_severity IS NOT NULL")),
 )
 
 

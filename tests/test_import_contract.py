@@ -13,6 +13,7 @@ import pytest
 
 PURE = [
     "schoolgate.policy",
+    "schoolgate.accessrecord",
     "schoolgate.urls",
     "schoolgate.flags",
     "schoolgate.grants",

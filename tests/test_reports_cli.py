@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -19,6 +21,8 @@ from test_records import make_record, sqlite_url
 
 from schoolgate.records import AccessRecord, RecordWriter
 from schoolgate.reports.cli import parse_since, register
+
+from support.postgres import postgres_bin
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -46,8 +50,9 @@ def run_cli(*argv: str) -> tuple[int | str | None, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def store(path: Path, *records: AccessRecord) -> str:
-    url = sqlite_url(path)
+def store(path: Path | str, *records: AccessRecord) -> str:
+    """Write records to an SQLite file or a database URL; returns the URL."""
+    url = sqlite_url(path) if isinstance(path, Path) else path
 
     async def write() -> None:
         writer = RecordWriter(url)
@@ -99,13 +104,19 @@ def test_lookup_of_an_unknown_reference_fails(tmp_path: Path) -> None:
     assert "no access record has reference SG-0000-0000" in err
 
 
-def test_log_filters_newest_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_log_filters_newest_first(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The same rows from SQLite (read with sqlite3) and PostgreSQL (through SQLAlchemy)."""
+    if backend == "postgresql" and postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt install postgresql)")
     url = store(
-        tmp_path / "log.db",
+        tmp_path / "log.db" if backend == "sqlite" else request.getfixturevalue("database_url"),
         make_record(ts=NOW - timedelta(hours=3), user="bob", host="www.example.com"),
         make_record(ts=NOW - timedelta(minutes=30), user="alice", host="notexample.com", url=None),
         make_record(ts=NOW - timedelta(minutes=10), user="alice", host="example.com", verdict="block", ref="SG-1111-2222"),
         make_record(ts=NOW - timedelta(minutes=5), user=None, client_ip="10.9.9.9", host="news.example.com"),
+        make_record(ts=NOW - timedelta(minutes=4), user="carol", host="www.my_site.example"),
+        make_record(ts=NOW - timedelta(minutes=3), user="carol", host="www.myXsite.example"),
     )
 
     def hosts(*filters: str) -> list[str]:
@@ -113,13 +124,29 @@ def test_log_filters_newest_first(tmp_path: Path) -> None:
         assert (code, err) == (0, "")
         return [record["host"] for record in json.loads(out)]
 
-    assert hosts() == ["news.example.com", "example.com", "notexample.com", "www.example.com"]
+    assert hosts() == ["www.myXsite.example", "www.my_site.example", "news.example.com", "example.com",
+                       "notexample.com", "www.example.com"]
     assert hosts("--verdict", "block") == ["example.com"]
     assert hosts("--user", "alice") == ["example.com", "notexample.com"]
     assert hosts("--client", "10.9.9.9") == ["news.example.com"]
     assert hosts("--host", "example.com") == ["news.example.com", "example.com", "www.example.com"]
-    assert hosts("--since", "1h") == ["news.example.com", "example.com", "notexample.com"]
-    assert hosts("--limit", "2") == ["news.example.com", "example.com"]
+    assert hosts("--host", "my_site.example") == ["www.my_site.example"]  # "_" is no wildcard
+    assert hosts("--since", "1h") == ["www.myXsite.example", "www.my_site.example", "news.example.com",
+                                      "example.com", "notexample.com"]
+    assert hosts("--user", "alice", "--since", "20m") == ["example.com"]
+    assert hosts("--limit", "2") == ["www.myXsite.example", "www.my_site.example"]
+
+
+def test_log_on_sqlite_loads_no_database_library(tmp_path: Path) -> None:
+    """Importing SQLAlchemy takes longer than the query: `schoolgate log` on SQLite does without it."""
+    url = store(tmp_path / "log.db", make_record(), BLOCKED)
+    code = ("import sys, json; from schoolgate.cli import main; "
+            f"main(['log', '--database', {url!r}, '--limit', '1']); "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    printed, loaded = done.stdout.splitlines()
+    assert "SG-7K3F-9QX2" in printed
+    assert not {"sqlalchemy", "alembic", "aiosqlite", "asyncpg"} & set(json.loads(loaded))
 
 
 def test_log_text_and_csv(tmp_path: Path) -> None:
