@@ -107,7 +107,7 @@ def test_bad_cli_input_is_explained(start, capsys):
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games..test", "--for", "group:primary", "--until", "+5m", "--reason", "x")
     assert code == 1 and "'games..test' is not a domain or URL" in err
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "room12", "--until", "+5m", "--reason", "x")
-    assert code == 1 and "use group:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME" in err
+    assert code == 1 and "use group:NAME, class:NAME, room:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME" in err
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:primary", "--until", "soon", "--reason", "x")
     assert code == 1 and "cannot read the time 'soon'" in err
     code, _, err = cli(capsys, gw, "allow", "add", "bad host", "--reason", "x")
