@@ -203,13 +203,13 @@ def parse_target(text: str) -> tuple[str, str, str, str]:
         if name not in CATEGORIES:
             raise GrantRefused([f"unknown category {name!r} (see `schoolgate categories`)"])
         return "category", "", "", name
+    if _REFERENCE.match(text):
+        raise GrantRefused([f"{text.strip()!r} is a block page's reference, not a site: "
+                            "give the site's address (e.g. www.example.com)"])
     try:
         host, path = normalise_entry(text)
     except InvalidHost as e:
         raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
-    if _REFERENCE.match(text):
-        raise GrantRefused([f"{text.strip()!r} is a block page's reference, not a site: "
-                            "give the site's address (e.g. www.example.com)"])
     if "." not in host and ":" not in host:
         raise GrantRefused([f"{text!r} is not a site's address (e.g. www.example.com)"])
     if not path and (too_wide := public_suffix_problem(host)):
