@@ -79,7 +79,11 @@ class Endpoints:
     def my_requests(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
         """The pupil's own recent requests, by a link signed for this client and user only."""
         assert self.policy.signer is not None and self.policy.engine is not None
-        if not self.policy.signer.my_requests_allowed(who, here.query):
+        # Only a page opened by the pupil: a script on a site (even one holding the link,
+        # read from a block page on its own origin) cannot fetch it, frame it or read it.
+        fetched = flow.request.headers.get("sec-fetch-mode", "navigate") != "navigate" or \
+            flow.request.headers.get("sec-fetch-dest", "document") != "document"
+        if fetched or not self.policy.signer.my_requests_allowed(who, here.query):
             flow.response = text(403, "This link is for another device or has expired. "
                                       "Open it again from a block page.\n")
             return
@@ -87,7 +91,9 @@ class Endpoints:
         brand = branding(engine.policy)
         page = my_requests_page(brand=brand, asked=requests_of(engine.live.requests, who.client_ip, who.user),
                                 now=datetime.now(UTC))
-        flow.response = http.Response.make(200, page, {**brand.headers(), "X-Frame-Options": "DENY"})
+        headers = brand.headers()
+        headers["Content-Security-Policy"] += "; frame-ancestors 'none'; sandbox"  # an opaque origin: unreadable to the site
+        flow.response = http.Response.make(200, page, {**headers, "X-Frame-Options": "DENY"})
 
     def proceed(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
         """'I understand, continue': check the signed link, remember, record, and redirect."""
