@@ -536,6 +536,16 @@ def test_a_teacher_leaves_to_it_what_their_role_may_not_open(env: Env) -> None:
         assert db.execute("SELECT COUNT(*) FROM exceptions").fetchone() == (0,)
 
 
+def test_a_teacher_cannot_approve_by_any_route_a_site_listed_as_pornography_when_asked(
+        env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Listed when the pupil asked, not in today's lists: the category at asking time still counts.
+    ask_for(env, ("alice", "unlisted.example", ("pornography",)))
+    assert cli(env.policy, "requests", "approve", "1", "--by", "teacher", "--role", "teacher", monkeypatch=monkeypatch) == 1
+    assert "teachers may not open pornography" in capsys.readouterr().err
+    with env.db() as db:
+        assert db.execute("SELECT status FROM access_requests").fetchall() == [("pending",)]
+
+
 def test_a_teacher_approves_a_request_for_the_pupils_class_for_the_day(env: Env, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     roster = tmp_path / "classes.csv"

@@ -268,3 +268,29 @@ def test_the_block_page_and_my_requests_show_what_became_of_a_request(scoped, ca
         refused = other.get("https://games.test" + my_requests)  # alice's link, bob's identity
         assert refused.status_code == 403 and "Refused by" not in refused.text
         assert "Your request for this site" not in other.get("https://games.test/").text
+
+
+def test_a_new_request_is_announced_to_teachers_and_it_without_the_pupils_name(gateway_factory, shared_db):
+    from support.alerts import webhook_in_a_thread
+
+    with webhook_in_a_thread() as webhook:
+        policy = POLICY.replace("DATABASE", f"sqlite+aiosqlite:///{shared_db}") + f"""
+[monitoring]
+console_url = "https://console.school.example/incidents/"
+
+[alerts.webhook]
+url = "{webhook.url}"
+"""
+        gw = gateway_factory(policy, options={"schoolgate_live_ms": 200})
+        with httpx_client(gw, source_ip="127.0.0.3") as client:
+            blocked = client.get("https://games.test/secret-level?pupil=amy.b")
+            fields = {k: v.replace("&amp;", "&")
+                      for k, v in re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', blocked.text)}
+            assert client.post("https://games.test/.well-known/schoolgate/request-access",
+                               data={**fields, "reason": "homework"}).status_code == 200
+        wait_for(lambda: len(webhook.requests) == 1)
+    [(_, payload)] = webhook.requests
+    assert payload["risk_title"] == "New access request" and payload["group"] == "secondary"
+    assert payload["link"] == "https://console.school.example/requests"
+    assert "games" in payload["summary"]  # the category, to judge how urgent it is
+    assert "127.0.0.3" not in str(payload) and "games.test" not in str(payload) and "amy.b" not in str(payload)
