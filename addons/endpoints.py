@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from mitmproxy import http
 
 from schoolgate.addons.decision import Outcome, Who, attach
 from schoolgate.addons.judge import Judge
-from schoolgate.addons.pages import REQUEST_ACCESS_PATH, request_sent_page
+from schoolgate.addons.pages import REQUEST_ACCESS_PATH, my_requests_page, request_sent_page
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.responses import branding, text
-from schoolgate.addons.signing import PROCEED_PATH
+from schoolgate.addons.signing import MY_REQUESTS_PATH, PROCEED_PATH
+from schoolgate.alerts import ACCESS_REQUEST, Alert, AlertDispatcher
+from schoolgate.categories.taxonomy import Severity
+from schoolgate.grants import requests_of
 from schoolgate.urls import InvalidHost, Target, parse_target
 
 log = logging.getLogger("schoolgate")
@@ -56,10 +60,11 @@ class AccessRequestLimit:
 
 
 class Endpoints:
-    def __init__(self, policy: PolicyWatch, judge: Judge) -> None:
+    def __init__(self, policy: PolicyWatch, judge: Judge, alerts: Callable[[], AlertDispatcher | None] = lambda: None) -> None:
         self.policy = policy
         self.judge = judge
         self.limit = AccessRequestLimit()
+        self.alerts = alerts  # the alert channels, once the Recorder has set them up
 
     def answers(self, flow: http.HTTPFlow, target: Target):
         """The handler for one of our endpoints, or None for an ordinary request."""
@@ -67,7 +72,28 @@ class Endpoints:
             return self.proceed
         if target.path == REQUEST_ACCESS_PATH and flow.request.method == "POST":
             return self.request_access
+        if target.path == MY_REQUESTS_PATH:
+            return self.my_requests
         return None
+
+    def my_requests(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
+        """The pupil's own recent requests, by a link signed for this client and user only."""
+        assert self.policy.signer is not None and self.policy.engine is not None
+        # Only a page opened by the pupil: a script on a site (even one holding the link,
+        # read from a block page on its own origin) cannot fetch it, frame it or read it.
+        fetched = flow.request.headers.get("sec-fetch-mode", "navigate") != "navigate" or \
+            flow.request.headers.get("sec-fetch-dest", "document") != "document"
+        if fetched or not self.policy.signer.my_requests_allowed(who, here.query):
+            flow.response = text(403, "This link is for another device or has expired. "
+                                      "Open it again from a block page.\n")
+            return
+        engine = self.policy.engine
+        brand = branding(engine.policy)
+        page = my_requests_page(brand=brand, asked=requests_of(engine.live.requests, who.client_ip, who.user),
+                                now=datetime.now(UTC))
+        headers = brand.headers()
+        headers["Content-Security-Policy"] += "; frame-ancestors 'none'; sandbox"  # an opaque origin: unreadable to the site
+        flow.response = http.Response.make(200, page, {**headers, "X-Frame-Options": "DENY"})
 
     def proceed(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
         """'I understand, continue': check the signed link, remember, record, and redirect."""
@@ -85,6 +111,17 @@ class Endpoints:
         attach(flow, decision)
         cookie = self.policy.signer.acknowledgement_cookie(who, here.host, secure=here.scheme == "https")
         flow.response = http.Response.make(303, b"", {"Location": to, "Cache-Control": "no-store", "Set-Cookie": cookie})
+
+    def _notify(self, who: Who, request_id: int, categories: tuple[str, ...]) -> None:
+        """Tell teachers and IT on the alert channels: the group and categories and a link
+        to the console; the pupil's name and the address stay behind its login."""
+        alerts = self.alerts()
+        if alerts is None:
+            return
+        asked_for = f"a site listed as {', '.join(categories)}" if categories else "a blocked site"
+        alerts.submit(Alert(record_ref=f"request-{request_id}", time=datetime.now(UTC), risk=ACCESS_REQUEST,
+                            severity=Severity.NONE, group=who.group.name, user_key=who.user or who.client_ip,
+                            summary=f"a pupil in group {who.group.title} asked for {asked_for}; decide in the console"))
 
     async def request_access(self, flow: http.HTTPFlow, who: Who, here: Target) -> None:
         """The block page's "ask for access" form: store the request for a teacher or IT."""
@@ -109,7 +146,7 @@ class Endpoints:
             return
         if refused is None:
             try:
-                await self.policy.live_store.create_request(
+                request_id = await self.policy.live_store.create_request(
                     ref=reference, client_ip=who.client_ip, username=who.user, group=who.group.name,
                     url=url, host=target.host, categories=categories, reason=reason,
                 )
@@ -118,6 +155,8 @@ class Endpoints:
                 flow.response = text(503, "Your request could not be sent. Please tell your teacher.\n")
                 return
             self.limit.sent(device, page_url)
+            self._notify(who, request_id, categories)
         page = request_sent_page(brand=branding(engine.policy), url=url, categories=categories,
-                                 when=datetime.now(UTC), reference=reference)
+                                 when=datetime.now(UTC), reference=reference,
+                                 my_requests_href=self.policy.signer.my_requests_link(who))
         flow.response = http.Response.make(200, page, branding(engine.policy).headers())

@@ -23,6 +23,7 @@ from schoolgate.addons.endpoints import Endpoints
 from schoolgate.addons.identify import Identification
 from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
+from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed, text, warning_response
 from schoolgate.addons.safesearch import apply_query, enforce
 from schoolgate.addons.searchterms import SearchTerm, extract_search, extract_search_from_body
@@ -39,11 +40,12 @@ _DOH_BY_SHAPE = CategoryHit("doh", "a DNS-over-HTTPS request")
 
 
 class SchoolGate:
-    def __init__(self, policy: PolicyWatch, identification: Identification, judge: Judge) -> None:
+    def __init__(self, policy: PolicyWatch, identification: Identification, judge: Judge,
+                 recorder: Recorder | None = None) -> None:
         self.policy = policy
         self.identification = identification
         self.judge = judge
-        self.endpoints = Endpoints(policy, judge)
+        self.endpoints = Endpoints(policy, judge, alerts=lambda: recorder.alerts if recorder else None)
         self.lexicon = RiskLexicon.default()
 
     def configure(self, updated: set[str]) -> None:
@@ -104,7 +106,7 @@ class SchoolGate:
             del request.cookies[ACK_COOKIE]  # ours, not the site's
         action = decision.verdict.action
         if action is Action.BLOCK:
-            flow.response = block_response(decision, request.pretty_url, engine.policy, signer)
+            flow.response = block_response(decision, request.pretty_url, engine.policy, signer, engine.live.requests)
         elif action is Action.WARN and not signer.acknowledged(decision.who, decision.target.host, acknowledgement):
             flow.response = warning_response(decision, request.pretty_url, engine.policy, signer)
         else:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.grants import AskedFor
 
 REQUEST_ACCESS_PATH = "/.well-known/schoolgate/request-access"
 
@@ -82,11 +83,30 @@ def _shown_url(url: str) -> str:
     return url if len(url) <= _MAX_URL_SHOWN else url[:_MAX_URL_SHOWN] + "…"
 
 
+def _at(moment: datetime, now: datetime) -> str:
+    local = moment.astimezone()
+    return f"{local:%H:%M}" if local.date() == now.astimezone().date() else f"{local:%H:%M} on {local:%d %b}"
+
+
+def outcome(asked: AskedFor, now: datetime) -> str:
+    """What became of a pupil's request, in their words: waiting, open until when, or refused and why."""
+    if asked.status == "pending":
+        return f"Waiting for a teacher or IT (asked at {_at(asked.created_at, now)})."
+    by = asked.decided_by or "a member of staff"
+    note = f": “{asked.note}”" if asked.note else "."
+    if asked.status == "approved":
+        if asked.open_until is None or asked.open_until <= now:
+            return f"Approved by {by}; it ended at {_at(asked.open_until or now, now)}{note}"
+        return f"Approved by {by} until {_at(asked.open_until, now)}{note}"
+    return f"Refused by {by}{note}"
+
+
 def render(*, title: str, message: str, colour: str, brand: Branding, url: str, categories: tuple[str, ...],
            reason: str, when: datetime, reference: str, support: str = "", proceed_href: str = "",
-           request_fields: dict[str, str] | None = None, askable: bool = True) -> str:
+           request_fields: dict[str, str] | None = None, askable: bool = True, asked: str = "",
+           my_requests_href: str = "") -> str:
     return _TEMPLATES.get_template("page.html").render(
-        askable=askable,
+        askable=askable, asked=asked, my_requests_href=my_requests_href,
         title=title, message=message, colour=colour, school=brand.school, contact=brand.contact,
         logo_url=brand.logo_url, footer=brand.footer, url=_shown_url(url),
         categories=_category_titles(categories), reason=reason,
@@ -105,25 +125,37 @@ ILLEGAL_MESSAGE = ("This address is on a list of illegal content that every scho
 
 def block_page(*, brand: Branding, url: str, categories: tuple[str, ...], reason: str, when: datetime,
                reference: str, request_fields: dict[str, str] | None = None, support: str = "",
-               illegal: bool = False) -> str:
+               illegal: bool = False, asked: AskedFor | None = None, my_requests_href: str = "") -> str:
     """The block page; with `request_fields` (signed hidden fields) it offers "ask for access";
     `support` is help for a pupil who may be at risk, shown first; `illegal` is the
-    illegal-content tier's wording (never with a request form)."""
+    illegal-content tier's wording (never with a request form). `asked` is the pupil's
+    latest request for this site: its outcome is shown, and while it waits no second form."""
     if illegal:
         return render(title=ILLEGAL_TITLE, message=ILLEGAL_MESSAGE, colour="#b42318", brand=brand, url=url,
                       categories=categories, reason=reason, when=when, reference=reference, support="",
                       request_fields=None, askable=False)
+    waiting = asked is not None and asked.status == "pending"
     return render(title="This page is blocked", message=brand.block_message, colour="#b42318", brand=brand,
                   url=url, categories=categories, reason=reason, when=when, reference=reference,
-                  support=support, request_fields=request_fields)
+                  support=support, request_fields=None if waiting else request_fields,
+                  asked=outcome(asked, when) if asked else "", my_requests_href=my_requests_href)
 
 
-def request_sent_page(*, brand: Branding, url: str, categories: tuple[str, ...], when: datetime, reference: str) -> str:
+def request_sent_page(*, brand: Branding, url: str, categories: tuple[str, ...], when: datetime, reference: str,
+                      my_requests_href: str = "") -> str:
     return render(title="Request sent",
                   message="Your request has been sent to your teacher and the IT team. "
                   "If it is approved, the page will open for you; try again later.",
                   colour="#175cd3", brand=brand, url=url, categories=categories,
-                  reason="waiting for a teacher or IT to decide", when=when, reference=reference)
+                  reason="waiting for a teacher or IT to decide", when=when, reference=reference,
+                  my_requests_href=my_requests_href)
+
+
+def my_requests_page(*, brand: Branding, asked: list[AskedFor], now: datetime) -> str:
+    """The pupil's own recent requests and what became of each."""
+    return _TEMPLATES.get_template("my_requests.html").render(
+        school=brand.school, logo_url=brand.logo_url, footer=brand.footer, contact=brand.contact,
+        rows=[(a.host, _at(a.created_at, now), outcome(a, now)) for a in asked])
 
 
 def warning_page(*, brand: Branding, url: str, categories: tuple[str, ...], reason: str, when: datetime,

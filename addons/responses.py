@@ -25,6 +25,7 @@ from schoolgate.addons.identity import client_address
 from schoolgate.addons.pages import Branding, block_page, support_for, warning_page
 from schoolgate.addons.signing import Signer
 from schoolgate.decide import Rule, Verdict
+from schoolgate.grants import AskedFor, latest_request_for
 from schoolgate.policy import Action, Policy
 from schoolgate.records import new_reference
 from schoolgate.urls import Target
@@ -66,19 +67,24 @@ def page_response(status: int, page: str, brand: Branding, outcome: str, referen
                                              "X-Schoolgate-Reference": reference})
 
 
-def block_response(decision: Decision, url: str, policy: Policy, signer: Signer) -> http.Response:
+def block_response(decision: Decision, url: str, policy: Policy, signer: Signer,
+                   requests: tuple[AskedFor, ...] = ()) -> http.Response:
     """The block page; it offers "ask for access", except for a blocked worrying search,
     which calls for help rather than a form asking to see the results, and for the
-    illegal-content tier, which nobody may open."""
+    illegal-content tier, which nobody may open. With the recent `requests`, it shows
+    what became of this pupil's request for the site."""
     decision.reference = reference = decision.reference or new_reference()
     verdict = decision.verdict
     brand = branding(policy)
     illegal = verdict.rule is Rule.ILLEGAL  # nobody may open it: no form, its own wording
     asking = not illegal and verdict.rule is not Rule.SEARCH_TERM
     fields = signer.request_fields(decision.who, url, reference) if asking else None
+    who = decision.who
+    asked = latest_request_for(requests, who.client_ip, who.user, decision.target.host) if asking else None
     page = block_page(brand=brand, url=url, categories=verdict.categories, reason=verdict.reason,
                       when=datetime.now(UTC), reference=reference, request_fields=fields,
-                      support=support_for(verdict.flag.risk if verdict.flag else None), illegal=illegal)
+                      support=support_for(verdict.flag.risk if verdict.flag else None), illegal=illegal,
+                      asked=asked, my_requests_href=signer.my_requests_link(who) if asked else "")
     return page_response(403, page, brand, "block", reference)
 
 

@@ -39,7 +39,7 @@ addons = [
     Portal(policy, identification),  # [portal]: the sign-in page, answered before anything decides its host
     Connections(policy, identification, judge, recorder),
     MalformedRequests(policy, identification, judge, recorder),  # refused by mitmproxy before any hook: recorded
-    SchoolGate(policy, identification, judge),
+    SchoolGate(policy, identification, judge, recorder),  # the recorder's alert channels announce access requests
     ContentScoring(policy, judge, recorder),  # after the request decision, before the Recorder: may block a response
     AiChatMessages(policy, judge, recorder),  # prompts sent to AI chat over WebSockets: decided and recorded each
     recorder,

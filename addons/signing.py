@@ -20,6 +20,8 @@ PROCEED_PATH = "/.well-known/schoolgate/proceed"
 ACK_COOKIE = "schoolgate_ack"
 WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
 PROCEED_LINK_SECONDS = 15 * 60  # the warning page stays usable for a lesson-sized while
+MY_REQUESTS_PATH = "/.well-known/schoolgate/my-requests"
+MY_REQUESTS_LINK_SECONDS = 24 * 60 * 60
 
 
 class Signer:
@@ -70,3 +72,18 @@ class Signer:
 
     def request_valid(self, who: Who, url: str, reference: str, sig: str) -> bool:
         return self.valid(sig, who, "request", url, reference)
+
+    # --- "my requests" ----------------------------------------------------------------
+
+    def my_requests_link(self, who: Who, now: float | None = None) -> str:
+        """The link to this pupil's own requests: it opens only for the same client and user,
+        so a link passed on (or fetched by another site's script) shows nobody's requests."""
+        expires = int(now or time.time()) + MY_REQUESTS_LINK_SECONDS
+        return f"{MY_REQUESTS_PATH}?{urlencode({'exp': expires, 'sig': self.sign(who, 'my-requests', expires)})}"
+
+    def my_requests_allowed(self, who: Who, query: str, now: float | None = None) -> bool:
+        args = parse_qs(query)
+        expires, sig = (args.get(k, [""])[0] for k in ("exp", "sig"))
+        if not (expires.isdigit() and int(expires) > (now or time.time())):
+            return False
+        return self.valid(sig, who, "my-requests", int(expires))

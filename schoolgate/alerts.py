@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 _HOUR_S = 3600.0
 # Past this many remembered (user, risk) pairs, expired ones are pruned.
 _PRUNE_AT = 4096
+# The "risk" of a pupil's new access request: a notice for teachers and IT, not a
+# safeguarding flag, so sent whatever min_severity says; it links to the requests page.
+ACCESS_REQUEST = "access-request"
 
 
 @dataclass(frozen=True)
@@ -58,27 +61,31 @@ def redact_url(url: str) -> str:
 
 def alert_fields(alert: Alert, console_url: str) -> dict[str, str]:
     """Everything an alert message carries, by name."""
+    request = alert.risk == ACCESS_REQUEST
     return {
         "severity": alert.severity.name,
         "risk": alert.risk,
-        "risk_title": risk_title(alert.risk),
+        "risk_title": "New access request" if request else risk_title(alert.risk),
         "group": alert.group,
         "time": alert.time.isoformat(timespec="seconds"),
         "summary": alert.summary,
-        "link": console_url + alert.record_ref,
+        # console_url is the incidents page (…/incidents/); requests are beside it
+        "link": urljoin(console_url, "../requests") if request else console_url + alert.record_ref,
     }
 
 
 def email_message(alert: Alert, settings: AlertSettings) -> EmailMessage:
     fields = alert_fields(alert, settings.console_url)
     message = EmailMessage()
-    message["Subject"] = f"[schoolgate] {fields['severity']} safeguarding alert: {fields['risk_title']}"
+    message["Subject"] = (f"[schoolgate] {fields['risk_title']} waiting" if alert.risk == ACCESS_REQUEST
+                          else f"[schoolgate] {fields['severity']} safeguarding alert: {fields['risk_title']}")
     message["From"] = settings.email.sender
     message["To"] = ", ".join(settings.email.to)
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=settings.email.sender.rpartition("@")[2] or None)
+    opening = "A pupil asked for a blocked site." if alert.risk == ACCESS_REQUEST else "A safeguarding alert was raised."
     message.set_content(
-        "A safeguarding alert was raised.\n\n"
+        f"{opening}\n\n"
         f"Severity: {fields['severity']}\n"
         f"Risk: {fields['risk_title']}\n"
         f"Group: {fields['group']}\n"
@@ -106,7 +113,7 @@ class AlertDispatcher:
     def submit(self, alert: Alert) -> bool:
         """Queue an alert unless it is below the threshold, a repeat for this user
         and risk within the window, or over the hourly cap. Never blocks."""
-        if self._closed or alert.severity < self.settings.min_severity:
+        if self._closed or (alert.severity < self.settings.min_severity and alert.risk != ACCESS_REQUEST):
             return False
         now = self._clock()
         key = (alert.user_key, alert.risk)

@@ -183,7 +183,19 @@ exceptions = Table(
     Column("revoked_at", UtcDateTime()),
     Column("revoked_by", String()),
     Column("request_id", BigInteger()),
+    Column("scope_label", String()),  # "class 9X", "room lab-2": the scope as chosen
     Index("ix_exceptions_ends_at", "ends_at"),
+)
+
+# Class lists (`schoolgate classes import`): a class's exception covers its members at grant time.
+class_members = Table(
+    "class_members",
+    metadata,
+    Column("class_name", String(), primary_key=True),
+    Column("username", String(), primary_key=True),
+    Column("source", String(), nullable=False),  # the file it was imported from
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_class_members_username", "username"),
 )
 
 list_entries = Table(

@@ -9,9 +9,10 @@ Storing them, the audit trail and the change counter are in `schoolgate.live`.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from schoolgate import commaset
@@ -31,8 +32,16 @@ NEVER_BY_TEACHERS = frozenset(
 class ScopeKind(StrEnum):
     GROUP = "group"
     USERS = "users"  # a class list
-    NETWORK = "network"  # a room or building
+    NETWORK = "network"  # a room or building: one or more address ranges
     USER = "user"
+
+
+# What the console and CLI offer besides the stored kinds: a class (its members now)
+# and a room (its address ranges in policy.toml), each stored as USERS / NETWORK.
+CLASS, ROOM = "class", "room"
+
+# A block page's reference (SG-7K3Q-P2XD): pasted into the "site" box it is not a host.
+_REFERENCE = re.compile(r"^\s*SG[-\s]?[0-9A-Z]{4}[-\s]?[0-9A-Z]{4}\s*$", re.IGNORECASE)
 
 
 class NotFound(LookupError):
@@ -59,6 +68,7 @@ class Grant:
     granted_by: str
     role: str
     reason: str
+    label: str = ""  # "class 9X", "room lab-2": what the granter chose, shown instead of the members
 
     @property
     def what(self) -> str:
@@ -66,7 +76,7 @@ class Grant:
 
     @property
     def whom(self) -> str:
-        return f"{self.scope_kind.value} {self.scope.strip(',')}"
+        return self.label or f"{self.scope_kind.value} {self.scope.strip(',')}"
 
     def active(self, now: datetime) -> bool:
         return self.starts_at <= now < self.ends_at
@@ -81,7 +91,8 @@ class Grant:
                 return user is not None and commaset.member(user) in self.scope
             case ScopeKind.NETWORK:
                 try:
-                    return client_ip is not None and ipaddress.ip_address(client_ip) in ipaddress.ip_network(self.scope)
+                    return client_ip is not None and any(
+                        ipaddress.ip_address(client_ip) in ipaddress.ip_network(n) for n in self.scope.split(","))
                 except ValueError:
                     return False
         return False
@@ -96,13 +107,45 @@ class Grant:
         return not self.path or path_matches_prefix(target.match_path, self.path)
 
 
+@dataclass(frozen=True, slots=True)
+class AskedFor:
+    """A pupil's recent access request and its outcome, as the block page and "my requests" show it."""
+
+    id: int
+    created_at: datetime
+    client_ip: str
+    username: str | None
+    host: str
+    url: str
+    status: str  # pending | approved | refused
+    decided_by: str | None
+    note: str | None
+    open_until: datetime | None  # for an approved request: when its exception ends
+
+    def asked_by(self, client_ip: str, user: str | None) -> bool:
+        """A signed-in pupil's requests follow them; a device's stay with the device."""
+        return self.username == user if user else (self.username is None and self.client_ip == client_ip)
+
+
+def requests_of(asked: Iterable[AskedFor], client_ip: str, user: str | None) -> list[AskedFor]:
+    """This pupil's (or, unsigned, this device's) requests, newest first."""
+    return sorted((a for a in asked if a.asked_by(client_ip, user)), key=lambda a: a.id, reverse=True)
+
+
+def latest_request_for(asked: Iterable[AskedFor], client_ip: str, user: str | None, host: str) -> AskedFor | None:
+    """This pupil's latest request for a site, for its block page."""
+    return next((a for a in requests_of(asked, client_ip, user) if a.host == host), None)
+
+
 @dataclass(frozen=True)
 class LiveState:
-    """What the gateway reads from the database (`schoolgate.live`): exceptions and managed list entries."""
+    """What the gateway reads from the database (`schoolgate.live`): exceptions, managed list
+    entries and recent access requests (so a pupil sees what became of theirs)."""
 
     version: int
     grants: tuple[Grant, ...] = ()
     entries: tuple[ListEntry, ...] = ()
+    requests: tuple[AskedFor, ...] = ()
 
 
 EMPTY = LiveState(version=-1)
@@ -120,6 +163,37 @@ class GrantRequest:
     reason: str
     actor: str
     role: Role
+    label: str = ""
+
+
+def class_scope(name: str, members: Iterable[str]) -> tuple[ScopeKind, str, str]:
+    """A class as a scope: its members now (a pupil joining later is not covered)."""
+    return ScopeKind.USERS, ",".join(sorted(set(members))), f"class {name}"
+
+
+def room_scope(policy: Policy, name: str) -> tuple[ScopeKind, str, str]:
+    """A room as a scope: its address ranges from [exceptions] rooms."""
+    networks = dict(policy.exceptions.rooms).get(name)
+    if networks is None:
+        rooms = ", ".join(n for n, _ in policy.exceptions.rooms) or "none in the policy"
+        raise GrantRefused([f"unknown room {name!r}; rooms are: {rooms}"])
+    return ScopeKind.NETWORK, ",".join(str(n) for n in networks), f"room {name}"
+
+
+def chosen_scope(policy: Policy, kind: str, value: str,
+                 classes: Mapping[str, tuple[str, ...]]) -> tuple[ScopeKind, str, str]:
+    """(stored kind, scope, label) for a scope as chosen: group, class, room, user, users or network."""
+    value = value.strip()
+    if kind == CLASS:
+        if not classes.get(value):
+            raise GrantRefused([f"unknown class {value!r} (import classes with `schoolgate classes import`)"])
+        return class_scope(value, classes[value])
+    if kind == ROOM:
+        return room_scope(policy, value)
+    try:
+        return ScopeKind(kind), value, ""
+    except ValueError:
+        raise GrantRefused([f"cannot open a site for a {kind!r}"]) from None
 
 
 def parse_target(text: str) -> tuple[str, str, str, str]:
@@ -129,10 +203,15 @@ def parse_target(text: str) -> tuple[str, str, str, str]:
         if name not in CATEGORIES:
             raise GrantRefused([f"unknown category {name!r} (see `schoolgate categories`)"])
         return "category", "", "", name
+    if _REFERENCE.match(text):
+        raise GrantRefused([f"{text.strip()!r} is a block page's reference, not a site: "
+                            "give the site's address (e.g. www.example.com)"])
     try:
         host, path = normalise_entry(text)
     except InvalidHost as e:
         raise GrantRefused([f"{text!r} is not a domain or URL: {e}"]) from e
+    if "." not in host and ":" not in host:
+        raise GrantRefused([f"{text!r} is not a site's address (e.g. www.example.com)"])
     if not path and (too_wide := public_suffix_problem(host)):
         raise GrantRefused([f"{text!r} refused: {too_wide}; name the site itself"])
     return ("url" if path else "domain"), host, path, ""
@@ -144,7 +223,7 @@ def normalise_scope(kind: ScopeKind, scope: str) -> str:
         return commaset.encode(u.strip() for u in scope.split(","))
     if kind is ScopeKind.NETWORK:
         try:
-            return str(ipaddress.ip_network(scope.strip(), strict=False))
+            return ",".join(str(ipaddress.ip_network(n.strip(), strict=False)) for n in scope.split(","))
         except ValueError:
             return scope
     return scope.strip()
@@ -157,6 +236,39 @@ def lesson_end(policy: Policy, now: datetime) -> datetime:
         if start <= local_now.time() < end:
             return datetime.combine(local_now.date(), end, tzinfo=local_now.tzinfo)
     return now + timedelta(minutes=policy.exceptions.default_minutes)
+
+
+def end_of_day(policy: Policy, now: datetime) -> datetime:
+    """The end of the school day: the last lesson's end ([exceptions] lessons), else midnight."""
+    local_now = now.astimezone()
+    last = max((end for _, end in policy.exceptions.lessons), default=time(23, 59, 59))
+    end = datetime.combine(local_now.date(), last, tzinfo=local_now.tzinfo)
+    return end if end > local_now else datetime.combine(local_now.date(), time(23, 59, 59), tzinfo=local_now.tzinfo)
+
+
+LESSON, DAY = "lesson", "day"
+# Fixed lengths offered besides "this lesson" and "until the end of the day" (minutes).
+_LENGTHS = ((30, "30 minutes"), (60, "1 hour"), (120, "2 hours"), (180, "3 hours"),
+            (24 * 60, "1 day"), (2 * 24 * 60, "2 days"), (7 * 24 * 60, "1 week"), (30 * 24 * 60, "30 days"))
+
+
+def ends_at_for(policy: Policy, choice: str, now: datetime) -> datetime:
+    """When an exception chosen as `choice` (lesson, day, or minutes) ends."""
+    if choice in ("", "0", LESSON):
+        return lesson_end(policy, now)
+    if choice == DAY:
+        return end_of_day(policy, now)
+    if not choice.isdigit():
+        raise GrantRefused([f"cannot read the length {choice!r}"])
+    return now + timedelta(minutes=int(choice))
+
+
+def durations(policy: Policy, role: Role, now: datetime) -> list[tuple[str, str]]:
+    """The lengths a role may choose now (value, label): each within the policy's maximum."""
+    limit = timedelta(minutes=policy.exceptions.max_minutes(role))
+    offered = [(LESSON, "This lesson"), (DAY, "Until the end of the day"),
+               *((str(minutes), label) for minutes, label in _LENGTHS)]
+    return [(value, label) for value, label in offered if ends_at_for(policy, value, now) - now <= limit]
 
 
 def check(policy: Policy, request: GrantRequest, listed_categories: set[str], now: datetime) -> list[str]:
@@ -191,7 +303,8 @@ def check(policy: Policy, request: GrantRequest, listed_categories: set[str], no
             problems.append(f"teachers may grant exceptions only for {', '.join(policy.exceptions.teacher_groups) or 'no groups'}")
     elif request.scope_kind is ScopeKind.NETWORK:
         try:
-            ipaddress.ip_network(request.scope.strip(), strict=False)
+            for network in request.scope.split(","):
+                ipaddress.ip_network(network.strip(), strict=False)
         except ValueError:
             problems.append(f"{request.scope!r} is not a network (CIDR, e.g. 10.20.3.0/24)")
     elif not scope:

@@ -10,16 +10,26 @@ without a restart. Used by the gateway, the CLI and (later) the console.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.categories.suffixes import public_suffix_problem
-from schoolgate.db import access_requests, audit_log, create_engine, exceptions, list_entries, live_version
+from schoolgate.db import (
+    access_requests,
+    audit_log,
+    class_members,
+    create_engine,
+    exceptions,
+    list_entries,
+    live_version,
+)
 from schoolgate.grants import (
+    AskedFor,
     Grant,
     GrantRefused,
     GrantRequest,
@@ -53,6 +63,10 @@ class AccessRequest:
     exception_id: int | None
 
 
+# How long a pupil sees what became of a request (on its block page and "my requests").
+REQUESTS_SHOWN_FOR = timedelta(days=7)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -61,7 +75,7 @@ def _grant_from_row(row: Any) -> Grant:
     return Grant(
         id=row.id, kind=row.kind, host=row.host or "", path=row.path or "", category=row.category or "",
         scope_kind=ScopeKind(row.scope_kind), scope=row.scope, starts_at=row.starts_at, ends_at=row.ends_at,
-        granted_by=row.granted_by, role=row.granted_role, reason=row.reason,
+        granted_by=row.granted_by, role=row.granted_role, reason=row.reason, label=row.scope_label or "",
     )
 
 
@@ -114,6 +128,11 @@ class LiveStore:
                 select(exceptions).where(exceptions.c.revoked_at.is_(None), exceptions.c.ends_at > _now())
             )).all()
             entries = (await conn.execute(select(list_entries).where(list_entries.c.removed_at.is_(None)))).all()
+            asked = (await conn.execute(
+                select(access_requests, exceptions.c.ends_at, exceptions.c.revoked_at)
+                .outerjoin(exceptions, exceptions.c.id == access_requests.c.exception_id)
+                .where(access_requests.c.created_at > _now() - REQUESTS_SHOWN_FOR)
+            )).all()
         return LiveState(
             version=version,
             grants=tuple(_grant_from_row(row) for row in grants),
@@ -121,6 +140,12 @@ class LiveStore:
                 ListEntry(host=row.host, path=row.path, action=Action(row.action),
                           source=f"managed list (added by {row.added_by})", text=row.entry)
                 for row in entries
+            ),
+            requests=tuple(
+                AskedFor(id=row.id, created_at=row.created_at, client_ip=row.client_ip, username=row.username,
+                         host=row.host, url=row.url, status=row.status, decided_by=row.decided_by, note=row.note,
+                         open_until=row.revoked_at or row.ends_at)
+                for row in asked
             ),
         )
 
@@ -184,13 +209,13 @@ class LiveStore:
         values = dict(
             kind=kind, host=host, path=path, category=category, scope_kind=request.scope_kind.value, scope=scope,
             starts_at=request.starts_at, ends_at=request.ends_at, reason=request.reason, granted_by=request.actor,
-            granted_role=request.role.value, created_at=_now(), request_id=request_id,
+            granted_role=request.role.value, created_at=_now(), request_id=request_id, scope_label=request.label or None,
         )
         new_id = inserted_id(await conn.execute(insert(exceptions).values(**values)))
         await self._audit(conn, request.actor, request.role, "exception.grant", "exception", new_id, None, values)
         return Grant(id=new_id, kind=kind, host=host, path=path, category=category, scope_kind=request.scope_kind,
                      scope=scope, starts_at=request.starts_at, ends_at=request.ends_at, granted_by=request.actor,
-                     role=request.role.value, reason=request.reason)
+                     role=request.role.value, reason=request.reason, label=request.label)
 
     async def revoke(self, grant_id: int, actor: str, role: Role) -> None:
         async with self.engine.begin() as conn:
@@ -243,15 +268,21 @@ class LiveStore:
             new_id = inserted_id(await conn.execute(insert(access_requests).values(**values)))
             await self._audit(conn, username or client_ip, "pupil", "request.create", "access_request", new_id, None,
                               {k: v for k, v in values.items() if k != "created_at"})
+            await self._bump(conn)  # the pupil's block page shows it as waiting
         return new_id
 
     async def decide_request(self, request_id: int, *, approve: bool, actor: str, role: Role, note: str,
                              policy: Policy | None = None, grant: GrantRequest | None = None,
                              listed_categories: set[str] | None = None) -> int | None:
-        """Approve (creating the exception in the same transaction) or refuse a pending request."""
+        """Approve (creating the exception in the same transaction) or refuse a pending request.
+        An approval is checked against the site's categories now and as they were when the
+        pupil asked, so a teacher never approves what their role may not open."""
         if approve:
             assert policy is not None and grant is not None
-            await self._refuse_unless_allowed(policy, grant, listed_categories or set())
+            async with self.engine.connect() as conn:
+                asked = (await conn.execute(select(access_requests.c.categories)
+                                            .where(access_requests.c.id == request_id))).scalar()
+            await self._refuse_unless_allowed(policy, grant, {*(listed_categories or ()), *(asked or ())})
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(access_requests).where(access_requests.c.id == request_id))).first()
             if row is None:
@@ -267,6 +298,35 @@ class LiveStore:
                               request_id, {"status": row.status}, after)
             await self._bump(conn)
         return exception_id
+
+
+    # --- class lists ---------------------------------------------------------------------
+
+    async def classes(self) -> dict[str, tuple[str, ...]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(class_members.c.class_name, class_members.c.username)
+                                       .order_by(class_members.c.class_name, class_members.c.username))).all()
+        found: dict[str, list[str]] = {}
+        for name, user in rows:
+            found.setdefault(name, []).append(user)
+        return {name: tuple(users) for name, users in found.items()}
+
+    async def import_classes(self, members: Iterable[tuple[str, str]], source: str, actor: str) -> dict[str, int]:
+        """Replace the members of each class named in `members` ((class, username) pairs);
+        classes not named are left as they are. Returns each class's new size."""
+        by_class: dict[str, set[str]] = {}
+        for name, user in members:
+            by_class.setdefault(name, set()).add(user)
+        now = _now()
+        async with self.engine.begin() as conn:
+            for name, users in by_class.items():
+                await conn.execute(delete(class_members).where(class_members.c.class_name == name))
+                await conn.execute(insert(class_members), [
+                    {"class_name": name, "username": user, "source": source, "updated_at": now} for user in sorted(users)])
+            sizes = {name: len(users) for name, users in sorted(by_class.items())}
+            await self._audit(conn, actor, Role.IT_ADMIN, "classes.import", "class_members", None, None,
+                              {"source": source, "classes": sizes})
+        return sizes
 
 
 async def read_live(database_url: str) -> LiveState:

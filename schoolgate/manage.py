@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import getpass
 import json
 import os
@@ -19,7 +20,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from schoolgate.commandline import add_policy_option, load_policy_or_exit
-from schoolgate.grants import GrantRefused, GrantRequest, NotFound, ScopeKind, lesson_end, parse_target
+from schoolgate.grants import (
+    CLASS,
+    ROOM,
+    GrantRefused,
+    GrantRequest,
+    NotFound,
+    ScopeKind,
+    chosen_scope,
+    lesson_end,
+    parse_target,
+)
 from schoolgate.policy import Action, Policy, Role
 from schoolgate.urls import parse_target as parse_url
 
@@ -47,11 +58,18 @@ def parse_when(text: str, now: datetime) -> datetime:
     return (parsed if parsed.tzinfo else parsed.astimezone()).astimezone(UTC)
 
 
-def parse_scope(text: str) -> tuple[ScopeKind, str]:
+def parse_scope(text: str) -> tuple[str, str]:
     kind, sep, value = text.partition(":")
-    if not sep or kind not in {k.value for k in ScopeKind}:
-        raise UsageError(f"--for {text!r}: use group:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME")
-    return ScopeKind(kind), value
+    if not sep or kind not in {*(k.value for k in ScopeKind), CLASS, ROOM}:
+        raise UsageError(f"--for {text!r}: use group:NAME, class:NAME, room:NAME, users:a,b,c, "
+                         "network:10.20.3.0/24 or user:NAME")
+    return kind, value
+
+
+async def _scope(policy: Policy, store: LiveStore, text: str) -> tuple[ScopeKind, str, str]:
+    """(kind, scope, label) for --for: a class is its members now, a room its address ranges."""
+    kind, value = parse_scope(text)
+    return chosen_scope(policy, kind, value, await store.classes() if kind == CLASS else {})
 
 
 def _actor(args: argparse.Namespace) -> tuple[str, Role]:
@@ -115,20 +133,21 @@ def cmd_list_change(args: argparse.Namespace) -> int:
 
 # --- exceptions ---------------------------------------------------------------------
 
-def _grant_request(policy: Policy, args: argparse.Namespace, target: str, scope: tuple[ScopeKind, str]) -> GrantRequest:
+def _grant_request(policy: Policy, args: argparse.Namespace, target: str,
+                   scope: tuple[ScopeKind, str, str]) -> GrantRequest:
     now = datetime.now(UTC)
     starts_at = parse_when(args.start, now) if args.start else now
     ends_at = parse_when(args.until, now) if args.until else lesson_end(policy, starts_at)
     actor, role = _actor(args)
     return GrantRequest(target=target, scope_kind=scope[0], scope=scope[1], starts_at=starts_at, ends_at=ends_at,
-                        reason=args.reason or "", actor=actor, role=role)
+                        reason=args.reason or "", actor=actor, role=role, label=scope[2])
 
 
 def cmd_exceptions(args: argparse.Namespace) -> int:
     async def work(policy: Policy, store: LiveStore) -> int:
         if args.change == "grant":
             parse_target(args.target)  # a clear error before anything else
-            request = _grant_request(policy, args, args.target, parse_scope(args.scope))
+            request = _grant_request(policy, args, args.target, await _scope(policy, store, args.scope))
             grant = await store.grant(policy, request, _grant_categories(policy, args.target))
             print(f"exception #{grant.id}: {grant.what} open for {grant.whom} "
                   f"until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
@@ -167,15 +186,48 @@ def cmd_requests(args: argparse.Namespace) -> int:
         asked = pending[args.id]
         host = parse_url(asked.url).host
         target = args.target or host
-        scope = parse_scope(args.scope) if args.scope else (
-            (ScopeKind.USER, asked.username) if asked.username else (ScopeKind.NETWORK, asked.client_ip))
+        scope = await _scope(policy, store, args.scope) if args.scope else (
+            (ScopeKind.USER, asked.username, "") if asked.username else (ScopeKind.NETWORK, asked.client_ip, ""))
         if not args.reason:
             args.reason = f"request #{args.id}: {asked.reason}"
         grant = _grant_request(policy, args, target, scope)
         exception_id = await store.decide_request(args.id, approve=True, actor=actor, role=role, note=args.note or "",
                                                   policy=policy, grant=grant, listed_categories=_grant_categories(policy, target))
         print(f"request #{args.id} approved: exception #{exception_id} opens {target} for "
-              f"{scope[0].value} {scope[1]} until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
+              f"{scope[2] or f'{scope[0].value} {scope[1]}'} until {grant.ends_at.astimezone():%Y-%m-%d %H:%M %Z}")
+        return 0
+
+    return _run(args, work)
+
+
+# --- class lists ----------------------------------------------------------------------
+
+def read_class_csv(path: str) -> list[tuple[str, str]]:
+    """(class, username) pairs from a CSV with `class` and `username` columns (a MIS export)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if rows and not {"class", "username"} <= set(rows[0]):
+        raise UsageError(f"{path} needs the columns class,username (it has {','.join(rows[0])})")
+    pairs = [((r["class"] or "").strip(), (r["username"] or "").strip()) for r in rows]
+    if bad := [n for n, (name, user) in enumerate(pairs, start=2) if not name or not user]:
+        raise UsageError(f"{path}: line {bad[0]} has no class or no username")
+    if not pairs:
+        raise UsageError(f"{path} has no members")
+    return pairs
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    async def work(policy: Policy, store: LiveStore) -> int:
+        if args.change == "import":
+            sizes = await store.import_classes(read_class_csv(args.file), os.path.basename(args.file), args.by)
+            for name, size in sizes.items():
+                print(f"class {name}: {size} members")
+        else:
+            for name, members in (await store.classes()).items():
+                print(f"{name:16} {len(members):4} members")
         return 0
 
     return _run(args, work)
@@ -223,7 +275,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     grant = changes.add_parser("grant", help="open a site or category for a group, class, room or pupil")
     grant.add_argument("target", help="domain, URL prefix, or category:NAME")
     grant.add_argument("--for", dest="scope", required=True,
-                       help="group:NAME, users:a,b,c, network:CIDR or user:NAME")
+                       help="group:NAME, class:NAME, room:NAME, users:a,b,c, network:CIDR or user:NAME")
     grant.add_argument("--from", dest="start", help="start (default now): +10m, 14:30 or ISO time")
     grant.add_argument("--until", help="end (default: end of the lesson): +45m, 15:00 or ISO time")
     grant.add_argument("--reason", required=True)
@@ -253,6 +305,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     for p in (show, approve, refuse):
         common(p)
         p.set_defaults(func=cmd_requests)
+
+    parser = sub.add_parser("classes", help="class lists teachers open sites for (from the MIS)")
+    changes = parser.add_subparsers(dest="change", required=True)
+    load = changes.add_parser("import", help="replace the members of the classes in a class,username CSV")
+    load.add_argument("file")
+    show = changes.add_parser("list")
+    for p in (load, show):
+        common(p)
+        p.set_defaults(func=cmd_classes)
 
     audit = sub.add_parser("audit", help="the audit trail of list, exception and request changes")
     common(audit, actor=False)

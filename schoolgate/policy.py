@@ -153,6 +153,14 @@ def _addresses_or_networks(r: _Reader, value: Any, *where: str) -> tuple[IPNetwo
     return tuple(networks)
 
 
+def _rooms(r: _Reader, value: Any, *where: str) -> tuple[tuple[str, tuple[IPNetwork, ...]], ...]:
+    """`{ "lab-2" = ["10.20.3.0/24"], ... }`: named sets of device address ranges."""
+    if not isinstance(value, dict):
+        r.problem(f"{'.'.join(where)} must be a table of room = [networks]", *where)
+        return ()
+    return tuple((str(name), _networks(r, networks, *where, str(name))) for name, networks in value.items())
+
+
 def _domains(r: _Reader, value: Any, *where: str) -> tuple[str, ...]:
     """Domain names (each covering its subdomains), normalised; no paths."""
     good = []
@@ -368,6 +376,8 @@ class ExceptionSettings:
     it_admin_max_minutes: int = 30 * 24 * 60
     teacher_max_severity: Severity = Severity.LOW
     teacher_groups: tuple[str, ...] = ()
+    # Rooms a site can be opened for: name -> the address ranges of its devices.
+    rooms: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = setting((), parse=_rooms)
 
     def max_minutes(self, role: Role) -> int:
         return self.teacher_max_minutes if role is Role.TEACHER else self.it_admin_max_minutes

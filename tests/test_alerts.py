@@ -178,3 +178,24 @@ def test_closed_dispatcher_refuses_alerts() -> None:
 
 def test_redact_url_drops_query_and_credentials() -> None:
     assert redact_url("https://user:pw@hooks.example:8443/a/b?token=xyz") == "https://hooks.example:8443/a/b"
+
+
+def test_a_new_access_request_is_announced_with_a_link_and_no_name() -> None:
+    from schoolgate.alerts import ACCESS_REQUEST
+
+    async def scenario() -> WebhookReceiver:
+        hook = await WebhookReceiver().start()
+        dispatcher = AlertDispatcher(settings(min_severity=Severity.HIGH, webhook=WebhookSettings(url=hook.url)))
+        dispatcher.start()
+        assert dispatcher.submit(Alert(record_ref="request-7", time=datetime(2026, 11, 23, 10, 15, tzinfo=UTC),
+                                       risk=ACCESS_REQUEST, severity=Severity.NONE, group="Year 9", user_key=PUPIL,
+                                       summary="a pupil in group Year 9 asked for a blocked site"))
+        await asyncio.wait_for(hook.received.wait(), 10)
+        await dispatcher.close(timeout=5)
+        await hook.stop()
+        return hook
+
+    [(_, payload)] = asyncio.run(scenario()).requests
+    assert payload["link"] == "https://console.school.example/requests"  # beside /incidents/, not an incident
+    assert payload["risk_title"] == "New access request" and payload["group"] == "Year 9"
+    assert PUPIL not in str(payload)

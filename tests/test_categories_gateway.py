@@ -5,15 +5,13 @@ loopback upstream, SQLite, webhook receiver."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
 
-from support.alerts import WebhookReceiver
+from support.alerts import webhook_in_a_thread
 from support.clients import curl
 from support.waiting import wait_for
 
@@ -102,14 +100,8 @@ def test_a_corrupt_or_truncated_index_under_a_running_gateway_keeps_the_last_goo
 
 @pytest.fixture
 def webhook():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
-    yield receiver
-    asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with webhook_in_a_thread() as receiver:
+        yield receiver
 
 
 def write_tier(root: Path) -> Path:

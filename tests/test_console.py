@@ -442,15 +442,15 @@ def test_report_page_and_cli_report(env: Env, tmp_path: Path, monkeypatch: pytes
 def test_teacher_opens_sites_only_for_their_groups(env: Env) -> None:
     env.login("teacher")
     token = env.csrf("/exceptions")
-    ok = env.client.post("/exceptions/grant", data={"target": "www.bbc.co.uk", "scope": "pupils", "minutes": "30",
+    ok = env.client.post("/exceptions/grant", data={"target": "www.bbc.co.uk", "scope": "group:pupils", "length": "30",
                                                      "reason": "Year 9 news lesson", "csrf": token})
     assert "Opened www.bbc.co.uk for group pupils" in ok.text
-    other = env.client.post("/exceptions/grant", data={"target": "www.bbc.co.uk", "scope": "sixth-form",
-                                                        "minutes": "30", "reason": "x", "csrf": token})
-    assert "You may open sites only for pupils" in other.text
-    too_long = env.client.post("/exceptions/grant", data={"target": "example.org", "scope": "pupils",
-                                                           "minutes": str(7 * 24 * 60), "reason": "x", "csrf": token})
-    assert "Not opened: a teacher may open a site for at most 3 h 0 min" in too_long.text  # LiveStore's rule
+    other = env.client.post("/exceptions/grant", data={"target": "www.bbc.co.uk", "scope": "group:sixth-form",
+                                                        "length": "30", "reason": "x", "csrf": token})
+    assert other.status_code == 400 and "you may open sites only for pupils" in other.text
+    too_long = env.client.post("/exceptions/grant", data={"target": "example.org", "scope": "group:pupils",
+                                                           "length": str(7 * 24 * 60), "reason": "x", "csrf": token})
+    assert "a teacher may open a site for at most 3 h 0 min" in too_long.text  # LiveStore's rule
     with env.db() as db:
         assert db.execute("SELECT host, scope, granted_by, granted_role FROM exceptions").fetchall() == [
             ("www.bbc.co.uk", "pupils", "teacher", "teacher")]
@@ -482,6 +482,88 @@ def test_teacher_sees_and_decides_only_their_groups_requests(env: Env) -> None:
         assert db.execute("SELECT id, status, decided_by FROM access_requests ORDER BY id").fetchall() == [
             (1, "approved", "teacher"), (2, "pending", None)]
         assert db.execute("SELECT scope_kind, scope FROM exceptions").fetchall() == [("user", "alice")]
+
+
+def ask_for(env: Env, *asks: tuple[str, str, tuple[str, ...]]) -> None:
+    """Pupils' requests (user, host, categories) as the gateway stores them."""
+    from schoolgate.db import create_engine
+    from schoolgate.live import LiveStore
+
+    async def ask() -> None:
+        engine = create_engine(env.policy.gateway.database)
+        for user, host, categories in asks:
+            await LiveStore(engine).create_request(ref=None, client_ip="10.1.2.3", username=user, group="pupils",
+                                                   url=f"https://{host}/", host=host, categories=categories,
+                                                   reason="for homework")
+        await engine.dispose()
+
+    asyncio.run(ask())
+
+
+def test_the_exceptions_form_refuses_a_block_page_reference_and_keeps_what_was_typed(env: Env) -> None:
+    env.login("teacher")
+    token = env.csrf("/exceptions")
+    refused = env.client.post("/exceptions/grant", data={"target": "SG-7K3Q-P2XD", "scope": "group:pupils",
+                                                          "length": "30", "reason": "Year 9 quiz", "csrf": token})
+    assert refused.status_code == 400
+    assert re.search(r'<div class="alert" role="alert">', refused.text)
+    assert re.search(r'id="target-error">&#39;SG-7K3Q-P2XD&#39; is a block page&#39;s reference', refused.text)
+    assert re.search(r'<input id="target" name="target" required value="SG-7K3Q-P2XD"[^>]*aria-invalid="true"', refused.text)
+    assert 'value="Year 9 quiz"' in refused.text and '<option value="30" selected>' in refused.text
+    no_reason = env.client.post("/exceptions/grant", data={"target": "www.bbc.co.uk", "scope": "group:pupils",
+                                                            "length": "30", "reason": "", "csrf": token})
+    assert re.search(r'<input id="reason" name="reason" required value=""[^>]*aria-invalid="true"', no_reason.text)
+    with env.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM exceptions").fetchone() == (0,)
+
+
+def test_a_teacher_leaves_to_it_what_their_role_may_not_open(env: Env) -> None:
+    ask_for(env, ("alice", "www.pornhub.com", ("pornography",)), ("bob", "games.example", ("games",)))
+    env.login("teacher")
+    page = env.client.get("/requests")
+    assert re.search(r'Access requests <span class="badge">1<', page.text)  # only the one they may decide
+    assert "Handled by the IT team (it): teachers may not open pornography." in page.text
+    assert 'action="/requests/1/approve"' not in page.text and 'action="/requests/2/approve"' in page.text
+    token = csrf_of(page.text)
+    refused = env.client.post("/requests/1/approve", data={"csrf": token, "scope": "asker", "length": "lesson"})
+    assert "Request #1 is for the IT team (it) to decide" in refused.text
+    assert "Request #1 is for the IT team" in env.client.post("/requests/1/refuse", data={"csrf": token}).text
+    env.client.post("/logout", data={"csrf": token})
+    env.login("it")
+    assert re.search(r'Access requests <span class="badge">2<', env.client.get("/requests").text)
+    with env.db() as db:
+        assert db.execute("SELECT status FROM access_requests ORDER BY id").fetchall() == [("pending",), ("pending",)]
+        assert db.execute("SELECT COUNT(*) FROM exceptions").fetchone() == (0,)
+
+
+def test_a_teacher_cannot_approve_by_any_route_a_site_listed_as_pornography_when_asked(
+        env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Listed when the pupil asked, not in today's lists: the category at asking time still counts.
+    ask_for(env, ("alice", "unlisted.example", ("pornography",)))
+    assert cli(env.policy, "requests", "approve", "1", "--by", "teacher", "--role", "teacher", monkeypatch=monkeypatch) == 1
+    assert "teachers may not open pornography" in capsys.readouterr().err
+    with env.db() as db:
+        assert db.execute("SELECT status FROM access_requests").fetchall() == [("pending",)]
+
+
+def test_a_teacher_approves_a_request_for_the_pupils_class_for_the_day(env: Env, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    roster = tmp_path / "classes.csv"
+    roster.write_text("class,username\n9X,alice\n9X,bob\n10Y,carol\n")
+    assert cli(env.policy, "classes", "import", str(roster), monkeypatch=monkeypatch) == 0
+    ask_for(env, ("alice", "games.example", ("games",)))
+    env.login("teacher")
+    page = env.client.get("/requests")
+    assert '<option value="class:9X">Class 9X</option>' in page.text and "class:10Y" not in page.text
+    approved = env.client.post("/requests/1/approve", data={"csrf": csrf_of(page.text), "scope": "class:9X",
+                                                             "length": "60", "note": "for the lesson"})
+    assert "Request #1 approved: games.example is open for class 9X until" in approved.text
+    with env.db() as db:
+        assert db.execute("SELECT scope_kind, scope, scope_label FROM exceptions").fetchall() == [
+            ("users", ",alice,bob,", "class 9X")]
+    exceptions = env.client.get("/exceptions").text
+    assert "class 9X" in exceptions and '<option value="class:9X">9X (2 pupils)</option>' in exceptions
+    assert "Access requests <span" not in exceptions  # nothing left waiting: no badge
 
 
 def test_it_manages_the_lists(env: Env) -> None:

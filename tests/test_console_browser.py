@@ -10,7 +10,9 @@ import io
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -208,3 +210,104 @@ def test_dsl_teacher_and_throttling_in_a_real_browser(filled_by_gateway, browser
         it_actions = [a for actor, _, a in audit_actions(policy) if actor == "it.office"]
         assert it_actions == ["login.failed"] * 5 + ["login.throttled"]
 
+
+
+REQUESTS_POLICY = POLICY.replace('networks = ["127.0.0.1/32"]\nsafe_search = true',
+                                 'networks = ["127.0.0.1/32"]\nrequire_auth = true').replace(
+    'pornography = "block"', 'pornography = "block"\ngames = "block"') + """
+[auth]
+htpasswd = "HTPASSWD"
+"""
+
+
+@pytest.fixture
+def school_with_pupils(gateway_factory, upstream, monkeypatch, tmp_path):
+    """A gateway where pupils sign in (alice and bob), class lists from the MIS, and the console's accounts."""
+    import bcrypt
+
+    htpasswd = tmp_path / "users.htpasswd"
+    htpasswd.write_text(
+        "".join(f"{u}:{bcrypt.hashpw(f'{u}-pw'.encode(), bcrypt.gensalt(rounds=4)).decode()}\n" for u in ("alice", "bob")))
+    gw = gateway_factory(REQUESTS_POLICY.replace("HTPASSWD", str(htpasswd)), options={"schoolgate_live_ms": 200})
+    policy = load_policy(gw.policy_path)
+    roster = tmp_path / "classes.csv"
+    roster.write_text("class,username\n9X,alice\n9X,dan\n9Y,bob\n")
+    assert cli(policy, "classes", "import", str(roster), monkeypatch=monkeypatch) == 0
+    for name, (role, password) in ACCOUNTS.items():
+        groups = ["--groups", "pupils"] if role == "teacher" else []
+        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
+                   monkeypatch=monkeypatch) == 0
+    return gw, policy
+
+
+def test_a_pupils_request_approved_for_their_class_in_a_real_browser(school_with_pupils) -> None:
+    gw, policy = school_with_pupils
+    with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory(prefix="sg-chromium-") as profile, \
+            ConsoleServer(policy) as server:
+        # alice's browser goes through the gateway and signs in to it; the console (loopback) is reached directly.
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, ignore_https_errors=True,
+            viewport={"width": 1280, "height": 800}, locale="en-GB",
+            proxy={"server": gw.proxy_url, "bypass": "127.0.0.1", "username": "alice", "password": "alice-pw"})
+        context.set_default_timeout(15_000)
+        pupil, teacher, base = context.new_page(), context.new_page(), server.url
+
+        # alice asks for a games site and for a pornographic one.
+        def ask(url: str, why: str) -> None:
+            assert pupil.goto(url).status == 403
+            pupil.get_by_label("Tell your teacher why").fill(why)
+            pupil.get_by_role("button", name="Ask for access").click()
+            playwright_api.expect(pupil.get_by_role("heading", level=1)).to_have_text("Request sent")
+
+        ask("http://www.pornhub.com/", "PSHE homework")
+        ask("http://games.test/maths", "Times-tables game for the maths lesson")
+        my_requests = pupil.get_by_role("link", name="See all your requests").get_attribute("href")
+
+        # The teacher sees one request to decide (pornography is IT's) and approves it for the class, this lesson.
+        sign_in(teacher, base, "m.patel", ACCOUNTS["m.patel"][1])
+        teacher.wait_for_url(f"{base}/requests")
+        playwright_api.expect(teacher.get_by_role("link", name="Access requests")).to_contain_text("1")
+        adult = teacher.get_by_role("row").filter(has_text="www.pornhub.com")
+        playwright_api.expect(adult).to_contain_text("Handled by the IT team (it.office): teachers may not open pornography")
+        playwright_api.expect(adult.get_by_role("button", name="Approve")).to_have_count(0)
+        games = teacher.get_by_role("row").filter(has_text="games.test")
+        games.get_by_label("Open for").select_option(label="Class 9X")
+        games.get_by_label("For how long").select_option(label="This lesson")
+        shoot(teacher, "requests")
+        games.get_by_role("button", name="Approve").click()
+        playwright_api.expect(teacher.get_by_role("status")).to_contain_text("games.test is open for class 9X until")
+        playwright_api.expect(teacher.get_by_role("link", name="Access requests")).to_have_text("Access requests")
+
+        # alice, in 9X, gets through; bob, in 9Y, does not.
+        deadline = time.monotonic() + 10
+        while pupil.goto("http://games.test/maths").status != 200:
+            assert time.monotonic() < deadline, "the class's exception never reached the gateway"
+            time.sleep(0.2)
+        assert curl(gw, "http://games.test/maths", user="bob", password="bob-pw").status == 403
+
+        # alice sees the outcome: approved until the end of the lesson.
+        with sqlite3.connect(gw.db_path) as db:
+            (ends_at,) = db.execute("SELECT ends_at FROM exceptions").fetchone()
+        until = datetime.fromisoformat(ends_at).replace(tzinfo=UTC).astimezone().strftime("%H:%M")
+        pupil.goto("http://games.test" + my_requests)
+        row = pupil.get_by_role("row").filter(has_text="games.test")
+        playwright_api.expect(row).to_contain_text(f"Approved by m.patel until {until}")
+        playwright_api.expect(pupil.get_by_role("row").filter(has_text="www.pornhub.com")).to_contain_text("Waiting")
+
+        # The exceptions form refuses a block page's reference typed as the site, and says so at the field.
+        teacher.goto(f"{base}/exceptions")
+        teacher.get_by_label("Site or page").fill("SG-7K3Q-P2XD")
+        teacher.get_by_label("Reason").fill("Year 9 quiz")
+        teacher.get_by_role("button", name="Open").click()
+        playwright_api.expect(teacher.get_by_role("alert")).to_contain_text("Not opened")
+        target = teacher.get_by_label("Site or page")
+        playwright_api.expect(target).to_have_attribute("aria-invalid", "true")
+        playwright_api.expect(target).to_have_value("SG-7K3Q-P2XD")
+        playwright_api.expect(teacher.locator("#target-error")).to_contain_text("is a block page's reference, not a site")
+        playwright_api.expect(teacher.get_by_label("Reason")).to_have_value("Year 9 quiz")
+        shoot(teacher, "exceptions")
+        teacher.set_viewport_size({"width": 375, "height": 800})  # a phone: no sideways scrolling
+        assert teacher.evaluate("document.documentElement.scrollWidth") <= 375
+        teacher.goto(f"{base}/requests")
+        assert teacher.evaluate("document.documentElement.scrollWidth") <= 375
+        context.close()

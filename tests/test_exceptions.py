@@ -107,7 +107,7 @@ def test_bad_cli_input_is_explained(start, capsys):
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games..test", "--for", "group:primary", "--until", "+5m", "--reason", "x")
     assert code == 1 and "'games..test' is not a domain or URL" in err
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "room12", "--until", "+5m", "--reason", "x")
-    assert code == 1 and "use group:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME" in err
+    assert code == 1 and "use group:NAME, class:NAME, room:NAME, users:a,b,c, network:10.20.3.0/24 or user:NAME" in err
     code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "group:primary", "--until", "soon", "--reason", "x")
     assert code == 1 and "cannot read the time 'soon'" in err
     code, _, err = cli(capsys, gw, "allow", "add", "bad host", "--reason", "x")
@@ -187,3 +187,110 @@ def test_managed_lists_apply_live_and_the_audit_trail_is_append_only(start, caps
         db.execute("UPDATE audit_log SET actor = 'someone else'")
     with sqlite3.connect(_db(gw)) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM audit_log")
+
+
+SCOPED_POLICY = POLICY + """rooms = { "lab-2" = ["127.0.0.3/32"] }
+
+[auth]
+htpasswd = "HTPASSWD"
+"""
+PUPILS = ("alice", "bob", "carol")
+
+
+@pytest.fixture
+def scoped(gateway_factory, shared_db, tmp_path):
+    import bcrypt
+
+    htpasswd = tmp_path / "users.htpasswd"
+    htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(f'{u}-pw'.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                                for u in PUPILS))
+    return gateway_factory(SCOPED_POLICY.replace("DATABASE", f"sqlite+aiosqlite:///{shared_db}")
+                           .replace("HTPASSWD", str(htpasswd)), options={"schoolgate_live_ms": 200})
+
+
+def as_pupil(gw, url: str, user: str, source_ip: str = "127.0.0.1"):
+    return curl(gw, url, source_ip=source_ip, user=user, password=f"{user}-pw")
+
+
+def test_a_class_exception_opens_for_its_members_at_grant_time_and_a_room_for_its_devices(scoped, capsys, tmp_path):
+    gw = scoped
+    roster = tmp_path / "classes.csv"
+    roster.write_text("class,username\n9X,alice\n9X,bob\n10Y,carol\n")
+    code, out, err = cli(capsys, gw, "classes", "import", str(roster))
+    assert code == 0 and out.splitlines() == ["class 10Y: 1 members", "class 9X: 2 members"], err
+    code, out, err = cli(capsys, gw, "exceptions", "grant", "games.test/maths", "--for", "class:9X", "--until", "+10m",
+                         "--reason", "maths games", "--by", "mr.smith", "--role", "teacher")
+    assert code == 0 and "games.test/maths open for class 9X" in out, err
+    wait_for(lambda: as_pupil(gw, "http://games.test/maths", "alice").status == 200)
+    assert as_pupil(gw, "http://games.test/maths", "bob").status == 200
+    assert as_pupil(gw, "http://games.test/maths", "carol").status == 403  # another class
+    assert curl(gw, "http://games.test/maths").status == 403  # not signed in: nobody's class
+
+    # carol joins 9X afterwards: the exception covers the class as it was when it was granted.
+    roster.write_text("class,username\n9X,alice\n9X,bob\n9X,carol\n")
+    assert cli(capsys, gw, "classes", "import", str(roster))[0] == 0
+    assert as_pupil(gw, "http://games.test/maths", "carol").status == 403
+
+    code, out, err = cli(capsys, gw, "exceptions", "grant", "games.test/lab", "--for", "room:lab-2", "--until", "+10m",
+                         "--reason", "lab session", "--by", "mr.smith", "--role", "teacher")
+    assert code == 0 and "games.test/lab open for room lab-2" in out, err
+    wait_for(lambda: curl(gw, "http://games.test/lab", source_ip="127.0.0.3").status == 200)
+    assert curl(gw, "http://games.test/lab", source_ip="127.0.0.1").status == 403  # another room
+    code, _, err = cli(capsys, gw, "exceptions", "grant", "games.test", "--for", "room:lab-9", "--until", "+10m",
+                       "--reason", "x")
+    assert code == 1 and "unknown room 'lab-9'; rooms are: lab-2" in err
+
+
+def test_the_block_page_and_my_requests_show_what_became_of_a_request(scoped, capsys):
+    gw = scoped
+    with httpx_client(gw, source_ip="127.0.0.1", auth=("alice", "alice-pw")) as client:
+        blocked = client.get("https://games.test/")
+        fields = {k: v.replace("&amp;", "&")
+                  for k, v in re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', blocked.text)}
+        sent = client.post("https://games.test/.well-known/schoolgate/request-access",
+                           data={**fields, "reason": "coding club"})
+        my_requests = re.search(r'href="(/.well-known/schoolgate/my-requests\?[^"]+)"', sent.text)[1].replace("&amp;", "&")
+        wait_for(lambda: "Waiting for a teacher or IT" in client.get("https://games.test/").text)
+        assert "Ask for access" not in client.get("https://games.test/").text  # no second request while one waits
+
+        code, _, err = cli(capsys, gw, "requests", "refuse", "1", "--note", "not in lessons", "--by", "mr.smith")
+        assert code == 0, err
+        wait_for(lambda: "Refused by mr.smith: “not in lessons”" in client.get("https://games.test/").text)
+        page = client.get("https://games.test" + my_requests)
+        assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+        assert "sandbox" in page.headers["content-security-policy"]
+        fetched = client.get("https://games.test" + my_requests, headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
+        assert fetched.status_code == 403  # a script's fetch, not the pupil opening it
+        assert "games.test" in page.text and "Refused by mr.smith" in page.text
+        # Another site's page can fetch the path, but the signature is needed: not guessable.
+        assert client.get("https://news.test/.well-known/schoolgate/my-requests").status_code == 403
+    with httpx_client(gw, source_ip="127.0.0.1", auth=("bob", "bob-pw")) as other:
+        refused = other.get("https://games.test" + my_requests)  # alice's link, bob's identity
+        assert refused.status_code == 403 and "Refused by" not in refused.text
+        assert "Your request for this site" not in other.get("https://games.test/").text
+
+
+def test_a_new_request_is_announced_to_teachers_and_it_without_the_pupils_name(gateway_factory, shared_db):
+    from support.alerts import webhook_in_a_thread
+
+    with webhook_in_a_thread() as webhook:
+        policy = POLICY.replace("DATABASE", f"sqlite+aiosqlite:///{shared_db}") + f"""
+[monitoring]
+console_url = "https://console.school.example/incidents/"
+
+[alerts.webhook]
+url = "{webhook.url}"
+"""
+        gw = gateway_factory(policy, options={"schoolgate_live_ms": 200})
+        with httpx_client(gw, source_ip="127.0.0.3") as client:
+            blocked = client.get("https://games.test/secret-level?pupil=amy.b")
+            fields = {k: v.replace("&amp;", "&")
+                      for k, v in re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', blocked.text)}
+            assert client.post("https://games.test/.well-known/schoolgate/request-access",
+                               data={**fields, "reason": "homework"}).status_code == 200
+        wait_for(lambda: len(webhook.requests) == 1)
+    [(_, payload)] = webhook.requests
+    assert payload["risk_title"] == "New access request" and payload["group"] == "secondary"
+    assert payload["link"] == "https://console.school.example/requests"
+    assert "games" in payload["summary"]  # the category, to judge how urgent it is
+    assert "127.0.0.3" not in str(payload) and "games.test" not in str(payload) and "amy.b" not in str(payload)

@@ -148,3 +148,73 @@ def test_an_exception_opens_what_its_granter_may_open(policy):
     assert it_admin.decide(parse_target("http://mixed.test/adult-section"), pupils, now=NOW).action is Action.ALLOW
     teacher = decider_with(policy, host_grant("games.test", Role.TEACHER))  # games: low severity, a teacher may
     assert teacher.decide(parse_target("http://games.test/"), pupils, now=NOW).action is Action.ALLOW
+
+
+def test_a_block_page_reference_or_a_single_word_is_not_a_site(policy):
+    from schoolgate.grants import parse_target as parse_grant_target
+
+    for pasted in ("SG-7K3Q-P2XD", "sg 7k3q p2xd", "SG7K3QP2XD"):
+        assert any("is a block page's reference, not a site" in p for p in check(policy, ask(pasted), set(), NOW))
+    assert any("not a site's address" in p for p in check(policy, ask("homework"), set(), NOW))
+    assert parse_grant_target("www.bbc.co.uk/news") == ("url", "www.bbc.co.uk", "/news", "")
+    assert parse_grant_target("10.1.2.3")[0] == "domain"
+
+
+def test_class_and_room_scopes(tmp_path):
+    from schoolgate.grants import GrantRefused, chosen_scope
+
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY + 'rooms = { "lab-2" = ["10.20.3.0/24", "10.20.4.0/25"] }\n')
+    policy = load_policy(path)
+    classes = {"9X": ("amy", "ben")}
+    kind, scope, label = chosen_scope(policy, "class", "9X", classes)
+    assert (kind, label) == (ScopeKind.USERS, "class 9X")
+    member = Grant(1, "domain", "games.test", "", "", kind, normalise_scope(kind, scope), NOW, NOW + timedelta(hours=1),
+                   "mr.smith", "teacher", "lesson", label)
+    assert member.covers("pupils", "ben", None) and not member.covers("pupils", "cat", None)
+    assert member.whom == "class 9X"
+    kind, scope, label = chosen_scope(policy, "room", "lab-2", classes)
+    room = replace(member, scope_kind=kind, scope=normalise_scope(kind, scope), label=label)
+    assert room.covers("pupils", None, "10.20.4.9") and room.covers("pupils", None, "10.20.3.200")
+    assert not room.covers("pupils", None, "10.20.4.200")
+    assert check(policy, replace(ask("games.test"), scope_kind=kind, scope=scope), set(), NOW) == []
+    with pytest.raises(GrantRefused, match="unknown room 'lab-3'; rooms are: lab-2"):
+        chosen_scope(policy, "room", "lab-3", classes)
+    with pytest.raises(GrantRefused, match="unknown class '9Y'"):
+        chosen_scope(policy, "class", "9Y", classes)
+
+
+def test_lengths_offered_stay_within_the_roles_maximum(policy):
+    from schoolgate.grants import durations, end_of_day, ends_at_for
+
+    morning = datetime.now().astimezone().replace(hour=9, minute=15, second=0, microsecond=0)
+    assert end_of_day(policy, morning).astimezone().strftime("%H:%M") == "10:50"  # the last lesson's end
+    assert ends_at_for(policy, "lesson", morning).astimezone().strftime("%H:%M") == "09:50"
+    teacher = [value for value, _ in durations(policy, Role.TEACHER, morning)]
+    assert teacher == ["lesson", "day", "30", "60", "120"]  # within teacher_max_minutes = 120
+    assert "43200" in [value for value, _ in durations(policy, Role.IT_ADMIN, morning)]
+
+
+def test_a_pupil_sees_only_their_own_requests_outcome():
+    from schoolgate.addons.pages import outcome
+    from schoolgate.grants import AskedFor, latest_request_for
+
+    now = datetime.now(UTC)
+
+    def asked(id_: int, user: str | None, ip: str, status: str, **more) -> AskedFor:
+        values = dict(id=id_, created_at=now - timedelta(minutes=5), client_ip=ip, username=user, host="games.test",
+                      url="http://games.test/", status=status, decided_by=None, note=None, open_until=None)
+        return AskedFor(**{**values, **more})
+
+    until = now + timedelta(minutes=30)
+    requests = (asked(1, "amy", "10.0.0.1", "refused", decided_by="mr.smith", note="not in lessons"),
+                asked(2, "amy", "10.0.0.1", "approved", decided_by="mr.smith", open_until=until),
+                asked(3, "ben", "10.0.0.1", "pending"), asked(4, None, "10.0.0.9", "pending"))
+    latest = latest_request_for(requests, "10.0.0.1", "amy", "games.test")
+    assert latest is not None and latest.id == 2
+    assert outcome(latest, now) == f"Approved by mr.smith until {until.astimezone():%H:%M}."
+    assert outcome(requests[0], now) == "Refused by mr.smith: “not in lessons”"
+    assert outcome(requests[2], now).startswith("Waiting for a teacher or IT")
+    assert latest_request_for(requests, "10.0.0.1", None, "games.test") is None  # the device is not amy
+    assert latest_request_for(requests, "10.0.0.9", None, "games.test").id == 4
+    assert latest_request_for(requests, "10.0.0.1", "amy", "other.test") is None

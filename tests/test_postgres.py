@@ -74,6 +74,27 @@ def test_schema_migrates_on_postgres_and_matches_the_tables(postgres: PostgresSe
         "bigint", "timestamp with time zone"]
 
 
+def test_class_lists_and_a_pupils_requests_on_postgres(postgres: PostgresServer, database_url: str) -> None:
+    async def scenario() -> None:
+        await db.upgrade(database_url)
+        engine = db.create_engine(database_url)
+        try:
+            store = LiveStore(engine)
+            assert await store.import_classes([("9X", "amy"), ("9X", "ben"), ("9Y", "cat")], "classes.csv",
+                                              "it.admin") == {"9X": 2, "9Y": 1}
+            await store.import_classes([("9X", "amy")], "classes.csv", "it.admin")  # 9X replaced, 9Y kept
+            assert await store.classes() == {"9X": ("amy",), "9Y": ("cat",)}
+            request_id = await store.create_request(ref="SG-AAAA-BBBB", client_ip="10.1.2.3", username="amy",
+                                                    group="pupils", url="https://games.example/", host="games.example",
+                                                    categories=("games",), reason="maths")
+            [asked] = (await store.load()).requests
+            assert (asked.id, asked.status, asked.open_until) == (request_id, "pending", None)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
 def test_two_gateways_share_an_exception_granted_through_the_cli(gateway_factory, database_url: str, capsys, postgres) -> None:
     policy = POLICY.replace("DATABASE", database_url)
     gateways = [gateway_factory(policy, options={"schoolgate_live_ms": 200, "schoolgate_instance": f"gw-{n}"})

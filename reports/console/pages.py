@@ -19,6 +19,8 @@ from schoolgate.reports.console.security import csrf_ok, csrf_token, session_acc
 from schoolgate.reports.console.templating import environment
 
 Handler = Callable[[Request, Account], Awaitable[Response]]
+# Counts shown beside a navigation entry (path -> what waits there for this account), registered by the pages.
+BADGES: dict[str, Callable[[Request, Account], Awaitable[int]]] = {}
 
 # The pages each role sees in the navigation, in order: (path, label, roles).
 NAVIGATION = (
@@ -47,10 +49,15 @@ def home_for(account: Account) -> str:
     return next(path for path, _, roles in NAVIGATION if account.role in roles)
 
 
+def _nav(account: Account | None) -> list[tuple[str, str]]:
+    return [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
+
+
 def render(request: Request, template: str, *, status: int = 200, account: Account | None = None,
            **context: Any) -> HTMLResponse:
-    nav = [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
-    html = environment().get_template(template).render(
+    nav = _nav(account)
+    badges = getattr(request.state, "badges", {})
+    html = environment().get_template(template).render(badges=badges,
         request_path=request.url.path, account=account, nav=nav, csrf=csrf_token(request),
         school=console(request).policy.school.name, standalone=False, **context)
     return HTMLResponse(html, status_code=status)
@@ -85,6 +92,8 @@ def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitab
                 return error(request, 403, "Form expired",
                              "This form was out of date or did not come from the console. Go back, reload the page "
                              "and try again.", account)
+            request.state.badges = {path: count for path, label in _nav(account) if path in BADGES
+                                    and (count := await BADGES[path](request, account))}
             return await handler(request, account)
 
         return endpoint

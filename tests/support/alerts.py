@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any, Self
@@ -97,3 +100,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def webhook_in_a_thread() -> Iterator[WebhookReceiver]:
+    """A WebhookReceiver on its own event loop in a thread, for tests that are not async (a real gateway posts to it)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
+    try:
+        yield receiver
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
