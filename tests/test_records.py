@@ -156,8 +156,9 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
 
     asyncio.run(db.upgrade(sqlite_url(path)))
 
+    [head] = ScriptDirectory.from_config(db.alembic_config()).get_heads()  # 0006 merged them; later ones follow
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
 
 
 def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from schoolgate.db import create_engine, upgrade
 from schoolgate.policy import Policy
-from schoolgate.reports.console import live_views, views
+from schoolgate.reports.console import it_views, live_views, views
 from schoolgate.reports.console.pages import Console, error
 from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
 from schoolgate.reports.retention import purge_daily
@@ -60,6 +60,8 @@ ROUTES = [
     Route("/lists", live_views.lists_page),
     Route("/lists/{action:str}", live_views.change_list, methods=["POST"]),
     Route("/settings", live_views.settings_page),
+    Route("/it", it_views.tools_page),
+    Route("/it/log", it_views.log_page),
     Mount("/static", StaticFiles(packages=[("schoolgate.reports.console", "static")]), name="static"),
 ]
 
