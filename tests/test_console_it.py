@@ -109,3 +109,23 @@ def test_list_changes_show_who_when_what_and_why(env: Env) -> None:
     assert re.search(r"root .* added to the block list: quiz\.example .* from the CLI", rows[0])
     assert re.search(r"it .* removed from the block list: games\.example .* used in maths", rows[1])
     assert re.search(r"it .* added to the block list: games\.example .* distracting in lessons", rows[2])
+
+
+def badge(html: str) -> str | None:
+    found = re.search(r'<span class="badge">(\d+)<', html)
+    return found[1] if found else None
+
+
+def test_the_nav_counts_unread_high_severity_incidents_for_the_dsl(env: Env) -> None:
+    env.login("dsl")
+    assert badge(env.client.get("/report").text) == "1"  # alice's critical search, not yet opened
+    env.client.get("/incidents")
+    assert badge(env.client.get("/report").text) == "1"  # seen in the queue is not opened
+    env.client.get("/incidents/1")
+    assert badge(env.client.get("/report").text) is None
+    store(env.policy, make_record(ts=NOW, user="ben", flag="self-harm", flag_severity=3, ref="SG-EEEE-FFFF"),
+          make_record(ts=NOW, user="cy", flag="gambling", flag_severity=2))  # medium: below the alert threshold
+    assert badge(env.client.get("/it").text) == "1"
+    env.client.cookies.clear()
+    env.login("it")
+    assert badge(env.client.get("/it").text) is None  # IT has no queue

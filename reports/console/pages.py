@@ -17,6 +17,7 @@ from schoolgate.policy import Policy
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.security import csrf_ok, csrf_token, session_account
 from schoolgate.reports.console.templating import environment
+from schoolgate.reports.incidents import unread_count
 
 Handler = Callable[[Request, Account], Awaitable[Response]]
 
@@ -53,7 +54,8 @@ def render(request: Request, template: str, *, status: int = 200, account: Accou
     nav = [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
     html = environment().get_template(template).render(
         request_path=request.url.path, account=account, nav=nav, csrf=csrf_token(request),
-        school=console(request).policy.school.name, standalone=False, **context)
+        school=console(request).policy.school.name, standalone=False,
+        unread=getattr(request.state, "unread", 0), **context)
     return HTMLResponse(html, status_code=status)
 
 
@@ -82,6 +84,9 @@ def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitab
                 return error(request, 403, "Not available to your role",
                              f"This page is not open to the {account.role.title.lower()} role. "
                              "Ask your safeguarding lead or IT team if you need it.", account)
+            if account.role is ConsoleRole.DSL:  # the nav's count of unread high-severity incidents
+                request.state.unread = await unread_count(console(request).engine,
+                                                          int(console(request).policy.alerts.min_severity))
             if request.method == "POST" and not await csrf_ok(request):
                 return error(request, 403, "Form expired",
                              "This form was out of date or did not come from the console. Go back, reload the page "

@@ -155,6 +155,7 @@ async def incident(request: Request, account: Account) -> Response:
     if request.method == "POST":
         return await _change(request, account, item)
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
+    await incidents.mark_opened(engine, item.id)
     await audit(request, account, "view.incident", "incident", item.id, {"context_records": len(context)})
     return render(request, "incident.html", account=account, item=item, context=context,
                   notes=await incidents.notes(engine, item.id), statuses=list(Status), minutes=CONTEXT_MINUTES,
