@@ -70,6 +70,11 @@ async def audit(request: Request, account: Account, action: str, kind: str, obje
         await record_audit(conn, account.username, account.role, action, kind, object_id, None, details)
 
 
+async def count_unread(request: Request) -> None:
+    """The DSL's nav shows how many incidents at the alert threshold nobody has opened yet."""
+    request.state.unread = await unread_count(console(request).engine, int(console(request).policy.alerts.min_severity))
+
+
 def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Require a signed-in account with one of `roles`, and a valid CSRF token on POST."""
 
@@ -84,9 +89,8 @@ def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitab
                 return error(request, 403, "Not available to your role",
                              f"This page is not open to the {account.role.title.lower()} role. "
                              "Ask your safeguarding lead or IT team if you need it.", account)
-            if account.role is ConsoleRole.DSL:  # the nav's count of unread high-severity incidents
-                request.state.unread = await unread_count(console(request).engine,
-                                                          int(console(request).policy.alerts.min_severity))
+            if account.role is ConsoleRole.DSL:
+                await count_unread(request)
             if request.method == "POST" and not await csrf_ok(request):
                 return error(request, 403, "Form expired",
                              "This form was out of date or did not come from the console. Go back, reload the page "

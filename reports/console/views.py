@@ -12,7 +12,16 @@ from starlette.responses import RedirectResponse, Response
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.reports import incidents
 from schoolgate.reports.accounts import Account, ConsoleRole
-from schoolgate.reports.console.pages import audit, console, error, form_text, home_for, page, render
+from schoolgate.reports.console.pages import (
+    audit,
+    console,
+    count_unread,
+    error,
+    form_text,
+    home_for,
+    page,
+    render,
+)
 from schoolgate.reports.console.security import (
     client_address,
     csrf_ok,
@@ -156,6 +165,7 @@ async def incident(request: Request, account: Account) -> Response:
         return await _change(request, account, item)
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
     await incidents.mark_opened(engine, item.id)
+    await count_unread(request)  # this one is read now
     await audit(request, account, "view.incident", "incident", item.id, {"context_records": len(context)})
     return render(request, "incident.html", account=account, item=item, context=context,
                   notes=await incidents.notes(engine, item.id), statuses=list(Status), minutes=CONTEXT_MINUTES,
