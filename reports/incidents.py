@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import access_log, incident_notes, incidents
@@ -80,11 +81,16 @@ def _now() -> datetime:
 
 
 async def open_missing(conn: AsyncConnection) -> None:
-    """Create the incidents of flagged records that do not have one yet."""
+    """Create the incidents of flagged records that do not have one yet.
+
+    Two readers at once (two DSLs, the reminders) may both find a record missing; the
+    second insert then skips it (ON CONFLICT DO NOTHING) rather than failing."""
     c = access_log.c
     missing = select(c.id, c.ref, literal(Status.NEW.value), literal(_now(), incidents.c.updated_at.type)).where(
         c.flag_severity.is_not(None), ~exists().where(incidents.c.record_id == c.id))
-    await conn.execute(insert(incidents).from_select(["record_id", "ref", "status", "updated_at"], missing))
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(dialect_insert(incidents).from_select(["record_id", "ref", "status", "updated_at"], missing)
+                       .on_conflict_do_nothing(index_elements=["record_id"]))
 
 
 def _joined() -> Select[Any]:

@@ -100,3 +100,40 @@ def test_reminders_repeat_stop_at_the_limit_and_when_reviewed(tmp_path: Path) ->
     # alice and dan are due at once (claimed by the first console only); dan's is then reviewed;
     # ben's (5 minutes old at first) comes 30 minutes after his search; cat's is only medium.
     assert asyncio.run(scenario()) == [2, 0, 1, 1, 1, 0]
+
+
+def test_reminders_are_claimed_once_and_the_log_is_searched_on_postgres(tmp_path: Path, database_url: str) -> None:
+    from test_console import POLICY
+
+    from schoolgate.policy import load_policy
+    from schoolgate.reports.queries import LogSearch, search
+
+    port = free_port()
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.replace("sqlite+aiosqlite:///{dir}/schoolgate.db", database_url).replace("{dir}", str(tmp_path))
+                    + ALERTS.replace("{url}", f"http://127.0.0.1:{port}/hook").replace("{channel}", "webhook"))
+    policy = load_policy(path)
+    store(policy, flagged_search(NOW - timedelta(minutes=45)),
+          *(replace(flagged_search(NOW - timedelta(minutes=i)), flag=None, flag_severity=None, ref=None,
+                    host=f"h{i}.example", group="sixth-form") for i in range(1, 8)))
+
+    async def scenario() -> tuple[list[int], list[str], list[str], bool]:
+        hook = await WebhookReceiver().start(port)
+        engine = create_engine(policy.gateway.database)
+        first, second = AlertDispatcher(policy.alerts), AlertDispatcher(policy.alerts)
+        first.start()
+        second.start()
+        counts = list(await asyncio.gather(send_due(engine, policy, first, NOW), send_due(engine, policy, second, NOW)))
+        wanted = LogSearch(start=NOW - timedelta(hours=1), end=NOW + timedelta(hours=1), text="example",
+                           group="sixth-form")
+        page, more = await search(engine, wanted, limit=5)
+        rest, _ = await search(engine, wanted, before_id=page[-1][0], limit=5)
+        for dispatcher in (first, second):
+            await dispatcher.close(timeout=5)
+        await hook.stop()
+        await engine.dispose()
+        return counts, [r.host for _, r in page], [r.host for _, r in rest], more
+
+    counts, page, rest, more = asyncio.run(scenario())
+    assert sorted(counts) == [0, 1]  # racing consoles: one claims it
+    assert page == [f"h{i}.example" for i in range(1, 6)] and more and rest == ["h6.example", "h7.example"]
