@@ -63,7 +63,10 @@ def test_a_url_test_answers_as_schoolgate_explain_does(env: Env, capsys, monkeyp
     assert again["verdict"] == "ALLOW" and again["group"] == "staff (chosen on the form)"
     unknown = env.client.get("/it", params={"url": "http://x.example/", "group": "nobody"}).text
     assert "no group &#39;nobody&#39;" in unknown
-    assert [a for actor, _, a in env.audit() if actor == "it"].count("view.test_url") == 3
+    env.policy.path.write_text(env.policy.path.read_text() + "\n[gatway]\n")  # saved mid-edit, with a typo
+    broken = env.client.get("/it", params={"url": "https://www.adult.test/page"})
+    assert broken.status_code == 200 and "The policy on disk has 1 problem(s); run `schoolgate check`" in broken.text
+    assert [a for actor, _, a in env.audit() if actor == "it"].count("view.test_url") == 4
 
 
 def test_the_log_search_filters_pages_and_hides_names_from_it(env: Env) -> None:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from schoolgate.engine import Engine
 from schoolgate.explain import Explanation, UnknownGroup, choose_group, directory_groups, explain
 from schoolgate.live import LiveStore
+from schoolgate.policy import PolicyInvalid
 from schoolgate.records import AccessRecord, normalise_reference
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.pages import audit, console, error, page, render
@@ -52,7 +53,10 @@ async def _engine_for_tests(request: Request) -> Engine:
 
 async def _test_url(request: Request, account: Account, wanted: dict[str, str]) -> tuple[Explanation | None, str]:
     """The explanation for the form's URL, or why there is none."""
-    engine = await _engine_for_tests(request)
+    try:
+        engine = await _engine_for_tests(request)
+    except PolicyInvalid as e:  # saved mid-edit: the gateway keeps its last good policy, so say so
+        return None, f"The policy on disk has {len(e.problems)} problem(s); run `schoolgate check`. Gateways keep the last good one."
     policy = engine.policy  # as reloaded from disk: the groups the gateway decides with
     try:
         target = parse_target(wanted["url"])
