@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, exists, insert, literal, select, update
+from sqlalchemy import Select, and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import access_log, incident_notes, incidents
@@ -80,11 +81,16 @@ def _now() -> datetime:
 
 
 async def open_missing(conn: AsyncConnection) -> None:
-    """Create the incidents of flagged records that do not have one yet."""
+    """Create the incidents of flagged records that do not have one yet.
+
+    Two readers at once (two DSLs, the reminders) may both find a record missing; the
+    second insert then skips it (ON CONFLICT DO NOTHING) rather than failing."""
     c = access_log.c
     missing = select(c.id, c.ref, literal(Status.NEW.value), literal(_now(), incidents.c.updated_at.type)).where(
         c.flag_severity.is_not(None), ~exists().where(incidents.c.record_id == c.id))
-    await conn.execute(insert(incidents).from_select(["record_id", "ref", "status", "updated_at"], missing))
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(dialect_insert(incidents).from_select(["record_id", "ref", "status", "updated_at"], missing)
+                       .on_conflict_do_nothing(index_elements=["record_id"]))
 
 
 def _joined() -> Select[Any]:
@@ -181,3 +187,22 @@ async def update_incident(engine: AsyncEngine, incident_id: int, *, actor: str, 
         # while the audit trail is kept for good.
         await record_audit(conn, actor, role, action, "incident", incident_id,
                            {"status": row.status, "assigned": row.assigned}, {**after, "note_added": bool(note)})
+
+
+async def mark_opened(engine: AsyncEngine, incident_id: int) -> None:
+    """A DSL has opened the incident: it no longer counts as unread (the first time is kept)."""
+    async with engine.begin() as conn:
+        await conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.opened_at.is_(None))
+                           .values(opened_at=_now()))
+
+
+async def unread_count(engine: AsyncEngine, min_severity: int) -> int:
+    """Flagged records at `min_severity` or above that no DSL has opened yet, read-only: a
+    record whose incident is not made yet counts too, so the badge needs no write per page."""
+    c = access_log.c
+    query = (select(func.count()).select_from(access_log.outerjoin(incidents, incidents.c.record_id == c.id))
+             .where(c.flag_severity >= min_severity,
+                    or_(incidents.c.id.is_(None), and_(incidents.c.status == Status.NEW.value,
+                                                       incidents.c.opened_at.is_(None)))))
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schoolgate.db import access_log
+from schoolgate.db import access_log, audit_log
 from schoolgate.records import AccessRecord, record_from_row
 
 _NEWEST_FIRST = (access_log.c.ts.desc(), access_log.c.id.desc())
@@ -30,6 +31,47 @@ async def find_by_ref(engine: AsyncEngine, ref: str) -> list[AccessRecord]:
     async with engine.connect() as connection:
         rows = await connection.execute(query)
         return [record_from_row(row) for row in rows.mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class LogSearch:
+    """The console's access-log search. The time range is always bounded, so every query
+    walks an index on (column, ts) or on ts alone rather than the whole table."""
+
+    start: datetime
+    end: datetime
+    text: str = ""  # a substring of the host or URL
+    group: str | None = None
+    verdict: str | None = None
+    user: str | None = None  # for the DSL's searches only
+
+    def describe(self) -> dict[str, str]:
+        """What was asked for, for the audit trail."""
+        values = {"start": self.start.isoformat(), "end": self.end.isoformat(), "text": self.text,
+                  "group": self.group, "verdict": self.verdict, "user": self.user}
+        return {k: v for k, v in values.items() if v}
+
+
+async def search(engine: AsyncEngine, wanted: LogSearch, *, before_id: int | None = None,
+                 limit: int = 50) -> tuple[list[tuple[int, AccessRecord]], bool]:
+    """One page of matching records, newest first, older than record `before_id` when given
+    (keyset paging: no OFFSET, so a deep page costs what the first does); and whether more follow."""
+    c = access_log.c
+    query = select(access_log).where(c.ts >= wanted.start, c.ts < wanted.end)
+    if wanted.text:
+        query = query.where(or_(c.host.contains(wanted.text, autoescape=True),
+                                c.url.contains(wanted.text, autoescape=True)))
+    for column, value in ((c.group_name, wanted.group), (c.verdict, wanted.verdict), (c.username, wanted.user)):
+        if value:
+            query = query.where(column == value)
+    async with engine.connect() as connection:
+        if before_id is not None:
+            last_ts = (await connection.execute(select(c.ts).where(c.id == before_id))).scalar()
+            if last_ts is None:
+                return [], False
+            query = query.where(or_(c.ts < last_ts, and_(c.ts == last_ts, c.id < before_id)))
+        rows = (await connection.execute(query.order_by(*_NEWEST_FIRST).limit(limit + 1))).mappings().all()
+    return [(row["id"], record_from_row(row)) for row in rows[:limit]], len(rows) > limit
 
 
 async def counts(engine: AsyncEngine, since: datetime) -> Counts:
@@ -61,3 +103,12 @@ async def surrounding(engine: AsyncEngine, record_id: int, minutes: int = 10) ->
                  .order_by(c.ts, c.id))
         rows = await connection.execute(query)
         return [(values["id"], record_from_row(values)) for values in rows.mappings()]
+
+
+async def list_changes(engine: AsyncEngine, limit: int = 100) -> list[Any]:
+    """The managed allow and block lists' history from the audit trail, newest first:
+    who added or removed which entry, when, and why."""
+    query = (select(audit_log).where(audit_log.c.object_kind == "list_entry")
+             .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(limit))
+    async with engine.connect() as connection:
+        return list((await connection.execute(query)).all())

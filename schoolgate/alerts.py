@@ -1,5 +1,6 @@
 """Safeguarding alerts to the school's Designated Safeguarding Lead (DSL) by
-SMTP email and/or a generic JSON webhook.
+SMTP email and webhooks: generic JSON, Microsoft Teams (an Adaptive Card) and
+Google Chat (text and a card), each its own channel.
 
 An alert says only what the DSL needs to act: severity, risk, group, time and
 a link to the record in the review console. The pupil's name, the URL and the
@@ -8,12 +9,15 @@ only to de-duplicate and is never sent.
 
 `submit` never blocks the proxy: it filters (severity, de-duplication per user
 and risk, a global hourly cap) and queues. A background task sends each alert
-on every configured channel, retrying with exponential backoff.
+on every configured channel, retrying with exponential backoff. `remind` queues
+a reminder about an incident still unreviewed (schoolgate.reports.reminders)
+without those filters: it was alerted once already and nobody has looked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import smtplib
 import ssl
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -51,6 +56,7 @@ class Alert:
     group: str
     user_key: str  # user name or client IP: de-duplication only, never sent
     summary: str  # no URL, no search term, no name
+    reminder: int = 0  # 0: the first alert; n: the nth reminder that it is still unreviewed
 
 
 def redact_url(url: str) -> str:
@@ -71,19 +77,75 @@ def alert_fields(alert: Alert, console_url: str) -> dict[str, str]:
         "summary": alert.summary,
         # console_url is the incidents page (…/incidents/); requests are beside it
         "link": urljoin(console_url, "../requests") if request else console_url + alert.record_ref,
+        "reminder": str(alert.reminder),
     }
+
+
+def headline(fields: dict[str, str]) -> str:
+    """One line naming the alert: its severity and risk, and whether it is a reminder."""
+    if fields["risk"] == ACCESS_REQUEST:
+        return f"{fields['risk_title']} waiting"
+    still = " still unreviewed" if fields["reminder"] != "0" else ""
+    return f"{fields['severity']} safeguarding alert{still}: {fields['risk_title']}"
+
+
+def _facts(fields: dict[str, str]) -> list[tuple[str, str]]:
+    return [("Severity", fields["severity"]), ("Risk", fields["risk_title"]), ("Group", fields["group"]),
+            ("Time", fields["time"]), ("Summary", fields["summary"])]
+
+
+def json_payload(fields: dict[str, str]) -> dict[str, Any]:
+    """The generic webhook's body: the fields by name, the reminder number as a number."""
+    return {**fields, "reminder": int(fields["reminder"])}
+
+
+def teams_payload(fields: dict[str, str]) -> dict[str, Any]:
+    """A message with one Adaptive Card, as Teams incoming webhooks and Workflows'
+    "when a Teams webhook request is received" take it."""
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": [
+            {"type": "TextBlock", "text": headline(fields), "weight": "Bolder", "size": "Medium", "wrap": True},
+            {"type": "FactSet", "facts": [{"title": title, "value": value} for title, value in _facts(fields)]},
+        ],
+        "actions": [{"type": "Action.OpenUrl", "title": "Review in the console", "url": fields["link"]}],
+    }
+    return {"type": "message", "attachments": [
+        {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}]}
+
+
+def google_chat_payload(fields: dict[str, str]) -> dict[str, Any]:
+    """A Google Chat incoming-webhook message: `text` (shown in notifications) and a cardsV2 card."""
+    widgets: list[dict[str, Any]] = [{"decoratedText": {"topLabel": title, "text": value, "wrapText": True}}
+                                     for title, value in _facts(fields)]
+    widgets.append({"buttonList": {"buttons": [
+        {"text": "Review in the console", "onClick": {"openLink": {"url": fields["link"]}}}]}})
+    return {
+        "text": f"{headline(fields)} ({fields['group']}). Review it in the console: {fields['link']}",
+        "cardsV2": [{"cardId": "schoolgate-alert", "card": {
+            "header": {"title": headline(fields), "subtitle": f"{fields['group']}, {fields['time']}"},
+            "sections": [{"widgets": widgets}],
+        }}],
+    }
+
+
+# Each webhook channel: its [alerts.NAME] section and the body it is sent.
+WEBHOOK_FORMATS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+    "webhook": json_payload, "teams": teams_payload, "google_chat": google_chat_payload}
 
 
 def email_message(alert: Alert, settings: AlertSettings) -> EmailMessage:
     fields = alert_fields(alert, settings.console_url)
     message = EmailMessage()
-    message["Subject"] = (f"[schoolgate] {fields['risk_title']} waiting" if alert.risk == ACCESS_REQUEST
-                          else f"[schoolgate] {fields['severity']} safeguarding alert: {fields['risk_title']}")
+    message["Subject"] = f"[schoolgate] {headline(fields)}"
     message["From"] = settings.email.sender
     message["To"] = ", ".join(settings.email.to)
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=settings.email.sender.rpartition("@")[2] or None)
-    opening = "A pupil asked for a blocked site." if alert.risk == ACCESS_REQUEST else "A safeguarding alert was raised."
+    opening = ("A pupil asked for a blocked site." if alert.risk == ACCESS_REQUEST
+               else f"A safeguarding alert was raised{' and is still unreviewed' if alert.reminder else ''}.")
     message.set_content(
         f"{opening}\n\n"
         f"Severity: {fields['severity']}\n"
@@ -133,6 +195,13 @@ class AlertDispatcher:
         self._queue.put_nowait(alert)
         return True
 
+    def remind(self, alert: Alert) -> bool:
+        """Queue a reminder: no threshold, de-duplication or cap (the caller decides when one is due)."""
+        if self._closed:
+            return False
+        self._queue.put_nowait(alert)
+        return True
+
     def start(self) -> asyncio.Task[None]:
         if self._worker is None:
             self._worker = asyncio.create_task(self.run(), name="schoolgate-alerts")
@@ -169,8 +238,11 @@ class AlertDispatcher:
             if self.settings.email.host and self.settings.email.to:
                 message = email_message(alert, self.settings)
                 channels.append(("email", lambda: asyncio.to_thread(self._send_email, message)))
-            if self.settings.webhook.url:
-                channels.append((f"webhook {redact_url(self.settings.webhook.url)}", lambda: self._post_webhook(alert)))
+            for name, build in WEBHOOK_FORMATS.items():
+                url = getattr(self.settings, name).url
+                if url:
+                    body = build(alert_fields(alert, self.settings.console_url))
+                    channels.append((f"{name} {redact_url(url)}", functools.partial(self._post_webhook, url, body)))
             await asyncio.gather(*(self._with_retry(alert, name, send) for name, send in channels))
         finally:
             self._queue.task_done()
@@ -205,9 +277,9 @@ class AlertDispatcher:
                 smtp.login(email.user, email.password)
             smtp.send_message(message)
 
-    async def _post_webhook(self, alert: Alert) -> None:
+    async def _post_webhook(self, url: str, body: dict[str, Any]) -> None:
         assert self._client is not None
-        response = await self._client.post(self.settings.webhook.url, json=alert_fields(alert, self.settings.console_url))
+        response = await self._client.post(url, json=body)
         response.raise_for_status()
 
 

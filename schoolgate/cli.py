@@ -116,13 +116,10 @@ def _check_lists(policy_path: Path) -> None:
 
 
 def _directory_groups(user: str | None, policy: Policy) -> frozenset[str]:
-    """The user's groups in the directory, as the gateway would read them (none without one)."""
-    if not user or not policy.directory.enabled:
-        return frozenset()
-    from schoolgate.addons.directory import Directory  # only when a directory is configured
+    from schoolgate.explain import directory_groups
 
     try:
-        return Directory(policy.directory).groups_of(user) or frozenset()
+        return directory_groups(policy, user)
     except OSError as e:
         print(f"schoolgate: the directory could not be asked for {user}'s groups: {e}", file=sys.stderr)
         return frozenset()
@@ -130,12 +127,14 @@ def _directory_groups(user: str | None, policy: Policy) -> frozenset[str]:
 
 def _group_for(args: argparse.Namespace, policy: Policy) -> tuple[Group, str] | None:
     """The group `explain` decides for (--group, or --client/--user), and how it was chosen."""
-    if not args.group:
-        return policy.group_for(args.client or "", args.user, _directory_groups(args.user, policy))
-    if args.group not in policy.groups:
-        print(f"schoolgate: no group {args.group!r}; groups are: {', '.join(policy.groups)}", file=sys.stderr)
+    from schoolgate.explain import UnknownGroup, choose_group
+
+    try:
+        return choose_group(policy, args.group, args.client, args.user,
+                            frozenset() if args.group else _directory_groups(args.user, policy))
+    except UnknownGroup as e:
+        print(f"schoolgate: {e}", file=sys.stderr)
         return None
-    return policy.groups[args.group], "given with --group"
 
 
 def _moment(text: str | None, policy: Policy) -> datetime:
@@ -201,32 +200,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"schoolgate: --at {args.at!r}: {e}", file=sys.stderr)
         return 2
-    group, window = policy.group_during(group, when)
-    from schoolgate.addons.embedded import decided_targets  # the gateway's own reading of carried sites
+    from schoolgate.explain import explain
 
-    targets, seen_as = decided_targets(target)
-    decided = [(t, engine.decide(t, group, user=args.user, client_ip=args.client, seen_as=seen_as)) for t in targets]
-    decisive, verdict = max(decided, key=lambda pair: pair[1].action.strictness)
-    print(f"url:        {target.url()}")
-    if decisive is not target:
-        print(f"carries:    {decisive.url()} (decided too; the strictest verdict stands)")
-    print(f"group:      {group.name} ({how})")
-    if group.when:
-        print(f"window:     {window or 'none open'} at {when.astimezone(policy.schedules.schedule.timezone):%a %d %b %H:%M}")
-    if policy.trust is not None:
-        from schoolgate.layers import TRUST
-
-        layer = "the trust's baseline" if verdict.source.startswith(TRUST) else "this school's policy"
-        print(f"layer:      {layer} (the stricter of the two stands)")
-    print(f"verdict:    {verdict.action.value.upper()}")
-    print(f"rule:       {verdict.rule_text}")
-    print(f"reason:     {verdict.reason}")
-    if verdict.source:
-        print(f"source:     {verdict.source}")
-    print(f"categories: {', '.join(verdict.categories) or '(none)'}")
-    if target.scheme == "https":
-        intercepted = policy.intercepts(target.host, set(verdict.categories))
-        print(f"https:      {'decrypted (block page can be shown)' if intercepted else 'passed through undecrypted, decided by name'}")
+    for label, text in explain(engine, target, group, how, when, user=args.user, client_ip=args.client).lines(policy):
+        print(f"{label + ':':<12}{text}")
     return 0
 
 

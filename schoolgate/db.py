@@ -143,6 +143,7 @@ access_log = Table(
     # The flagged records alone (about 1 %), by time: reports read them without scanning the table (0007_volume).
     Index("ix_access_log_flagged_ts", "ts", sqlite_where=text("flag_severity IS NOT NULL"),
           postgresql_where=text("flag_severity IS NOT NULL")),
+    Index("ix_access_log_group_name_ts", "group_name", "ts"),  # the console's log search by group (0007_itconsole)
 )
 
 
@@ -249,6 +250,7 @@ audit_log = Table(
     Column("before", Text()),  # JSON
     Column("after", Text()),  # JSON
     Index("ix_audit_log_ts", "ts"),
+    Index("ix_audit_log_object_kind_ts", "object_kind", "ts"),  # e.g. the managed lists' history (0007_itconsole)
 )
 
 # One row; bumped by every change above, so gateways poll one integer, not the tables.
@@ -285,6 +287,9 @@ incidents = Table(
     Column("assigned", String()),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("updated_by", String()),
+    Column("opened_at", UtcDateTime()),  # first opened by a DSL: until then it counts as unread (0007_itconsole)
+    Column("reminded_at", UtcDateTime()),  # the last reminder that it is still new (0007_itconsole)
+    Column("reminders_sent", Integer()),
     Index("ix_incidents_status", "status"),
 )
 

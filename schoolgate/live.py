@@ -246,7 +246,7 @@ class LiveStore:
             await self._bump(conn)
         return new_id
 
-    async def remove_entry(self, action: Action, text: str, actor: str, role: Role) -> None:
+    async def remove_entry(self, action: Action, text: str, actor: str, role: Role, reason: str = "") -> None:
         host, path = _managed_entry(text, role)
         async with self.engine.begin() as conn:
             row = (await conn.execute(select(list_entries).where(
@@ -257,7 +257,7 @@ class LiveStore:
             now = _now()
             await conn.execute(update(list_entries).where(list_entries.c.id == row.id).values(removed_at=now, removed_by=actor))
             await self._audit(conn, actor, role, f"list.{action.value}.remove", "list_entry", row.id,
-                              {"entry": row.entry, "reason": row.reason}, {"removed_at": now.isoformat()})
+                              {"entry": row.entry, "reason": row.reason}, {"removed_at": now.isoformat(), "reason": reason})
             await self._bump(conn)
 
     async def create_request(self, *, ref: str | None, client_ip: str, username: str | None, group: str,

@@ -118,7 +118,7 @@ def cmd_list_change(args: argparse.Namespace) -> int:
             new_id = await store.add_entry(action, args.entry, args.reason or "", actor, role)
             print(f"added {args.entry} to the {action.value} list (#{new_id})")
         elif args.change == "remove":
-            await store.remove_entry(action, args.entry, actor, role)
+            await store.remove_entry(action, args.entry, actor, role, args.reason or "")
             print(f"removed {args.entry} from the {action.value} list")
         else:
             for entry in policy.local:
@@ -265,6 +265,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add.add_argument("--reason", required=True)
         remove = changes.add_parser("remove")
         remove.add_argument("entry")
+        remove.add_argument("--reason", help="why it goes (kept in the audit trail)")
         show = changes.add_parser("list", help="entries from policy.toml and the managed list")
         for p in (add, remove, show):
             common(p)

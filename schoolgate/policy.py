@@ -414,9 +414,27 @@ class EmailSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """[alerts.webhook]: the JSON POST channel."""
+    """[alerts.webhook], [alerts.teams], [alerts.google_chat]: a webhook channel; the section
+    chooses the message's format (generic JSON, a Teams Adaptive Card, a Google Chat card)."""
 
-    url: str = setting("", repr=False)  # may carry a token
+    url: str = setting("", repr=False)  # carries the channel's secret token
+
+
+@dataclass(frozen=True)
+class ReminderSettings:
+    """[alerts.reminders]: reminders while a high-severity incident stays new (unreviewed)."""
+
+    min_severity: Severity = Severity.HIGH
+    after_minutes: int = 30  # the first, this long after the flagged access
+    every_minutes: int = 60  # then again this often
+    max_reminders: int = 3  # 0: no reminders
+
+    def problems(self) -> Findings:
+        for name in ("after_minutes", "every_minutes"):
+            if getattr(self, name) < 1:
+                yield f"{name} must be at least 1", name
+        if self.max_reminders < 0:
+            yield "max_reminders must be 0 (none) or more", "max_reminders"
 
 
 @dataclass(frozen=True)
@@ -428,6 +446,9 @@ class AlertSettings:
     max_per_hour: int = 60
     email: EmailSettings = EmailSettings()
     webhook: WebhookSettings = WebhookSettings()
+    teams: WebhookSettings = WebhookSettings()
+    google_chat: WebhookSettings = WebhookSettings()
+    reminders: ReminderSettings = ReminderSettings()
     console_url: str = setting("", hidden=True)  # [monitoring] console_url
     max_attempts: int = setting(5, hidden=True)
     retry_initial_s: float = setting(2.0, hidden=True)  # doubles after each failed attempt
@@ -435,7 +456,7 @@ class AlertSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.email.host or self.webhook.url)
+        return bool(self.email.host or self.webhook.url or self.teams.url or self.google_chat.url)
 
     @property
     def per_user_window_s(self) -> int:

@@ -199,3 +199,72 @@ def test_a_new_access_request_is_announced_with_a_link_and_no_name() -> None:
     assert payload["link"] == "https://console.school.example/requests"  # beside /incidents/, not an incident
     assert payload["risk_title"] == "New access request" and payload["group"] == "Year 9"
     assert PUPIL not in str(payload)
+
+
+def test_teams_google_chat_and_json_channels_get_the_shapes_each_service_documents() -> None:
+    async def scenario() -> dict[str, WebhookReceiver]:
+        hooks = {name: await WebhookReceiver().start() for name in ("webhook", "teams", "google_chat")}
+        dispatcher = AlertDispatcher(settings(**{name: WebhookSettings(url=hook.url) for name, hook in hooks.items()}))
+        dispatcher.start()
+        assert dispatcher.submit(alert("SG-7K3F-9QX2"))
+        await asyncio.wait_for(asyncio.gather(*(hook.received.wait() for hook in hooks.values())), 10)
+        await dispatcher.close(timeout=5)
+        for hook in hooks.values():
+            await hook.stop()
+        return hooks
+
+    hooks = asyncio.run(scenario())
+    link = CONSOLE + "SG-7K3F-9QX2"
+    [(_, generic)] = hooks["webhook"].requests
+    assert generic == {"severity": "CRITICAL", "risk": "self-harm", "risk_title": "Self-harm and suicide",
+                       "group": "Year 9", "time": "2026-11-23T10:15:00+00:00",
+                       "summary": "Search matched a high-risk self-harm phrase", "link": link, "reminder": 0}
+
+    # Teams: a "message" with one Adaptive Card attachment (incoming webhooks and Workflows alike).
+    [(_, teams)] = hooks["teams"].requests
+    assert teams["type"] == "message" and len(teams["attachments"]) == 1
+    attachment = teams["attachments"][0]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive" and attachment["contentUrl"] is None
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
+    assert card["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
+    heading, facts = card["body"]
+    assert heading == {"type": "TextBlock", "text": "CRITICAL safeguarding alert: Self-harm and suicide",
+                       "weight": "Bolder", "size": "Medium", "wrap": True}
+    assert facts["type"] == "FactSet"
+    assert {f["title"]: f["value"] for f in facts["facts"]} == {
+        "Severity": "CRITICAL", "Risk": "Self-harm and suicide", "Group": "Year 9",
+        "Time": "2026-11-23T10:15:00+00:00", "Summary": "Search matched a high-risk self-harm phrase"}
+    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Review in the console", "url": link}]
+
+    # Google Chat: `text` for notifications and a cardsV2 card with a button to the console.
+    [(_, chat)] = hooks["google_chat"].requests
+    assert set(chat) == {"text", "cardsV2"} and link in chat["text"]
+    [entry] = chat["cardsV2"]
+    assert entry["cardId"] == "schoolgate-alert"
+    assert entry["card"]["header"] == {"title": "CRITICAL safeguarding alert: Self-harm and suicide",
+                                       "subtitle": "Year 9, 2026-11-23T10:15:00+00:00"}
+    [section] = entry["card"]["sections"]
+    *texts, buttons = section["widgets"]
+    assert [w["decoratedText"]["topLabel"] for w in texts] == ["Severity", "Risk", "Group", "Time", "Summary"]
+    assert buttons == {"buttonList": {"buttons": [
+        {"text": "Review in the console", "onClick": {"openLink": {"url": link}}}]}}
+
+    for sent in (generic, teams, chat):
+        assert PUPIL not in str(sent) and "kill" not in str(sent) and "bing" not in str(sent)
+    assert all(path == "/hook?token=s3cret" for hook in hooks.values() for path, _ in hook.requests)
+
+
+def test_the_policy_chooses_each_channel_by_its_section(tmp_path) -> None:
+    from schoolgate.policy import load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[monitoring]\nconsole_url = "https://c.example/incidents/"\n'
+                    '[alerts.teams]\nurl = "https://school.webhook.office.com/x"\n'
+                    '[alerts.google_chat]\nurl = "https://chat.googleapis.com/v1/spaces/A/messages?key=k"\n'
+                    '[alerts.reminders]\nafter_minutes = 20\nevery_minutes = 45\nmax_reminders = 2\n'
+                    '[groups.pupils]\nnetworks = ["10.0.0.0/8"]\n')
+    alerts = load_policy(path).alerts
+    assert alerts.enabled and not alerts.webhook.url and alerts.teams.url.startswith("https://school.webhook")
+    assert (alerts.reminders.after_minutes, alerts.reminders.every_minutes, alerts.reminders.max_reminders) == (20, 45, 2)
+    assert "key=k" not in repr(alerts)

@@ -156,8 +156,8 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
 
     asyncio.run(db.upgrade(sqlite_url(path)))
 
+    [head] = ScriptDirectory.from_config(db.alembic_config()).get_heads()  # 0006 merged them; later ones follow
     with sqlite3.connect(path) as connection:
-        head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
 
 

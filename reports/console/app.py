@@ -20,9 +20,10 @@ from starlette.staticfiles import StaticFiles
 
 from schoolgate.db import create_engine, upgrade
 from schoolgate.policy import Policy
-from schoolgate.reports.console import live_views, views
+from schoolgate.reports.console import it_views, live_views, views
 from schoolgate.reports.console.pages import Console, error
 from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
+from schoolgate.reports.reminders import remind_periodically
 from schoolgate.reports.retention import purge_daily
 
 log = logging.getLogger("schoolgate.console")
@@ -60,6 +61,8 @@ ROUTES = [
     Route("/lists", live_views.lists_page),
     Route("/lists/{action:str}", live_views.change_list, methods=["POST"]),
     Route("/settings", live_views.settings_page),
+    Route("/it", it_views.tools_page),
+    Route("/it/log", it_views.log_page),
     Mount("/static", StaticFiles(packages=[("schoolgate.reports.console", "static")]), name="static"),
 ]
 
@@ -74,20 +77,23 @@ def create_app(policy: Policy, secret: str, *, purge_in_background: bool = True)
     """The console over the policy's database, whose schema must be up to date.
 
     The engine is made and disposed of in the serving event loop (lifespan); the
-    retention purge runs there too, daily, unless `purge_in_background` is off."""
+    retention purge runs there too, daily, unless `purge_in_background` is off, and so do
+    the reminders about unreviewed incidents when the policy has an alert channel."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = create_engine(policy.gateway.database)
         app.state.console = Console(policy=policy, engine=engine)
-        purging = asyncio.create_task(purge_daily(engine, policy)) if purge_in_background else None
+        tasks = [asyncio.create_task(purge_daily(engine, policy))] if purge_in_background else []
+        if policy.alerts.enabled and policy.alerts.reminders.max_reminders:
+            tasks.append(asyncio.create_task(remind_periodically(engine, policy)))
         try:
             yield
         finally:
-            if purging:
-                purging.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await purging
+                    await task
             await engine.dispose()
 
     return Starlette(

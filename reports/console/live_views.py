@@ -8,8 +8,10 @@ an account may touch: a teacher works for the groups on their account.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -32,6 +34,7 @@ from schoolgate.live import AccessRequest, LiveStore, NotFound
 from schoolgate.policy import Action, Role
 from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import BADGES, audit, console, form_text, page, render
+from schoolgate.reports.queries import list_changes
 from schoolgate.urls import InvalidHost
 from schoolgate.urls import parse_target as parse_url
 
@@ -262,11 +265,25 @@ async def decide_request(request: Request, account: Account) -> Response:
 
 # --- managed lists and settings (IT) ---------------------------------------------------
 
+def list_history(rows: list[Any]) -> list[dict[str, str]]:
+    """The audit trail's list changes as who, when, what and why."""
+    history = []
+    for row in rows:
+        before, after = json.loads(row.before or "{}"), json.loads(row.after or "{}")
+        _, action, change = row.action.split(".")
+        added = change == "add"
+        history.append({"who": row.actor, "when": row.ts, "what": f"{'added to' if added else 'removed from'} the "
+                        f"{action} list", "entry": (after if added else before).get("entry", ""),
+                        "why": after.get("reason", "")})
+    return history
+
+
 @page(IT)
 async def lists_page(request: Request, account: Account) -> Response:
     store = _store(request)
     return render(request, "lists.html", account=account, allow=await store.entries(Action.ALLOW),
-                  block=await store.entries(Action.BLOCK), message=request.query_params.get("message", ""))
+                  block=await store.entries(Action.BLOCK), history=list_history(await list_changes(store.engine)),
+                  message=request.query_params.get("message", ""))
 
 
 @page(IT)
@@ -275,7 +292,7 @@ async def change_list(request: Request, account: Account) -> Response:
     entry = await form_text(request, "entry", 500)
     try:
         if (await form_text(request, "change", 10)) == "remove":
-            await _store(request).remove_entry(action, entry, account.username, _role(account))
+            await _store(request).remove_entry(action, entry, account.username, _role(account), await form_text(request, "reason"))
             return _back("/lists", f"Removed {entry} from the {action.value} list.")
         await _store(request).add_entry(action, entry, await form_text(request, "reason"), account.username,
                                         _role(account))

@@ -28,6 +28,7 @@ NAVIGATION = (
     ("/requests", "Access requests", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER}),
     ("/exceptions", "Exceptions", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER}),
     ("/lists", "Allow and block lists", {ConsoleRole.IT_ADMIN}),
+    ("/it", "IT tools", {ConsoleRole.IT_ADMIN, ConsoleRole.DSL}),
     ("/report", "Report", {ConsoleRole.DSL, ConsoleRole.IT_ADMIN}),
     ("/settings", "Settings", {ConsoleRole.IT_ADMIN}),
 )

@@ -2,7 +2,7 @@
 address ranges; class_members holds the class lists a teacher opens sites for.
 
 Revision ID: 0007_requests
-Revises: 0006
+Revises: 0007_volume
 Create Date: 2026-11-29
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_requests"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007_volume"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
