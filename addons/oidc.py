@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from schoolgate.identities import Identity, Source
+from schoolgate.identities import Identity, Source, canonical_user
 from schoolgate.policy import OidcSettings
 
 PENDING_SECONDS = 600  # a sign-in not finished within ten minutes starts again
@@ -102,10 +102,11 @@ class OidcClient:
         if not isinstance(value, str) or not value:
             raise OidcError(f"the ID token has no {s.user_claim} claim")
         name, _, domain = value.partition("@")
-        if s.allowed_domains and domain.lower() not in {d.lower() for d in s.allowed_domains}:
+        # No allowed_domains is refused by the policy check; here it lets nobody in (fail closed).
+        if domain.lower() not in {d.lower() for d in s.allowed_domains}:
             raise OidcError("this account is not one of the school's")
         groups = claims.get(s.groups_claim) or []
-        return Identity(name, Source.PORTAL, frozenset(str(g).lower() for g in groups if isinstance(g, str)))
+        return Identity(canonical_user(name), Source.PORTAL, frozenset(str(g).lower() for g in groups if isinstance(g, str)))
 
     async def _discover(self) -> dict:
         if self._metadata is None:

@@ -5,6 +5,7 @@ Python (no I/O library), so decisions and tests can use it anywhere."""
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,15 @@ class LoginGuard:
     def _current(self, client: str, user: str | None) -> list[_Strikes]:
         keys = [("client", client), *((("user", user),) if user is not None else ())]
         return [s for key in keys if (s := self._strikes.get(key))]
+
+
+def canonical_user(name: str) -> str:
+    """The one form of a user name, wherever it comes from (proxy sign-in, the sign-in
+    page, a Kerberos principal, RADIUS, OpenID Connect, policy `users`, exceptions):
+    `J.Smith`, ` j.smith ` and the full-width `Ｊ.Smith` are all `j.smith`, so a pupil
+    cannot change case to escape a per-user group or exception, or to reset the count
+    of wrong guesses at a name. Directories compare names without case too."""
+    return unicodedata.normalize("NFKC", name).strip().lower()
 
 
 def plain_user_name(name: str) -> str:

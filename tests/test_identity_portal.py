@@ -105,6 +105,7 @@ def test_the_page_escapes_what_it_echoes(portal):
 
 
 def oidc_settings(provider, **kw) -> PortalSettings:
+    kw.setdefault("allowed_domains", ("school.test",))
     return PortalSettings(host="signin.test", passwords=False,
                           oidc=OidcSettings(issuer=provider.issuer, client_id=CLIENT_ID, **kw))
 
@@ -143,3 +144,14 @@ def test_a_callback_on_another_device_or_an_outside_account_is_refused(portal, p
     provider.next_user = {"preferred_username": "someone@gmail.test"}
     outside = oidc_round(portal, provider, settings)
     assert b"did not work" in outside.content and portal.sessions.get(PUPIL) is None
+
+
+def test_without_allowed_domains_no_outside_account_passes_for_a_school_user(portal, provider):
+    # Any account at the provider (a gmail address) would otherwise sign in as the school's amy.b.
+    provider.next_user = {"preferred_username": "amy.b@gmail.test"}
+    refused = oidc_round(portal, provider, oidc_settings(provider, allowed_domains=()))
+    assert b"did not work" in refused.content and portal.sessions.get(PUPIL) is None
+    # The school's own account, in whatever case the provider spells it, is the one user.
+    provider.next_user = {"preferred_username": "Amy.B@School.Test"}
+    oidc_round(portal, provider, oidc_settings(provider))
+    assert portal.sessions.get(PUPIL) == Identity("amy.b", Source.PORTAL)
