@@ -120,11 +120,14 @@ class AddressSessions:
         self.apply(address, identity, seconds, origin)
         self._tell(address, identity, seconds, origin)
 
-    def end(self, address: str, user: str | None = None) -> None:
+    def end(self, address: str, user: str | None = None, origin: str | None = None) -> None:
         """A Stop for `user` ends the session only if it is still theirs (an old Stop
-        arriving after a new pupil's Start must not sign the new one out)."""
+        arriving after a new pupil's Start must not sign the new one out); with `origin`,
+        only a session that source made (signing out of the sign-in page leaves a Wi-Fi
+        controller's session alone: the pupil is still on that device)."""
         session = self._sessions.get(address)
-        if session is not None and (user is None or session.identity.user == user):
+        if session is not None and (user is None or session.identity.user == user) \
+                and (origin is None or session.origin == origin):
             del self._sessions[address]
             self._tell(address, None, 0, session.origin)
 

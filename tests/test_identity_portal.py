@@ -155,3 +155,13 @@ def test_without_allowed_domains_no_outside_account_passes_for_a_school_user(por
     provider.next_user = {"preferred_username": "Amy.B@School.Test"}
     oidc_round(portal, provider, oidc_settings(provider))
     assert portal.sessions.get(PUPIL) == Identity("amy.b", Source.PORTAL)
+
+
+def test_signing_out_of_the_page_ends_only_the_session_the_page_made(portal, htpasswd):
+    settings = PortalSettings(host="signin.test")
+    # The Wi-Fi controller (RADIUS accounting) says ben is on this device; the page did not sign him in.
+    wifi = Identity("ben.c", Source.ACCOUNTING)
+    portal.sessions.start(PUPIL, wifi, 3600, "10.0.0.250")
+    token = csrf_of(answer(portal, flow("https://signin.test/"), settings, [htpasswd]))
+    answer(portal, flow("https://signin.test/sign-out", "POST", f"csrf={token}", token), settings, [htpasswd])
+    assert portal.sessions.get(PUPIL) == wifi  # a pupil cannot shed the Wi-Fi's name for the device by signing out
