@@ -158,9 +158,12 @@ class PortalPages:
         return response
 
 
+MAX_BACK_TO = 4096  # kept with every sign-in started: a longer one is dropped (the page is shown instead)
+
+
 def _safe(to: str | None) -> str:
     """Only an http(s) address is a place to go back to."""
-    if not to:
+    if not to or len(to) > MAX_BACK_TO:
         return ""
     parts = urlsplit(to)
     return to if parts.scheme in ("http", "https") and parts.netloc else ""

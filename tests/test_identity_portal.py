@@ -14,6 +14,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from schoolgate.addons.identity import HtpasswdBackend, ProxyLogin
+from schoolgate.addons.oidc import OidcClient
 from schoolgate.addons.portal import CSRF_COOKIE, PortalPages, School, portal_url
 from schoolgate.identities import AddressSessions, Identity, Source
 from schoolgate.policy import OidcSettings, PortalSettings
@@ -165,3 +166,26 @@ def test_signing_out_of_the_page_ends_only_the_session_the_page_made(portal, htp
     token = csrf_of(answer(portal, flow("https://signin.test/"), settings, [htpasswd]))
     answer(portal, flow("https://signin.test/sign-out", "POST", f"csrf={token}", token), settings, [htpasswd])
     assert portal.sessions.get(PUPIL) == wifi  # a pupil cannot shed the Wi-Fi's name for the device by signing out
+
+
+def test_sign_ins_started_and_never_finished_are_bounded_oldest_first(provider):
+    clock = [1000.0]
+    client = OidcClient(oidc_settings(provider).oidc, clock=lambda: clock[0])
+    client.MAX_PENDING = 3
+
+    def start(n: int) -> str:
+        location = asyncio.run(client.start(PUPIL, "https://signin.test/callback", "https://x.test/" + "a" * n))
+        return parse_qs(urlsplit(location).query)["state"][0]
+
+    states = [start(n) for n in range(5)]  # a pupil starting sign-ins as fast as they like
+    assert list(client._pending) == states[2:]
+    clock[0] += 600  # ten minutes on, every unfinished one has lapsed
+    fresh = start(0)
+    assert list(client._pending) == [fresh]
+
+
+def test_an_overlong_place_to_go_back_to_is_not_kept_with_the_sign_in(portal, provider):
+    settings = oidc_settings(provider)
+    answer(portal, flow("https://signin.test/oidc?to=https%3A%2F%2Fx.test%2F" + "a" * 5000), settings)
+    answer(portal, flow("https://signin.test/oidc?to=https%3A%2F%2Fx.test%2Fshort"), settings)
+    assert [p.back_to for p in portal.oidc(settings)._pending.values()] == ["", "https://x.test/short"]
