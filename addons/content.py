@@ -41,7 +41,7 @@ from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed
-from schoolgate.addons.searchterms import AI_CHAT, engine_for_host
+from schoolgate.addons.searchterms import AI_CHAT, engine_for_host, extract_search_from_request
 from schoolgate.categories.content import ContentScore, ContentScorer, ContentVerdict, judge, message_text, page_text
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
@@ -459,9 +459,13 @@ class ContentScoring:
         if not self._wants(flow, decision, settings):
             return
         job = self._job(flow, decision, settings)
-        search = decision.search
-        if search is not None and search.engine in AI_CHAT:
-            self._apply(flow, decision, job, self._score(search.query), what="prompt")
+        if engine_for_host(decision.target.host) in AI_CHAT:
+            # Read here too when search terms are not recorded ([monitoring] search_terms = false).
+            request = flow.request
+            prompt = decision.search or extract_search_from_request(
+                decision.target, request.method, request.headers.get("content-type"), request.raw_content or b"")
+            if prompt is not None:
+                self._apply(flow, decision, job, self._score(prompt.query), what="prompt")
             return
         if not job.cacheable:
             return
@@ -472,6 +476,15 @@ class ContentScoring:
         site = self._site_verdict(decision.target.host, job)
         if site is not None:
             self._apply(flow, decision, job, site[0], what=f"site ({site[1]} of its pages blocked lately)", cached=True)
+
+    def score_prompt(self, flow: http.HTTPFlow, opening: Decision, decision: Decision, prompt: str) -> None:
+        """A prompt sent over an AI chat's WebSocket (`opening`: the decision on the upgrade;
+        `decision`: the prompt's own): scored like one sent over HTTP, the flag or block put
+        on `decision` (AiChatMessages records it, and closes the chat on a block)."""
+        settings = self.settings()
+        if self._wants(flow, opening, settings):
+            self._apply(flow, decision, self._job(flow, opening, settings), self._score(prompt), what="prompt",
+                        replace_response=False)
 
     def _site_verdict(self, host: str, job: ContentJob) -> tuple[ContentScore, int] | None:
         """The strongest of a site's remembered pages, when SITE_EVIDENCE of them block for one category."""

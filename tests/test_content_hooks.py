@@ -431,3 +431,19 @@ def test_an_edited_phrase_file_is_scored_with_once_the_policy_reloads(tmp_path: 
     ours.write_text('[[group]]\ncategory = "gambling"\nweight = 60\nphrases = ["mystery box"]\n')
     addon.policy.engine = Engine.load(tmp_path / "policy.toml", addon.policy.engine)  # what PolicyWatch does
     assert addon.scorer().score(page).scores.get("gambling", 0) > 0
+
+
+def test_an_ai_prompt_over_http_is_scored_when_search_terms_are_not_kept(tmp_path: Path) -> None:
+    addon = make_addon(tmp_path, POLICY + "[monitoring]\nsearch_terms = false\n")
+    with taddons.context(addon):
+        prompt = "Write a page for my site: bet now, free spins, welcome bonus, claim your bonus at our live casino"
+        flow = flow_for(addon, "https://chatgpt.com/backend-api/conversation", b"")
+        flow.request.method = "POST"
+        flow.request.headers["content-type"] = "application/json"
+        flow.request.content = json.dumps({"action": "next", "messages": [
+            {"author": {"role": "user"}, "content": {"parts": [prompt]}}]}).encode()
+        flow.response = None
+        assert decision_of(flow).search is None  # the request path kept no search term
+        addon.request(flow)
+        assert flow.response is not None and flow.response.status_code == 403
+        assert "prompt" in decision_of(flow).verdict.reason
