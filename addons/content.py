@@ -42,7 +42,16 @@ from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed
 from schoolgate.addons.searchterms import AI_CHAT, engine_for_host, extract_search_from_request
-from schoolgate.categories.content import ContentScore, ContentScorer, ContentVerdict, judge, message_text, page_text
+from schoolgate.categories.content import (
+    UNTYPED,
+    ContentScore,
+    ContentScorer,
+    ContentVerdict,
+    judge,
+    message_text,
+    page_text,
+    sniffed_type,
+)
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
 from schoolgate.flags import Flag
@@ -72,6 +81,11 @@ _SLICE = 4096
 def scored_type(content_type: str) -> bool:
     kind = content_type.split(";", 1)[0].strip().lower()
     return kind in SCORED_TYPES or kind.endswith("+json")
+
+
+def untyped(content_type: str) -> bool:
+    """No usable type: a browser sniffs the body, and so does the scoring (ContentJob.typed)."""
+    return content_type.split(";", 1)[0].strip().lower() in UNTYPED
 
 
 def charset_of(content_type: str) -> str:
@@ -240,6 +254,17 @@ class ContentJob:
     # Only a page fetched by address says the same next time: an AI chat endpoint, or a POST,
     # answers something new each time, so its score is neither remembered nor reused.
     cacheable: bool = True
+    untyped: bool = False  # sent with no usable Content-Type: the body's first bytes say (typed)
+
+    def typed(self, head: bytes) -> bool:
+        """Whether the body is read: an untyped one takes the type a browser would sniff from
+        `head`, and is not read when that is neither HTML nor text (an image, a download)."""
+        if self.untyped:
+            kind = sniffed_type(head)
+            if kind is None:
+                return False
+            self.content_type, self.untyped = kind, False
+        return True
 
     def judge(self, score: ContentScore) -> ContentVerdict:
         self.score = score
@@ -296,6 +321,9 @@ class ScoredStream:
         if self.prefix.broken:
             self.blocked = True
             return [self._block_body(True)]
+        if not self.job.typed(bytes(self.prefix.data)):
+            self.passed = True
+            return out
         verdict = self.job.judge(self._score(self.prefix.text(charset_of(self.job.content_type))))
         if verdict.blocks:
             self.blocked = True
@@ -516,9 +544,11 @@ class ContentScoring:
         if response is None or decision is None or flow.metadata.get(METADATA_KEY) is not None:
             return
         settings = self.settings()
-        if not self._wants(flow, decision, settings) or not scored_type(response.headers.get("content-type", "")):
+        content_type = response.headers.get("content-type", "")
+        if not self._wants(flow, decision, settings) or not (scored_type(content_type) or untyped(content_type)):
             return
         job = self._job(flow, decision, settings)
+        job.untyped = untyped(content_type)
         cached = self.cache.get(job.url) if job.cacheable else None
         if cached is not None and not job.judge(cached).blocks:
             self._apply(flow, decision, job, cached, what="page (remembered)", cached=True)
@@ -564,6 +594,8 @@ class ContentScoring:
         if prefix is None or prefix.broken:
             self._refuse_unreadable(decision, job)
             flow.response = self._block_page(flow, decision)
+            return
+        if not job.typed(bytes(prefix.data)):
             return
         score = self._score(prefix.text(charset_of(job.content_type)), job.content_type)
         self._remember(job, decision.target.host, score)

@@ -262,6 +262,24 @@ _JSON_SIMPLE = {"\\n": " ", "\\r": " ", "\\t": " ", "\\/": "/", '\\"': '"', "\\\
 _TEXT_FIELDS = frozenset({"text", "content", "v", "delta", "completion", "parts", "message", "value", "response"})
 
 
+# Types that tell a browser nothing, so it sniffs the body (WHATWG MIME Sniffing).
+UNTYPED = frozenset({"", "unknown/unknown", "application/unknown", "*/*"})
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")  # the spec's "binary data bytes"
+
+
+def sniffed_type(head: bytes) -> str | None:
+    """What a browser takes a body sent without a usable Content-Type for, from its first
+    bytes: HTML when it opens with a tag (after a BOM and white space; wider than the
+    browser's list of tags, so nothing it renders is missed), plain text when it has no
+    binary bytes; None for the rest (images, downloads), which are not read."""
+    if head[:2] in (b"\xfe\xff", b"\xff\xfe"):
+        return "text/plain; charset=utf-16"  # shown as text; the BOM says the byte order
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b"\t\n\x0c\r ")
+    if start[:1] == b"<":
+        return "text/html"
+    return None if _BINARY.search(head) else "text/plain"
+
+
 def page_text(body: str, content_type: str = "") -> str:
     """The text a reader sees in a body of this type (HTML, JSON, server-sent events, plain text).
 
