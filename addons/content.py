@@ -55,6 +55,7 @@ from schoolgate.categories.content import (
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
 from schoolgate.flags import Flag
+from schoolgate.mediatypes import charset_of, media_type
 from schoolgate.policy import Action, ContentSettings, Policy
 from schoolgate.records import new_reference
 
@@ -79,21 +80,13 @@ _SLICE = 4096
 
 
 def scored_type(content_type: str) -> bool:
-    kind = content_type.split(";", 1)[0].strip().lower()
+    kind = media_type(content_type)
     return kind in SCORED_TYPES or kind.endswith("+json")
 
 
 def untyped(content_type: str) -> bool:
     """No usable type: a browser sniffs the body, and so does the scoring (ContentJob.typed)."""
-    return content_type.split(";", 1)[0].strip().lower() in UNTYPED
-
-
-def charset_of(content_type: str) -> str:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "charset" and value:
-            return value.strip('"').lower()
-    return "utf-8"
+    return media_type(content_type) in UNTYPED
 
 
 # --- decoding a bounded prefix ------------------------------------------------------------
@@ -555,7 +548,7 @@ class ContentScoring:
             return
         flow.metadata[METADATA_KEY] = job
         job.verdict = None
-        event_stream = response.headers.get("content-type", "").lower().startswith("text/event-stream")
+        event_stream = media_type(response.headers.get("content-type")) == "text/event-stream"
         length = response.headers.get("content-length", "")
         if not (response.stream or event_stream or not length.isdigit()):
             return  # buffered by mitmproxy: scored whole in `response`, where a block page can replace it
@@ -687,7 +680,7 @@ class ContentScoring:
             assert job.score is not None
             self._apply(flow, decision, job, job.score, what=_what(decision), replace_response=False)
         response = flow.response
-        if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+        if media_type(response.headers.get("content-type")) == "text/event-stream":
             decision.reference = decision.reference or new_reference()
             message = json.dumps({"error": {"message": "The school's web filter stopped this answer.",
                                             "reference": decision.reference}})

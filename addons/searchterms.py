@@ -22,6 +22,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
+from schoolgate.mediatypes import media_type
 from schoolgate.urls import Target
 
 MAX_QUERY_LENGTH = 500
@@ -211,7 +212,7 @@ def extract_search_from_body(target: Target, content_type: str | None, body: byt
     limit = MAX_PROMPT_BODY_BYTES if engine in AI_CHAT else MAX_BODY_BYTES
     if engine is None or not body or len(body) > limit:
         return None
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    mime = media_type(content_type)
     path = _route(target.path)
     if mime == "multipart/form-data":
         return _from_params(engine, path, _multipart_fields(content_type or "", body))

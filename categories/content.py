@@ -43,6 +43,7 @@ from schoolgate.categories.lexicon import (
     _split_phrases,
     _splittable,
 )
+from schoolgate.mediatypes import media_type
 
 PHRASES_DIR = Path(__file__).parent / "phrases"
 # The categories content can be scored for: each is a taxonomy id, so a content
@@ -285,7 +286,7 @@ def page_text(body: str, content_type: str = "") -> str:
 
     Works on a prefix of a body too: an unclosed tag or script at the end is dropped.
     """
-    kind = content_type.split(";", 1)[0].strip().lower()
+    kind = media_type(content_type)
     if kind == "text/event-stream":
         return event_stream_text(body)
     if kind.endswith("json") or kind == "application/javascript":

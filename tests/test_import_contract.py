@@ -20,6 +20,7 @@ PURE = [
     "schoolgate.engine",
     "schoolgate.schedules",
     "schoolgate.identities",
+    "schoolgate.mediatypes",
     "schoolgate.categories.taxonomy",
     "schoolgate.categories.index",
     "schoolgate.categories.lexicon",
