@@ -13,12 +13,10 @@ a response that carries DNS answers gives away a server missed on the way in.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from urllib.parse import parse_qs
 
 from schoolgate.mediatypes import media_type
-from schoolgate.urls import Target
+from schoolgate.urls import Target, decode_base64
 
 DNS_MESSAGE = "application/dns-message"
 DNS_JSON = "application/dns-json"
@@ -48,16 +46,6 @@ def is_dns_query(message: bytes) -> bool:
     return i + 5 <= len(message)
 
 
-def _decoded(encoded: str) -> bytes:
-    padded = encoded + "=" * (-len(encoded) % 4)
-    for alphabet in (b"-_", b"+/"):
-        try:
-            return base64.b64decode(padded, altchars=alphabet, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    return b""
-
-
 def is_doh_request(method: str, target: Target, content_type: str | None, accept: str | None, body: bytes = b"") -> bool:
     """Whether this HTTP request is a DNS-over-HTTPS query, to whatever host."""
     accepted = {media_type(part) for part in (accept or "").split(",")}
@@ -68,7 +56,7 @@ def is_doh_request(method: str, target: Target, content_type: str | None, accept
     if not target.query:
         return False
     params = parse_qs(target.query, max_num_fields=50)
-    if any(is_dns_query(_decoded(value)) for value in params.get("dns", ())):
+    if any(is_dns_query(decode_base64(value) or b"") for value in params.get("dns", ())):
         return True
     if "name" not in params:
         return False

@@ -8,6 +8,8 @@ by spelling.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import ipaddress
 import posixpath
@@ -340,3 +342,15 @@ def normalise_entry(raw: str) -> tuple[str, str]:
     if query and (query := canonical_query(query)):
         prefix += "?" + query
     return canonical, prefix
+
+
+def decode_base64(text: str) -> bytes | None:
+    """Base64 or base64url, with or without its padding, as URLs carry it (a DoH `dns`
+    parameter, a web proxy's hidden address); None when it is neither."""
+    padded = text + "=" * (-len(text) % 4)
+    for alphabet in (b"-_", b"+/"):
+        try:
+            return base64.b64decode(padded, altchars=alphabet, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return None
