@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import ahocorasick
-
 # The lexicon's reading of text, shared so that pages and searches are read alike.
 from schoolgate.categories.lexicon import (
     _LEET_L,
+    PhraseAutomaton,
     _normalise,
     _Normalised,
     _split_phrases,
@@ -156,20 +155,14 @@ class ContentScorer:
     """Phrase lists compiled into one Aho-Corasick automaton over normalised text."""
 
     def __init__(self, phrases: Iterable[Phrase]) -> None:
-        by_key: dict[str, dict[tuple[str, ...], _Entry]] = {}
+        self._entries: PhraseAutomaton[_Entry] = PhraseAutomaton()
         self.phrases = list(phrases)
         for phrase in self.phrases:
             for spelling in (phrase.text, *phrase.spellings):
-                key = _normalise(spelling).text
-                if key:
-                    # First loaded wins for a key and categories: a word shared by two languages counts once.
-                    by_key.setdefault(key, {}).setdefault(phrase.categories, _Entry(phrase, _splittable(spelling)))
-        self._automaton = ahocorasick.Automaton()
-        for key, entries in by_key.items():
-            self._automaton.add_word(key, (len(key), tuple(entries.values())))
-        if by_key:
-            self._automaton.make_automaton()
-        self.pattern_count = len(by_key)
+                # First loaded wins for a key and categories: a word shared by two languages counts once.
+                self._entries.add(spelling, phrase.categories, _Entry(phrase, _splittable(spelling)))
+        self._entries.compile()
+        self.pattern_count = len(self._entries)
 
     @classmethod
     def load(cls, files: Iterable[Path] = ()) -> ContentScorer:
@@ -203,15 +196,7 @@ class ContentScorer:
         return ContentScore(scores, tuple(found), len(text))
 
     def _count(self, normalised: _Normalised) -> dict[Phrase, int]:
-        spans: list[tuple[int, int, Phrase]] = []
-        starts, ends = normalised.starts, normalised.ends
-        for end, (length, entries) in self._automaton.iter(normalised.text):
-            start = end - length + 1
-            if not (starts[start] and ends[end]):
-                continue  # whole words only: "scunthorpe" holds no phrase
-            for entry in entries:
-                if entry.splittable or not normalised.split_between(start, end):
-                    spans.append((start, end, entry.phrase))
+        spans = [(start, end, entry.phrase) for start, end, entry in self._entries.spans(normalised)]
         # A phrase lying inside a longer one of the same categories counts as the longer one
         # only ("how to kill yourself" is not also "kill yourself").
         spans.sort(key=lambda span: (span[0], -span[1]))
