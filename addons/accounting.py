@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from schoolgate.identities import AddressSessions, Identity, Source, plain_user_name
+from schoolgate.identities import AddressSessions, Identity, Source, canonical_user, plain_user_name
 from schoolgate.policy import AccountingSettings
 from schoolgate.urls import canonical_ip
 
@@ -149,7 +149,7 @@ class AccountingListener(asyncio.DatagramProtocol):
             return
         if request.address is None or not request.user:
             return  # nothing to tie a user to
-        user = plain_user_name(request.user) if self.settings.strip_domain else request.user
+        user = canonical_user(plain_user_name(request.user) if self.settings.strip_domain else request.user)
         if status in (Status.START, Status.INTERIM_UPDATE):
             self.sessions.start(request.address, Identity(user, Source.ACCOUNTING),
                                 self.settings.session_hours * 3600, controller)

@@ -13,11 +13,10 @@ a response that carries DNS answers gives away a server missed on the way in.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from urllib.parse import parse_qs
 
-from schoolgate.urls import Target
+from schoolgate.mediatypes import media_type
+from schoolgate.urls import Target, decode_base64
 
 DNS_MESSAGE = "application/dns-message"
 DNS_JSON = "application/dns-json"
@@ -29,10 +28,6 @@ _RR_TYPES = frozenset(
     "a ns cname soa ptr mx txt aaaa srv naptr ds rrsig nsec dnskey nsec3 tlsa svcb https caa any".split()
 ) | frozenset(map(str, (1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 46, 47, 48, 50, 52, 64, 65, 255, 257)))
 _DNS_HEADER_LENGTH = 12
-
-
-def _mime(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
 
 
 def is_dns_query(message: bytes) -> bool:
@@ -51,31 +46,21 @@ def is_dns_query(message: bytes) -> bool:
     return i + 5 <= len(message)
 
 
-def _decoded(encoded: str) -> bytes:
-    padded = encoded + "=" * (-len(encoded) % 4)
-    for alphabet in (b"-_", b"+/"):
-        try:
-            return base64.b64decode(padded, altchars=alphabet, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    return b""
-
-
 def is_doh_request(method: str, target: Target, content_type: str | None, accept: str | None, body: bytes = b"") -> bool:
     """Whether this HTTP request is a DNS-over-HTTPS query, to whatever host."""
-    accepted = {_mime(part) for part in (accept or "").split(",")}
-    if _mime(content_type) in _DNS_TYPES or accepted & _DNS_TYPES:
+    accepted = {media_type(part) for part in (accept or "").split(",")}
+    if media_type(content_type) in _DNS_TYPES or accepted & _DNS_TYPES:
         return True
     if body and method.upper() == "POST" and is_dns_query(body):
         return True
     if not target.query:
         return False
     params = parse_qs(target.query, max_num_fields=50)
-    if any(is_dns_query(_decoded(value)) for value in params.get("dns", ())):
+    if any(is_dns_query(decode_base64(value) or b"") for value in params.get("dns", ())):
         return True
     if "name" not in params:
         return False
-    if DNS_JSON in {_mime(value) for value in params.get("ct", ())}:
+    if DNS_JSON in {media_type(value) for value in params.get("ct", ())}:
         return True
     types = {value.lower() for value in params.get("type", ())}
     return target.path.rstrip("/").endswith(_JSON_DOH_PATHS) or bool(types & _RR_TYPES and _is_domain(params["name"][0]))
@@ -83,7 +68,7 @@ def is_doh_request(method: str, target: Target, content_type: str | None, accept
 
 def is_doh_response(content_type: str | None) -> bool:
     """Whether a response carries DNS answers (a DoH server the request shape did not give away)."""
-    return _mime(content_type) in _DNS_TYPES
+    return media_type(content_type) in _DNS_TYPES
 
 
 def _is_domain(name: str) -> bool:

@@ -41,11 +41,21 @@ from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed
-from schoolgate.addons.searchterms import AI_CHAT, engine_for_host
-from schoolgate.categories.content import ContentScore, ContentScorer, ContentVerdict, judge, message_text, page_text
+from schoolgate.addons.searchterms import AI_CHAT, engine_for_host, extract_search_from_request
+from schoolgate.categories.content import (
+    UNTYPED,
+    ContentScore,
+    ContentScorer,
+    ContentVerdict,
+    judge,
+    message_text,
+    page_text,
+    sniffed_type,
+)
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
 from schoolgate.flags import Flag
+from schoolgate.mediatypes import charset_of, media_type
 from schoolgate.policy import Action, ContentSettings, Policy
 from schoolgate.records import new_reference
 
@@ -70,16 +80,13 @@ _SLICE = 4096
 
 
 def scored_type(content_type: str) -> bool:
-    kind = content_type.split(";", 1)[0].strip().lower()
+    kind = media_type(content_type)
     return kind in SCORED_TYPES or kind.endswith("+json")
 
 
-def charset_of(content_type: str) -> str:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "charset" and value:
-            return value.strip('"').lower()
-    return "utf-8"
+def untyped(content_type: str) -> bool:
+    """No usable type: a browser sniffs the body, and so does the scoring (ContentJob.typed)."""
+    return media_type(content_type) in UNTYPED
 
 
 # --- decoding a bounded prefix ------------------------------------------------------------
@@ -240,6 +247,17 @@ class ContentJob:
     # Only a page fetched by address says the same next time: an AI chat endpoint, or a POST,
     # answers something new each time, so its score is neither remembered nor reused.
     cacheable: bool = True
+    untyped: bool = False  # sent with no usable Content-Type: the body's first bytes say (typed)
+
+    def typed(self, head: bytes) -> bool:
+        """Whether the body is read: an untyped one takes the type a browser would sniff from
+        `head`, and is not read when that is neither HTML nor text (an image, a download)."""
+        if self.untyped:
+            kind = sniffed_type(head)
+            if kind is None:
+                return False
+            self.content_type, self.untyped = kind, False
+        return True
 
     def judge(self, score: ContentScore) -> ContentVerdict:
         self.score = score
@@ -296,6 +314,9 @@ class ScoredStream:
         if self.prefix.broken:
             self.blocked = True
             return [self._block_body(True)]
+        if not self.job.typed(bytes(self.prefix.data)):
+            self.passed = True
+            return out
         verdict = self.job.judge(self._score(self.prefix.text(charset_of(self.job.content_type))))
         if verdict.blocks:
             self.blocked = True
@@ -459,9 +480,13 @@ class ContentScoring:
         if not self._wants(flow, decision, settings):
             return
         job = self._job(flow, decision, settings)
-        search = decision.search
-        if search is not None and search.engine in AI_CHAT:
-            self._apply(flow, decision, job, self._score(search.query), what="prompt")
+        if engine_for_host(decision.target.host) in AI_CHAT:
+            # Read here too when search terms are not recorded ([monitoring] search_terms = false).
+            request = flow.request
+            prompt = decision.search or extract_search_from_request(
+                decision.target, request.method, request.headers.get("content-type"), request.raw_content or b"")
+            if prompt is not None:
+                self._apply(flow, decision, job, self._score(prompt.query), what="prompt")
             return
         if not job.cacheable:
             return
@@ -472,6 +497,15 @@ class ContentScoring:
         site = self._site_verdict(decision.target.host, job)
         if site is not None:
             self._apply(flow, decision, job, site[0], what=f"site ({site[1]} of its pages blocked lately)", cached=True)
+
+    def score_prompt(self, flow: http.HTTPFlow, opening: Decision, decision: Decision, prompt: str) -> None:
+        """A prompt sent over an AI chat's WebSocket (`opening`: the decision on the upgrade;
+        `decision`: the prompt's own): scored like one sent over HTTP, the flag or block put
+        on `decision` (AiChatMessages records it, and closes the chat on a block)."""
+        settings = self.settings()
+        if self._wants(flow, opening, settings):
+            self._apply(flow, decision, self._job(flow, opening, settings), self._score(prompt), what="prompt",
+                        replace_response=False)
 
     def _site_verdict(self, host: str, job: ContentJob) -> tuple[ContentScore, int] | None:
         """The strongest of a site's remembered pages, when SITE_EVIDENCE of them block for one category."""
@@ -503,16 +537,18 @@ class ContentScoring:
         if response is None or decision is None or flow.metadata.get(METADATA_KEY) is not None:
             return
         settings = self.settings()
-        if not self._wants(flow, decision, settings) or not scored_type(response.headers.get("content-type", "")):
+        content_type = response.headers.get("content-type", "")
+        if not self._wants(flow, decision, settings) or not (scored_type(content_type) or untyped(content_type)):
             return
         job = self._job(flow, decision, settings)
+        job.untyped = untyped(content_type)
         cached = self.cache.get(job.url) if job.cacheable else None
         if cached is not None and not job.judge(cached).blocks:
             self._apply(flow, decision, job, cached, what="page (remembered)", cached=True)
             return
         flow.metadata[METADATA_KEY] = job
         job.verdict = None
-        event_stream = response.headers.get("content-type", "").lower().startswith("text/event-stream")
+        event_stream = media_type(response.headers.get("content-type")) == "text/event-stream"
         length = response.headers.get("content-length", "")
         if not (response.stream or event_stream or not length.isdigit()):
             return  # buffered by mitmproxy: scored whole in `response`, where a block page can replace it
@@ -551,6 +587,8 @@ class ContentScoring:
         if prefix is None or prefix.broken:
             self._refuse_unreadable(decision, job)
             flow.response = self._block_page(flow, decision)
+            return
+        if not job.typed(bytes(prefix.data)):
             return
         score = self._score(prefix.text(charset_of(job.content_type)), job.content_type)
         self._remember(job, decision.target.host, score)
@@ -642,7 +680,7 @@ class ContentScoring:
             assert job.score is not None
             self._apply(flow, decision, job, job.score, what=_what(decision), replace_response=False)
         response = flow.response
-        if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+        if media_type(response.headers.get("content-type")) == "text/event-stream":
             decision.reference = decision.reference or new_reference()
             message = json.dumps({"error": {"message": "The school's web filter stopped this answer.",
                                             "reference": decision.reference}})

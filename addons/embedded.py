@@ -14,14 +14,12 @@ Plain Python, no mitmproxy: shared by the gateway, `explain` and the tests.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
 from schoolgate.categories.index import CategoryHit
-from schoolgate.urls import InvalidHost, Target, disguised_ip, is_ip, parse_target
+from schoolgate.urls import InvalidHost, Target, decode_base64, disguised_ip, is_ip, parse_target
 
 # Nested carriers (a translation of an archived copy of a cached page) are
 # unwrapped this deep; deeper ones are refused as unknown proxies.
@@ -291,9 +289,8 @@ def _decoded(values: list[str]) -> list[Target | None]:
     found: list[Target | None] = []
     for value in values:
         try:
-            text = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_" if "-" in value or "_" in value else None)
-            url = text.decode("ascii")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+            url = (decode_base64(value) or b"").decode("ascii")
+        except UnicodeDecodeError:
             continue
         if _SCHEME.match(url):
             found.append(_url(url, None))

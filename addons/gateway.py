@@ -26,7 +26,7 @@ from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed, text, warning_response
 from schoolgate.addons.safesearch import apply_query, enforce
-from schoolgate.addons.searchterms import SearchTerm, extract_search, extract_search_from_body
+from schoolgate.addons.searchterms import SearchTerm, extract_search_from_request
 from schoolgate.addons.signing import ACK_COOKIE
 from schoolgate.categories.index import CategoryHit
 from schoolgate.categories.lexicon import RiskLexicon
@@ -135,10 +135,8 @@ class SchoolGate:
         assert self.policy.engine is not None
         if not self.policy.engine.policy.monitoring.search_terms:
             return None
-        search = extract_search(target)
-        if search is None and request.method == "POST":
-            search = extract_search_from_body(target, request.headers.get("content-type"), request.raw_content or b"")
-        return search
+        return extract_search_from_request(target, request.method, request.headers.get("content-type"),
+                                           request.raw_content or b"")
 
 
 def _enforce_safe_search(request: http.Request, target: Target) -> None:

@@ -78,8 +78,8 @@ class Identification:
                 return None
             identity = checked or identity
         identity = await self._with_groups(policy, identity or self.sessions.get(client_ip))
-        group, source = self.group_of(policy, client_ip, identity)
-        if group.require_auth and identity is None:
+        who = self.who_at(client_ip, identity)
+        if who.group.require_auth and identity is None:
             portal = policy.portal if policy.portal.enabled else None
             if portal is None:
                 flow.response = login_required(negotiate=self.negotiator(policy) is not None)
@@ -95,15 +95,19 @@ class Identification:
                 return None
         if identity and identity.source in (Source.PROXY_BASIC, Source.KERBEROS) and flow.request.method == "CONNECT":
             self.tunnel_users[flow.client_conn] = identity
-        return Who(client_ip, identity.user if identity else None, group, source)
+        return who
 
     def by_address(self, client: connection.Client) -> Who:
-        """A connection with no HTTP request to carry a login (transparent TLS, TCP, UDP, DNS)."""
+        """A connection with no HTTP request to carry a login (transparent TLS, TCP, UDP, DNS),
+        or one whose request was never decided (refused by mitmproxy, or a fault)."""
+        return self.who_at(client_address(client.peername), self.tunnel_users.get(client))
+
+    def who_at(self, client_ip: str, identity: Identity | None = None) -> Who:
+        """Who is at this address: `identity`, else whoever the sign-in page or the Wi-Fi
+        says is on it; in their group as it is now. The one answer every path records."""
         assert self.policy.engine is not None
-        policy = self.policy.engine.policy
-        client_ip = client_address(client.peername)
-        identity = self.tunnel_users.get(client) or self.sessions.get(client_ip)
-        group, source = self.group_of(policy, client_ip, identity)
+        identity = identity or self.sessions.get(client_ip)
+        group, source = self.group_of(self.policy.engine.policy, client_ip, identity)
         return Who(client_ip, identity.user if identity else None, group, source)
 
     def group_of(self, policy: Policy, client_ip: str, identity: Identity | None) -> tuple[Group, Source]:

@@ -36,7 +36,7 @@ from typing import Protocol
 import bcrypt
 from mitmproxy.utils.htpasswd import HtpasswdFile
 
-from schoolgate.identities import Identity, LoginGuard, Source
+from schoolgate.identities import Identity, LoginGuard, Source, canonical_user
 from schoolgate.urls import canonical_ip
 
 
@@ -114,7 +114,9 @@ class HtpasswdBackend:
         st = self.path.stat()
         stamp = (st.st_mtime_ns, st.st_size)
         if self._file is None or self._stamp != stamp:
-            self._file, self._stamp = HtpasswdFile.from_file(self.path), stamp
+            file = HtpasswdFile.from_file(self.path)
+            file.users = {canonical_user(user): line for user, line in file.users.items()}  # as names are looked up
+            self._file, self._stamp = file, stamp
         return self._file
 
     def generation(self) -> object:
@@ -155,6 +157,7 @@ class ProxyLogin:
     async def check(self, client_ip: str, user: str, password: str, backends: list[PasswordBackend],
                     remember: float | None = None) -> Identity:
         """The same check for a user name and password typed into the sign-in page."""
+        user = canonical_user(user)  # counted, checked and named in one form, whatever case was typed
         self._forget_if_changed(backends)
         key = hashlib.sha256("\0".join([*(b.key for b in backends), user, password]).encode("utf-8", "surrogatepass")).digest()
         now = self.clock()

@@ -19,7 +19,7 @@ import binascii
 import gssapi
 from gssapi.raw.misc import GSSError  # the base of every GSSAPI failure (gssapi.exceptions derive from it)
 
-from schoolgate.identities import Identity, Source
+from schoolgate.identities import Identity, Source, canonical_user
 from schoolgate.policy import KerberosSettings
 
 
@@ -54,4 +54,4 @@ class Negotiate:
         except GSSError as e:
             raise BadTicket(f"the ticket was refused: {e.gen_message()}") from e
         user = principal.rsplit("@", 1)[0] if s.strip_realm else principal
-        return Identity(user, Source.KERBEROS)
+        return Identity(canonical_user(user), Source.KERBEROS)

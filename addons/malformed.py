@@ -16,7 +16,7 @@ import logging
 import re
 from dataclasses import replace
 
-from schoolgate.addons.decision import Decision, Who
+from schoolgate.addons.decision import Decision
 from schoolgate.addons.identify import Identification
 from schoolgate.addons.identity import client_address
 from schoolgate.addons.judge import Judge
@@ -81,16 +81,13 @@ class MalformedRequests:
         url = f"https://{target_text}" if method == "CONNECT" else target_text
         if "://" not in url:
             return  # origin-form ("GET /x"): the Host header was never read
-        client_ip = client_address(peername)
-        identity = self.identification.sessions.get(client_ip)
-        group, source = self.identification.group_of(engine.policy, client_ip, identity)
-        who = Who(client_ip, identity.user if identity else None, group, source)
+        who = self.identification.who_at(client_address(peername))
         try:
             decision = self.judge.decide(who, parse_target(url), method=method, url=url)
         except InvalidHost:
             scheme, _, rest = url.partition("://")
             host = rest.split("/", 1)[0].lower()
-            verdict = Verdict(Action.BLOCK, Rule.MALFORMED, "the request was malformed and was refused", group.name,
+            verdict = Verdict(Action.BLOCK, Rule.MALFORMED, "the request was malformed and was refused", who.group.name,
                               matched=host)
             decision = Decision(who, Target(host, None, "/", "", scheme.lower()), verdict, method, url=url)
         if decision.verdict.action is not Action.BLOCK:

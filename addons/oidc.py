@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -21,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from schoolgate.identities import Identity, Source
+from schoolgate.identities import Identity, Source, canonical_user
 from schoolgate.policy import OidcSettings
 
 PENDING_SECONDS = 600  # a sign-in not finished within ten minutes starts again
@@ -51,18 +52,24 @@ def unb64url(text: str) -> bytes:
 
 
 class OidcClient:
+    # Sign-ins started and not yet finished: a pupil can start them as fast as they like,
+    # so past this many the oldest are forgotten (those devices just start again).
+    MAX_PENDING = 10_000
+
     def __init__(self, settings: OidcSettings, clock=time.time) -> None:
         self.settings = settings
         self.clock = clock
         self._metadata: dict | None = None
         self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._pending: dict[str, Pending] = {}
+        self._pending: OrderedDict[str, Pending] = OrderedDict()  # oldest first
 
     async def start(self, client_ip: str, redirect_uri: str, back_to: str) -> str:
         """The provider URL to send the device to."""
         meta = await self._discover()
         now = self.clock()
-        self._pending = {k: p for k, p in self._pending.items() if now - p.started < PENDING_SECONDS}
+        while self._pending and (len(self._pending) >= self.MAX_PENDING
+                                 or now - next(iter(self._pending.values())).started >= PENDING_SECONDS):
+            self._pending.popitem(last=False)
         state, verifier, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(24)
         self._pending[state] = Pending(client_ip, verifier, nonce, redirect_uri, back_to, now)
         query = urlencode({
@@ -102,10 +109,11 @@ class OidcClient:
         if not isinstance(value, str) or not value:
             raise OidcError(f"the ID token has no {s.user_claim} claim")
         name, _, domain = value.partition("@")
-        if s.allowed_domains and domain.lower() not in {d.lower() for d in s.allowed_domains}:
+        # No allowed_domains is refused by the policy check; here it lets nobody in (fail closed).
+        if domain.lower() not in {d.lower() for d in s.allowed_domains}:
             raise OidcError("this account is not one of the school's")
         groups = claims.get(s.groups_claim) or []
-        return Identity(name, Source.PORTAL, frozenset(str(g).lower() for g in groups if isinstance(g, str)))
+        return Identity(canonical_user(name), Source.PORTAL, frozenset(str(g).lower() for g in groups if isinstance(g, str)))
 
     async def _discover(self) -> dict:
         if self._metadata is None:

@@ -130,7 +130,13 @@ class PolicyWatch:
         while True:
             await asyncio.sleep(ctx.options.schoolgate_reload_ms / 1000)
             engine = self.engine
-            if engine is None or not engine.changed_on_disk():
+            if engine is None:
+                continue
+            if engine.illegal is not None and engine.illegal.changed_on_disk():
+                # First and on its own: the tier loads whatever happens to the policy below
+                # (the lists add-on reports what it holds).
+                engine = self.engine = await asyncio.to_thread(engine.with_current_illegal)
+            if not engine.changed_on_disk():
                 continue
             stamps = [p.stat().st_mtime_ns if p.exists() else None for p, _ in engine.stamps]
             if stamps == self._refused_stamps:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("schoolgate")
 
 CSRF_COOKIE = "schoolgate_portal"
+PORTAL_ORIGIN = "portal"  # the origin of the address sessions this page makes
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("schoolgate.addons", "templates"), autoescape=True,
                                 undefined=jinja2.StrictUndefined)
 _HEADERS = {
@@ -88,7 +89,7 @@ class PortalPages:
                 await self._password(flow, client_ip, form, settings, backends, school)
                 return
             if path == "/sign-out":
-                self.sessions.end(client_ip)
+                self.sessions.end(client_ip, origin=PORTAL_ORIGIN)
                 flow.response = self._page(settings, school, client_ip, error=None)
                 return
         elif path == "/oidc" and (client := self.oidc(settings)):
@@ -132,12 +133,12 @@ class PortalPages:
         identity = Identity(found.user, Source.PORTAL, found.directory_groups)
         # A page that goes on by itself, not a redirect: browsers hold a form's redirect to another
         # site to the page's form-action rule.
-        self.sessions.start(client_ip, identity, settings.session_hours * 3600, "portal")
+        self.sessions.start(client_ip, identity, settings.session_hours * 3600, PORTAL_ORIGIN)
         flow.response = self._page(settings, school, client_ip, next_url=_safe(form.get("to")))
 
     def _signed_in(self, flow: http.HTTPFlow, client_ip: str, identity: Identity, settings: PortalSettings,
                    back_to: str, school: School) -> None:
-        self.sessions.start(client_ip, identity, settings.session_hours * 3600, "portal")
+        self.sessions.start(client_ip, identity, settings.session_hours * 3600, PORTAL_ORIGIN)
         if back_to:
             flow.response = http.Response.make(303, b"", {"Location": back_to, "Cache-Control": "no-store"})
         else:
@@ -157,9 +158,12 @@ class PortalPages:
         return response
 
 
+MAX_BACK_TO = 4096  # kept with every sign-in started: a longer one is dropped (the page is shown instead)
+
+
 def _safe(to: str | None) -> str:
     """Only an http(s) address is a place to go back to."""
-    if not to:
+    if not to or len(to) > MAX_BACK_TO:
         return ""
     parts = urlsplit(to)
     return to if parts.scheme in ("http", "https") and parts.netloc else ""

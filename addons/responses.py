@@ -20,8 +20,7 @@ from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
 from schoolgate import metrics
-from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, Who, attach, decision_of
-from schoolgate.addons.identity import client_address
+from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, attach, decision_of
 from schoolgate.addons.pages import Branding, block_page, support_for, warning_page
 from schoolgate.addons.signing import Signer
 from schoolgate.decide import Rule, Verdict
@@ -164,19 +163,21 @@ def fail_closed(hook):
 
 
 def _undecided(owner, flow: mflow.Flow) -> Decision | None:
-    """A decision for a flow that failed before one was made, so the refusal is recorded."""
+    """A decision for a flow that failed before one was made, so the refusal is recorded.
+    Only the add-ons that decide flows (and so hold the identification step) meet one."""
+    identification = getattr(owner, "identification", None)
+    if identification is None:
+        return None
     try:
-        policy = owner.policy.engine.policy
-        client_ip = client_address(flow.client_conn.peername)
-        group, _ = policy.group_for(client_ip, None)
+        who = identification.by_address(flow.client_conn)
         if isinstance(flow, http.HTTPFlow):
             scheme, host, method = flow.request.scheme, flow.request.pretty_host, flow.request.method
             port: int | None = flow.request.port
         else:
             address = flow.server_conn.address or ("", None)
             scheme, host, port, method = type(flow).__name__[:3].lower(), address[0], address[1], type(flow).__name__[:3]
-        verdict = Verdict(Action.BLOCK, Rule.FAULT, "the filter failed while deciding, so this was refused", group.name)
-        return attach(flow, Decision(Who(client_ip, None, group), Target(host.lower(), port, "/", "", scheme), verdict,
+        verdict = Verdict(Action.BLOCK, Rule.FAULT, "the filter failed while deciding, so this was refused", who.group.name)
+        return attach(flow, Decision(who, Target(host.lower(), port, "/", "", scheme), verdict,
                                      method, Kind.HTTP if isinstance(flow, http.HTTPFlow) else Kind.TUNNEL))
     except Exception:
         log.exception("could not record a flow that failed while being decided")

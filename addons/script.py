@@ -27,6 +27,7 @@ policy = PolicyWatch()
 recorder = Recorder(policy)
 identification = Identification(policy, recorder)
 judge = Judge(policy)
+content = ContentScoring(policy, judge, recorder)
 
 addons = [
     LogFormat(),  # first: every later add-on logs in the chosen format, from its first line
@@ -40,7 +41,7 @@ addons = [
     Connections(policy, identification, judge, recorder),
     MalformedRequests(policy, identification, judge, recorder),  # refused by mitmproxy before any hook: recorded
     SchoolGate(policy, identification, judge, recorder),  # the recorder's alert channels announce access requests
-    ContentScoring(policy, judge, recorder),  # after the request decision, before the Recorder: may block a response
-    AiChatMessages(policy, judge, recorder),  # prompts sent to AI chat over WebSockets: decided and recorded each
+    content,  # after the request decision, before the Recorder: may block a response
+    AiChatMessages(policy, judge, recorder, content),  # prompts sent to AI chat over WebSockets: decided, scored, recorded
     recorder,
 ]

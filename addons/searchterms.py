@@ -22,6 +22,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
+from schoolgate.mediatypes import media_type
 from schoolgate.urls import Target
 
 MAX_QUERY_LENGTH = 500
@@ -195,6 +196,14 @@ def extract_search(target: Target) -> SearchTerm | None:
     return _from_params(engine, route, params)
 
 
+def extract_search_from_request(target: Target, method: str, content_type: str | None, body: bytes) -> SearchTerm | None:
+    """The search term (or AI prompt) a request carries: in its URL, else in a POST's body."""
+    search = extract_search(target)
+    if search is None and method == "POST":
+        search = extract_search_from_body(target, content_type, body)
+    return search
+
+
 def extract_search_from_body(target: Target, content_type: str | None, body: bytes) -> SearchTerm | None:
     """The search term in a POST body: JSON in-page APIs (YouTube's
     `youtubei/v1/search`), form posts (DuckDuckGo's HTML and lite pages, Startpage),
@@ -203,7 +212,7 @@ def extract_search_from_body(target: Target, content_type: str | None, body: byt
     limit = MAX_PROMPT_BODY_BYTES if engine in AI_CHAT else MAX_BODY_BYTES
     if engine is None or not body or len(body) > limit:
         return None
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    mime = media_type(content_type)
     path = _route(target.path)
     if mime == "multipart/form-data":
         return _from_params(engine, path, _multipart_fields(content_type or "", body))
@@ -224,14 +233,17 @@ def extract_search_from_body(target: Target, content_type: str | None, body: byt
 
 def extract_prompt_from_message(target: Target, message: str | bytes) -> SearchTerm | None:
     """The prompt in a WebSocket message a pupil sends to an AI chat service
-    (Copilot and character.ai chat over WebSockets)."""
+    (Copilot and character.ai chat over WebSockets). SignalR (Copilot) sends JSON records
+    each ended by \x1e, several to a message: the prompts of them all, joined."""
     engine = engine_for_host(target.host)
     if engine not in AI_CHAT:
         return None
     text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
     if len(text) > MAX_PROMPT_BODY_BYTES:
         return None
-    return _prompt_term(engine, "application/json", text)
+    terms = [term for record in text.split("\x1e") if record.strip()
+             and (term := _prompt_term(engine, "application/json", record))]
+    return SearchTerm(engine, _clean(" ".join(term.query for term in terms)) or "") if terms else None
 
 
 # --- AI chat prompts ----------------------------------------------------------------

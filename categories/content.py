@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import ahocorasick
-
 # The lexicon's reading of text, shared so that pages and searches are read alike.
 from schoolgate.categories.lexicon import (
     _LEET_L,
+    PhraseAutomaton,
     _normalise,
     _Normalised,
     _split_phrases,
     _splittable,
 )
+from schoolgate.mediatypes import media_type
 
 PHRASES_DIR = Path(__file__).parent / "phrases"
 # The categories content can be scored for: each is a taxonomy id, so a content
@@ -155,20 +155,14 @@ class ContentScorer:
     """Phrase lists compiled into one Aho-Corasick automaton over normalised text."""
 
     def __init__(self, phrases: Iterable[Phrase]) -> None:
-        by_key: dict[str, dict[tuple[str, ...], _Entry]] = {}
+        self._entries: PhraseAutomaton[_Entry] = PhraseAutomaton()
         self.phrases = list(phrases)
         for phrase in self.phrases:
             for spelling in (phrase.text, *phrase.spellings):
-                key = _normalise(spelling).text
-                if key:
-                    # First loaded wins for a key and categories: a word shared by two languages counts once.
-                    by_key.setdefault(key, {}).setdefault(phrase.categories, _Entry(phrase, _splittable(spelling)))
-        self._automaton = ahocorasick.Automaton()
-        for key, entries in by_key.items():
-            self._automaton.add_word(key, (len(key), tuple(entries.values())))
-        if by_key:
-            self._automaton.make_automaton()
-        self.pattern_count = len(by_key)
+                # First loaded wins for a key and categories: a word shared by two languages counts once.
+                self._entries.add(spelling, phrase.categories, _Entry(phrase, _splittable(spelling)))
+        self._entries.compile()
+        self.pattern_count = len(self._entries)
 
     @classmethod
     def load(cls, files: Iterable[Path] = ()) -> ContentScorer:
@@ -202,15 +196,7 @@ class ContentScorer:
         return ContentScore(scores, tuple(found), len(text))
 
     def _count(self, normalised: _Normalised) -> dict[Phrase, int]:
-        spans: list[tuple[int, int, Phrase]] = []
-        starts, ends = normalised.starts, normalised.ends
-        for end, (length, entries) in self._automaton.iter(normalised.text):
-            start = end - length + 1
-            if not (starts[start] and ends[end]):
-                continue  # whole words only: "scunthorpe" holds no phrase
-            for entry in entries:
-                if entry.splittable or not normalised.split_between(start, end):
-                    spans.append((start, end, entry.phrase))
+        spans = [(start, end, entry.phrase) for start, end, entry in self._entries.spans(normalised)]
         # A phrase lying inside a longer one of the same categories counts as the longer one
         # only ("how to kill yourself" is not also "kill yourself").
         spans.sort(key=lambda span: (span[0], -span[1]))
@@ -262,12 +248,30 @@ _JSON_SIMPLE = {"\\n": " ", "\\r": " ", "\\t": " ", "\\/": "/", '\\"': '"', "\\\
 _TEXT_FIELDS = frozenset({"text", "content", "v", "delta", "completion", "parts", "message", "value", "response"})
 
 
+# Types that tell a browser nothing, so it sniffs the body (WHATWG MIME Sniffing).
+UNTYPED = frozenset({"", "unknown/unknown", "application/unknown", "*/*"})
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")  # the spec's "binary data bytes"
+
+
+def sniffed_type(head: bytes) -> str | None:
+    """What a browser takes a body sent without a usable Content-Type for, from its first
+    bytes: HTML when it opens with a tag (after a BOM and white space; wider than the
+    browser's list of tags, so nothing it renders is missed), plain text when it has no
+    binary bytes; None for the rest (images, downloads), which are not read."""
+    if head[:2] in (b"\xfe\xff", b"\xff\xfe"):
+        return "text/plain; charset=utf-16"  # shown as text; the BOM says the byte order
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b"\t\n\x0c\r ")
+    if start[:1] == b"<":
+        return "text/html"
+    return None if _BINARY.search(head) else "text/plain"
+
+
 def page_text(body: str, content_type: str = "") -> str:
     """The text a reader sees in a body of this type (HTML, JSON, server-sent events, plain text).
 
     Works on a prefix of a body too: an unclosed tag or script at the end is dropped.
     """
-    kind = content_type.split(";", 1)[0].strip().lower()
+    kind = media_type(content_type)
     if kind == "text/event-stream":
         return event_stream_text(body)
     if kind.endswith("json") or kind == "application/javascript":

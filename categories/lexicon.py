@@ -48,11 +48,12 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 import ahocorasick
 
@@ -105,6 +106,50 @@ class _Normalised:
     def split_between(self, start: int, end: int) -> bool:
         """Whether a boundary between two multi-letter tokens lies inside [start, end]."""
         return self.hard_splits[end] - self.hard_splits[start] > 0
+
+
+class _Spelt(Protocol):
+    @property
+    def splittable(self) -> bool: ...  # may be split by spaces anywhere between its ends
+
+
+class PhraseAutomaton[V: _Spelt]:
+    """Spellings compiled into one Aho-Corasick automaton over normalised text, matched as
+    the module docstring says (whole words, split only where allowed): the one matcher the
+    risk lexicon and content scoring (categories.content) share. `add` everything, then
+    `compile`, then `spans`."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, dict[Hashable, V]] = {}
+        self._automaton = ahocorasick.Automaton()
+
+    def add(self, spelling: str, kind: Hashable, value: V) -> None:
+        """The first value added for a normalised spelling and kind wins."""
+        key = _normalise(spelling).text
+        if key:
+            self._by_key.setdefault(key, {}).setdefault(kind, value)
+
+    def compile(self) -> None:
+        for key, values in self._by_key.items():
+            self._automaton.add_word(key, (len(key), tuple(values.values())))
+        if self._by_key:
+            self._automaton.make_automaton()
+
+    def __len__(self) -> int:
+        """Distinct normalised spellings."""
+        return len(self._by_key)
+
+    def spans(self, normalised: _Normalised) -> Iterator[tuple[int, int, V]]:
+        """(start, end, value) of every match in the text: whole words, and split between
+        its ends only for a splittable value."""
+        if not self._by_key:
+            return
+        for end, (length, values) in self._automaton.iter(normalised.text):
+            start = end - length + 1
+            if not (normalised.starts[start] and normalised.ends[end]):
+                continue  # whole words only: "scunthorpe" holds no phrase
+            split = normalised.split_between(start, end)
+            yield from ((start, end, value) for value in values if value.splittable or not split)
 
 
 @cache
@@ -248,14 +293,12 @@ class RiskLexicon:
     """Risk phrases compiled into one automaton; see the module docstring for how text is matched."""
 
     def __init__(self, groups: Iterable[_Group]) -> None:
-        patterns: dict[str, dict[tuple[str, bool], _Pattern]] = {}
+        self._patterns: PhraseAutomaton[_Pattern] = PhraseAutomaton()
         self._phrases: set[tuple[str, str]] = set()
 
         def add(spelling: str, pattern_for: _Pattern) -> None:
-            key = _normalise(spelling).text
-            if key:
-                # First loaded wins for a key and risk: "cocaine" is one English hit, not three.
-                patterns.setdefault(key, {}).setdefault((pattern_for.hit.risk, pattern_for.excludes), pattern_for)
+            # First loaded wins for a key and risk: "cocaine" is one English hit, not three.
+            self._patterns.add(spelling, (pattern_for.hit.risk, pattern_for.excludes), pattern_for)
 
         typos: list[tuple[str, _Pattern]] = []
         for group in groups:
@@ -273,11 +316,8 @@ class RiskLexicon:
         for typo, pattern in typos:
             add(typo, pattern)
 
-        self._automaton = ahocorasick.Automaton()
-        for key, by_risk in patterns.items():
-            self._automaton.add_word(key, (len(key), tuple(by_risk.values())))
-        self._automaton.make_automaton()
-        self.pattern_count = len(patterns)
+        self._patterns.compile()
+        self.pattern_count = len(self._patterns)
 
     @classmethod
     def load(cls, directory: Path = LEXICON_DIR) -> RiskLexicon:
@@ -308,13 +348,7 @@ class RiskLexicon:
         return hits[0] if hits else None
 
     def _hits(self, normalised: _Normalised) -> list[RiskHit]:
-        spans: list[tuple[int, int, _Pattern]] = []
-        for end, (length, patterns) in self._automaton.iter(normalised.text):
-            start = end - length + 1
-            if not (normalised.starts[start] and normalised.ends[end]):
-                continue
-            split = normalised.split_between(start, end)
-            spans.extend((start, end, p) for p in patterns if p.splittable or not split)
+        spans = list(self._patterns.spans(normalised))
         exclusions = [(start, end, p.hit.risk) for start, end, p in spans if p.excludes]
         return [
             p.hit

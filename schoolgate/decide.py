@@ -36,7 +36,7 @@ from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.flags import Flag
 from schoolgate.grants import Grant, refusals
 from schoolgate.policy import Action, Group, ListEntry, Policy, split_endpoint
-from schoolgate.urls import Target, canonical_ip, disguised_ip, parent_domains, path_matches_prefix
+from schoolgate.urls import Target, canonical_ip, ip_of, parent_domains, path_matches_prefix
 
 
 class CategoryLookup(Protocol):
@@ -282,7 +282,7 @@ class BackOffice:
         """Whether (host, port) is the back office and not opened by the policy.
         `host` is a normalised name or an IP address (as decided, or as resolved);
         `gateway_address` is the address this client reached the gateway at."""
-        address = _address(host) or _address(disguised_ip(host) or "")
+        address = _address(ip_of(host) or "")
         if address is None:
             name = host.rstrip(".").lower()
             if not (name in _LOCAL_NAMES or name.endswith(".localhost")):

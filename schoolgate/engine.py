@@ -74,6 +74,14 @@ class Engine:
         decider = _decider(self.policy, self.index, live, self.illegal)
         return replace(self, live=live, decider=decider)
 
+    def with_current_illegal(self) -> Engine:
+        """This engine with the illegal-content tier as it is on disk now, whatever state
+        policy.toml is in (a refused edit must not hold back new IWF/CTIRU entries)."""
+        tier = _load_illegal(None, self)
+        if tier is self.illegal:
+            return self
+        return replace(self, illegal=tier, decider=_decider(self.policy, self.index, self.live, tier))
+
     def changed_on_disk(self) -> bool:
         return any(_stamp(path) != stamp for path, stamp in self.stamps) or bool(
             self.illegal and self.illegal.changed_on_disk()

@@ -18,6 +18,7 @@ from enum import StrEnum
 from schoolgate import commaset
 from schoolgate.categories.suffixes import public_suffix_problem
 from schoolgate.categories.taxonomy import CATEGORIES
+from schoolgate.identities import canonical_user
 from schoolgate.policy import ListEntry, Policy, Role
 from schoolgate.urls import InvalidHost, Target, normalise_entry, path_matches_prefix
 
@@ -86,9 +87,9 @@ class Grant:
             case ScopeKind.GROUP:
                 return group == self.scope
             case ScopeKind.USER:
-                return user is not None and user == self.scope
+                return user is not None and canonical_user(user) == self.scope
             case ScopeKind.USERS:
-                return user is not None and commaset.member(user) in self.scope
+                return user is not None and commaset.member(canonical_user(user)) in self.scope
             case ScopeKind.NETWORK:
                 try:
                     return client_ip is not None and any(
@@ -220,7 +221,9 @@ def parse_target(text: str) -> tuple[str, str, str, str]:
 def normalise_scope(kind: ScopeKind, scope: str) -> str:
     """Canonical stored form: users as ",a,b," so one LIKE/contains test finds a member."""
     if kind is ScopeKind.USERS:
-        return commaset.encode(u.strip() for u in scope.split(","))
+        return commaset.encode(canonical_user(u) for u in scope.split(","))
+    if kind is ScopeKind.USER:
+        return canonical_user(scope)
     if kind is ScopeKind.NETWORK:
         try:
             return ",".join(str(ipaddress.ip_network(n.strip(), strict=False)) for n in scope.split(","))

@@ -5,6 +5,7 @@ Python (no I/O library), so decisions and tests can use it anywhere."""
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,15 @@ class LoginGuard:
         return [s for key in keys if (s := self._strikes.get(key))]
 
 
+def canonical_user(name: str) -> str:
+    """The one form of a user name, wherever it comes from (proxy sign-in, the sign-in
+    page, a Kerberos principal, RADIUS, OpenID Connect, policy `users`, exceptions):
+    `J.Smith`, ` j.smith ` and the full-width `Ｊ.Smith` are all `j.smith`, so a pupil
+    cannot change case to escape a per-user group or exception, or to reset the count
+    of wrong guesses at a name. Directories compare names without case too."""
+    return unicodedata.normalize("NFKC", name).strip().lower()
+
+
 def plain_user_name(name: str) -> str:
     """A user name without its realm or domain: `amy.b@school.uk`, `SCHOOL\\amy.b` -> `amy.b`."""
     return name.rsplit("\\", 1)[-1].split("@", 1)[0]
@@ -110,11 +120,14 @@ class AddressSessions:
         self.apply(address, identity, seconds, origin)
         self._tell(address, identity, seconds, origin)
 
-    def end(self, address: str, user: str | None = None) -> None:
+    def end(self, address: str, user: str | None = None, origin: str | None = None) -> None:
         """A Stop for `user` ends the session only if it is still theirs (an old Stop
-        arriving after a new pupil's Start must not sign the new one out)."""
+        arriving after a new pupil's Start must not sign the new one out); with `origin`,
+        only a session that source made (signing out of the sign-in page leaves a Wi-Fi
+        controller's session alone: the pupil is still on that device)."""
         session = self._sessions.get(address)
-        if session is not None and (user is None or session.identity.user == user):
+        if session is not None and (user is None or session.identity.user == user) \
+                and (origin is None or session.origin == origin):
             del self._sessions[address]
             self._tell(address, None, 0, session.origin)
 

@@ -74,7 +74,9 @@ def _now() -> datetime:
 def _grant_from_row(row: Any) -> Grant:
     return Grant(
         id=row.id, kind=row.kind, host=row.host or "", path=row.path or "", category=row.category or "",
-        scope_kind=ScopeKind(row.scope_kind), scope=row.scope, starts_at=row.starts_at, ends_at=row.ends_at,
+        scope_kind=ScopeKind(row.scope_kind),
+        scope=normalise_scope(ScopeKind(row.scope_kind), row.scope),  # also rows from before user names were canonical
+        starts_at=row.starts_at, ends_at=row.ends_at,
         granted_by=row.granted_by, role=row.granted_role, reason=row.reason, label=row.scope_label or "",
     )
 

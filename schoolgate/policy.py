@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from schoolgate.categories.suffixes import public_suffix_problem
 from schoolgate.categories.taxonomy import CATEGORIES, UT1_CATEGORY_URL, Severity
+from schoolgate.identities import canonical_user
 from schoolgate.schedules import Schedule, Span, parse_span, parse_term, parse_timezone
 from schoolgate.urls import InvalidHost, canonical_ip, normalise_entry
 
@@ -547,6 +548,11 @@ def _lower_names(r: _Reader, value: Any, *where: str) -> frozenset[str]:
     return frozenset(" ".join(v.split()).lower() for v in r.strings(value, *where))
 
 
+def _user_names(r: _Reader, value: Any, *where: str) -> frozenset[str]:
+    """User names in the one form every sign-in gives them (`J.Smith` is `j.smith`)."""
+    return frozenset(canonical_user(v) for v in r.strings(value, *where))
+
+
 def _windows(r: _Reader, value: Any, *where: str) -> Mapping[str, tuple[Span, ...]]:
     windows: dict[str, tuple[Span, ...]] = {}
     for name, spans in r.mapping(value, *where).items():
@@ -665,7 +671,7 @@ class OidcSettings:
     client_secret_file: Path | None = None  # for confidential clients; PKCE is used either way
     user_claim: str = "preferred_username"  # Google: "email"; the part before "@" is the user name
     groups_claim: str = "groups"
-    allowed_domains: tuple[str, ...] = ()  # e.g. ["school.uk"]: other accounts are refused
+    allowed_domains: tuple[str, ...] = ()  # needed, e.g. ["school.uk"]: other accounts are refused
     scopes: str = "openid profile email"
 
     @property
@@ -680,6 +686,12 @@ class OidcSettings:
             yield f"issuer {self.issuer!r} must be an https:// URL", "issuer"
         if not self.client_id:
             yield "client_id is needed with an issuer", "client_id"
+        if not self.allowed_domains:
+            # The user name is the part before "@": without this, any account at the provider
+            # (any gmail.com address with Google) would sign in as the school's user of that name.
+            yield ("allowed_domains is needed with an issuer (the school's own domains, e.g. [\"school.uk\"]): "
+                   "otherwise anyone's account at the provider signs in as the school's user of the same name"), \
+                "allowed_domains"
         if self.client_secret_file is not None and not self.client_secret_file.is_file():
             yield f"client_secret_file {self.client_secret_file} does not exist", "client_secret_file"
 
@@ -775,7 +787,7 @@ class Group:
     name: str = setting(hidden=True)
     title: str = ""  # "" means the group's name
     networks: tuple[IPNetwork, ...] = setting((), parse=_networks)
-    users: frozenset[str] = frozenset()
+    users: frozenset[str] = setting(frozenset(), parse=_user_names)
     default_action: Action = Action.ALLOW  # when not written: [gateway] default_action
     # effective: [categories] overlaid with the group's own [groups.NAME.categories]
     categories: Mapping[str, Action] = setting(types.MappingProxyType({}), parse=_category_actions)
@@ -864,6 +876,7 @@ class Policy:
         prefix wins, so a room's /27 can differ from the site's /16; then the group for
         unknown devices."""
         if user:
+            user = canonical_user(user)
             for group in self.groups.values():
                 if user in group.users:
                     return group, f"user {user} is listed in group {group.name}"

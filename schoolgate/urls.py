@@ -8,6 +8,8 @@ by spelling.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import ipaddress
 import posixpath
@@ -204,6 +206,11 @@ def is_ip(host: str) -> bool:
     return host[-1:].isdigit() and _whatwg_ipv4(host) == host
 
 
+def ip_of(host: str) -> str | None:
+    """The IP address a host is, or only spells (`1-2-3-4.sslip.io`); None for a real name."""
+    return host if is_ip(host) else disguised_ip(host)
+
+
 def _decode_unreserved(text: str) -> str:
     return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)) if chr(int(m.group(1), 16)) in _UNRESERVED else m.group(0).upper(), text)
 
@@ -246,7 +253,7 @@ def parse_target(url: str) -> Target:
         path=normalise_path(parts.path),
         query=parts.query,
         scheme=(parts.scheme or "http").lower(),
-        is_ip=is_ip(host) or disguised_ip(host) is not None,
+        is_ip=ip_of(host) is not None,
     )
 
 
@@ -261,7 +268,7 @@ def target_from_parts(scheme: str, host: str, port: int | None, path_and_query: 
         path=normalise_path(path.split("#", 1)[0]),
         query=query,
         scheme=scheme.lower(),
-        is_ip=is_ip(canonical) or disguised_ip(canonical) is not None,
+        is_ip=ip_of(canonical) is not None,
     )
 
 
@@ -340,3 +347,15 @@ def normalise_entry(raw: str) -> tuple[str, str]:
     if query and (query := canonical_query(query)):
         prefix += "?" + query
     return canonical, prefix
+
+
+def decode_base64(text: str) -> bytes | None:
+    """Base64 or base64url, with or without its padding, as URLs carry it (a DoH `dns`
+    parameter, a web proxy's hidden address); None when it is neither."""
+    padded = text + "=" * (-len(text) % 4)
+    for alphabet in (b"-_", b"+/"):
+        try:
+            return base64.b64decode(padded, altchars=alphabet, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return None

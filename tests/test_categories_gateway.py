@@ -6,7 +6,9 @@ loopback upstream, SQLite, webhook receiver."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,18 @@ def test_the_illegal_tier_blocks_whatever_the_policy_says_and_alerts_the_dsl(gat
         ("iwf-listed.example", "illegal iwf"), ("www.ctiru.example", "illegal ctiru")
     ]
     assert all(r["flag"] == "illegal" for r in blocked)
+
+
+def test_new_illegal_tier_entries_load_while_a_policy_edit_is_refused(gateway_factory, upstream, tmp_path):
+    tier = write_tier(tmp_path / "illegal-content")
+    text = policy_text(tmp_path / "none.idx")
+    gw = gateway_factory(text, options={"schoolgate_illegal_dir": str(tier), "schoolgate_lists_fetch": False,
+                                        "schoolgate_reload_ms": 200})
+    assert curl(gw, "http://newly-listed.example/page").status == 200
+    gw.write_policy(text.replace("[categories]", '[categories]\ngames = "sometimes"'))
+    wait_for(lambda: "policy change refused" in gw.log_text())
+    # The IWF's next update arrives while policy.toml is still broken.
+    listed = tier / "iwf" / "iwf-urls.txt"
+    listed.write_text(listed.read_text() + "newly-listed.example\n")
+    os.utime(listed, ns=(time.time_ns() + 2_000_000_000,) * 2)  # beat a coarse mtime
+    wait_for(lambda: curl(gw, "http://newly-listed.example/page").status == 403)

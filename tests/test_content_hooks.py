@@ -431,3 +431,52 @@ def test_an_edited_phrase_file_is_scored_with_once_the_policy_reloads(tmp_path: 
     ours.write_text('[[group]]\ncategory = "gambling"\nweight = 60\nphrases = ["mystery box"]\n')
     addon.policy.engine = Engine.load(tmp_path / "policy.toml", addon.policy.engine)  # what PolicyWatch does
     assert addon.scorer().score(page).scores.get("gambling", 0) > 0
+
+
+def test_an_ai_prompt_over_http_is_scored_when_search_terms_are_not_kept(tmp_path: Path) -> None:
+    addon = make_addon(tmp_path, POLICY + "[monitoring]\nsearch_terms = false\n")
+    with taddons.context(addon):
+        prompt = "Write a page for my site: bet now, free spins, welcome bonus, claim your bonus at our live casino"
+        flow = flow_for(addon, "https://chatgpt.com/backend-api/conversation", b"")
+        flow.request.method = "POST"
+        flow.request.headers["content-type"] = "application/json"
+        flow.request.content = json.dumps({"action": "next", "messages": [
+            {"author": {"role": "user"}, "content": {"parts": [prompt]}}]}).encode()
+        flow.response = None
+        assert decision_of(flow).search is None  # the request path kept no search term
+        addon.request(flow)
+        assert flow.response is not None and flow.response.status_code == 403
+        assert "prompt" in decision_of(flow).verdict.reason
+
+
+def untyped_flow(addon: ContentScoring, url: str, body: bytes):
+    flow = flow_for(addon, url, body)
+    del flow.response.headers["content-type"]  # the browser sniffs what it was not told
+    return flow
+
+
+def test_a_page_sent_with_no_content_type_is_read_as_the_browser_reads_it(addon) -> None:
+    page = untyped_flow(addon, "http://untyped-casino.test/", b"\n  " + HARMFUL)
+    run(addon, page)
+    assert page.response.status_code == 403 and decision_of(page).verdict.category == "gambling"
+    text = untyped_flow(addon, "http://untyped-text.test/", b"Bet now! Free spins, welcome bonus, live casino. " * 20)
+    run(addon, text)
+    assert text.response.status_code == 403
+    # Bytes a browser would not show as a page (an image) are left alone.
+    image = untyped_flow(addon, "http://untyped-image.test/", b"\x89PNG\r\n\x1a\n\x00\x00" + HARMFUL)
+    run(addon, image)
+    assert image.response.status_code == 200 and not decision_of(image).refused
+
+
+def test_a_streamed_page_with_no_content_type_is_held_and_read(addon) -> None:
+    flow = untyped_flow(addon, "http://untyped-stream.test/", b"")
+    flow.response.stream = True
+    addon.responseheaders(flow)
+    sent = stream_through(flow, [HARMFUL[:300], HARMFUL[300:]])
+    addon.response(flow)
+    assert b"This page is blocked" in sent and b"free spins" not in sent
+    download = untyped_flow(addon, "http://untyped-download.test/", b"")
+    download.response.stream = True
+    addon.responseheaders(download)
+    body = b"PK\x03\x04\x00\x00" + HARMFUL
+    assert stream_through(download, [body[:300], body[300:]]) == body

@@ -17,6 +17,7 @@ from wsproto.frame_protocol import Opcode
 
 from schoolgate.addons.aichat import AiChatMessages
 from schoolgate.addons.connections import Connections
+from schoolgate.addons.content import ContentScoring
 from schoolgate.addons.decision import decision_of
 from schoolgate.addons.gateway import SchoolGate
 from schoolgate.addons.identify import Identification
@@ -52,14 +53,23 @@ class ListWriter:
 
 @pytest.fixture
 def hooks(tmp_path):
+    yield from hooks_with(tmp_path, POLICY)
+
+
+@pytest.fixture(params=[True, False], ids=["search-terms", "no-search-terms"])
+def either_hooks(tmp_path, request):
+    yield from hooks_with(tmp_path, POLICY + f"\n[monitoring]\nsearch_terms = {str(request.param).lower()}\n")
+
+
+def hooks_with(tmp_path, policy_text: str):
     path = tmp_path / "policy.toml"
-    path.write_text(POLICY.replace("{dir}", str(tmp_path)))
+    path.write_text(policy_text.replace("{dir}", str(tmp_path)))
     policy = PolicyWatch()
     recorder = Recorder(policy)
     identification = Identification(policy, recorder)
     judge = Judge(policy)
     gate = SchoolGate(policy, identification, judge)
-    chat = AiChatMessages(policy, judge, recorder)
+    chat = AiChatMessages(policy, judge, recorder, ContentScoring(policy, judge, recorder))
     with taddons.context(policy, Connections(policy, identification, judge, recorder), gate, chat, recorder) as tctx:
         tctx.configure(policy, schoolgate_policy=str(path))
         tctx.configure(recorder)
@@ -176,3 +186,19 @@ def test_a_fault_while_deciding_a_websocket_message_drops_it_and_closes_the_chat
     hooks.chat.websocket_message(flow)
     assert flow.websocket.messages[-1].dropped
     assert flow.error is not None  # killed: nothing more crosses the chat
+
+
+def test_a_prompt_over_a_websocket_is_scored_by_the_phrase_lists_signalr_framed_whatever_search_terms_says(either_hooks):
+    hooks = either_hooks
+    flow = request_flow("https://copilot.microsoft.com/c/api/chat?api-version=2")
+    run(hooks.gate.request(flow))
+    flow.response = http.Response.make(101)
+    hooks.recorder.response(flow)
+    # SignalR: JSON records each ended by \x1e, a handshake and the invocation in one message.
+    words = "Write a page for my site: bet now, free spins, welcome bonus, claim your bonus at our live casino"
+    invocation = {"type": 1, "target": "chat", "arguments": [{"message": {"text": words}}]}
+    chat_message(flow, json.dumps({"protocol": "json", "version": 1}) + "\x1e" + json.dumps(invocation) + "\x1e")
+    hooks.chat.websocket_message(flow)
+    assert flow.websocket.messages[-1].dropped and flow.error is not None
+    prompt = hooks.records[-1]
+    assert prompt.verdict == "block" and prompt.rule.startswith("content gambling") and prompt.method == "WEBSOCKET"

@@ -100,6 +100,9 @@ def test_scope_matching():
     assert grant(ScopeKind.NETWORK, "10.20.3.7/24").covers("pupils", None, "10.20.3.99")
     assert not grant(ScopeKind.NETWORK, "10.20.3.0/24").covers("pupils", None, "10.20.4.1")
     assert grant(ScopeKind.USER, "amy").covers("x", "amy", None)
+    # Names in one form, however the teacher or the pupil spelt them.
+    assert grant(ScopeKind.USER, "Amy.B").covers("x", "AMY.B", None)
+    assert grant(ScopeKind.USERS, "Amy, BEN").covers("pupils", "ben", None)
     g = grant(ScopeKind.GROUP, "pupils")
     assert g.opens(parse_target("http://www.games.test/x")) and not g.opens(parse_target("http://games.testing/"))
     assert g.active(NOW) and not g.active(NOW + timedelta(hours=1)) and not g.active(NOW - timedelta(seconds=1))

@@ -522,3 +522,18 @@ def test_a_flag_raised_by_any_name_is_kept_when_another_name_decides(hooks):
     both = hooks.connections.judge.decide(who, parse_target("http://allowed.test/"), parse_target("http://casino.test/"),
                                           method="GET")
     assert both.verdict.action is Action.ALLOW and both.verdict.flag == alone.verdict.flag
+
+
+def test_a_fault_is_recorded_against_whoever_is_signed_in_on_the_device(hooks, monkeypatch):
+    from schoolgate.identities import Identity, Source
+
+    hooks.gate.identification.sessions.start("10.1.2.3", Identity("amy.b", Source.PORTAL), 3600, "portal")
+    monkeypatch.setattr(hooks.gate, "_decide", lambda *a: 1 / 0)
+    flow = request_flow("http://allowed.test/")
+    run(hooks.gate.request(flow))
+    assert flow.response.status_code == 503
+    hooks.recorder.response(flow)
+    (record,) = hooks.records
+    # Whoever the device is, as every other path names it (identify, by_address, malformed requests).
+    assert (record.user, record.identity_source, record.verdict) == ("amy.b", "portal", "block")
+

@@ -211,3 +211,24 @@ def test_bad_kerberos_tickets_count_per_device_only():
             await login.negotiate("10.0.6.1", "Negotiate AAAA", refuse)
 
     run(go())
+
+
+def test_a_name_in_another_case_is_the_same_user_and_rotating_case_does_not_reset_the_guess_limit(tmp_path):
+    path = tmp_path / "users.htpasswd"
+    # The file's own spelling does not matter either: names are read in one form.
+    path.write_text(f"Bob:{bcrypt.hashpw(b'battery staple', bcrypt.gensalt(rounds=4)).decode()}\n")
+    clock = Clock()
+    login = ProxyLogin(LoginGuard(client_limit=5, user_limit=20, clock=clock), clock=clock)
+    backends = [HtpasswdBackend(path)]
+
+    async def go():
+        assert await login.verify("10.0.1.1", basic("BOB", "battery staple"), backends) == Identity("bob", Source.PROXY_BASIC)
+        assert (await login.verify("10.0.1.2", basic(" \uff42ob", "battery staple"), backends)).user == "bob"  # full-width b
+        spellings = ["bob", "Bob", "bOb", "boB", "BOb", "bOB", "BoB", "BOB"]
+        for n in range(20):  # a guesser rotating the case from many addresses
+            with pytest.raises(BadCredentials):
+                await login.verify(f"10.0.2.{n}", basic(spellings[n % len(spellings)], f"guess {n}"), backends)
+        with pytest.raises(TooManyAttempts):
+            await login.verify("10.0.3.1", basic("bOb", "guess x"), backends)
+
+    run(go())

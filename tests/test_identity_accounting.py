@@ -160,3 +160,20 @@ def test_sessions_are_shared_between_gateway_processes_through_the_database(tmp_
         await store.engine.dispose()
 
     asyncio.run(go())
+
+
+def test_a_controller_naming_a_user_in_another_case_names_the_same_user(settings):
+    sessions = AddressSessions(Clock())
+
+    async def go():
+        listener = await AccountingListener.start(settings, sessions)
+        try:
+            start = "User-Name = 'SCHOOL\\\\Amy.B', Framed-IP-Address = 10.20.1.7, Acct-Status-Type = Start"
+            assert await radclient(listener.port, start)
+            assert sessions.get("10.20.1.7") == Identity("amy.b", Source.ACCOUNTING)
+            assert await radclient(listener.port, "User-Name = AMY.B, Framed-IP-Address = 10.20.1.7, Acct-Status-Type = Stop")
+            assert sessions.get("10.20.1.7") is None
+        finally:
+            listener.close()
+
+    asyncio.run(go())

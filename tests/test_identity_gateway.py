@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import bcrypt
 import pytest
 
+from schoolgate.cli import main
+
 from support.clients import curl
+from support.waiting import wait_for
 
 POLICY = """\
 [gateway]
@@ -88,3 +91,44 @@ def test_the_sixth_wrong_guess_is_refused_without_a_check_and_the_journal_names_
     log = gateway.log_text()
     assert "a proxy login was refused unchecked" in log
     assert "alice" not in log and pupil not in log and "guess 4" not in log
+
+
+CASE_POLICY = """\
+[gateway]
+default_group = "pupils"
+
+[categories]
+games = "block"
+
+[auth]
+htpasswd = "HTPASSWD"
+
+[groups.staff]
+users = ["J.Smith"]
+[groups.staff.categories]
+games = "allow"
+
+[groups.pupils]
+networks = ["127.0.0.0/8"]
+
+[exceptions]
+teacher_groups = ["pupils"]
+"""
+
+
+def test_a_user_name_typed_in_another_case_keeps_its_group_and_its_exception(gateway_factory, upstream, tmp_path, capsys):
+    path = tmp_path / "users.htpasswd"
+    path.write_text("".join(f"{user}:{bcrypt.hashpw(password, bcrypt.gensalt(rounds=4)).decode()}\n"
+                            for user, password in [("j.smith", b"smith-pw"), ("amy.b", b"amy-pw")]))
+    gateway = gateway_factory(CASE_POLICY.replace("HTPASSWD", str(path)), options={"schoolgate_live_ms": 200})
+    assert curl(gateway, "http://games.test/", user="j.SMITH", password="smith-pw").status == 200  # staff, as listed
+    assert curl(gateway, "http://games.test/", user="amy.b", password="amy-pw").status == 403
+    assert main(["exceptions", "grant", "games.test", "--for", "user:Amy.B", "--until", "+10m", "--reason", "maths",
+                 "--policy", str(gateway.policy_path)]) == 0
+    capsys.readouterr()
+    # The exception covers amy however either side spelt her name.
+    wait_for(lambda: curl(gateway, "http://games.test/", user="AMY.B", password="amy-pw").status == 200)
+    gateway.stop()
+    with sqlite3.connect(gateway.db_path) as db:
+        rows = db.execute("SELECT username, group_name, verdict FROM access_log ORDER BY seq").fetchall()
+    assert rows[0] == ("j.smith", "staff", "allow") and rows[-1] == ("amy.b", "pupils", "allow")

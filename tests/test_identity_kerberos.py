@@ -73,6 +73,7 @@ def test_a_real_ticket_names_the_user_and_a_replay_does_not(realm):
     assert (identity.user, identity.source) == ("amy.b", Source.KERBEROS)
     with pytest.raises(BadTicket):
         negotiate.accept(header)  # the same authenticator again: the replay cache refuses it
+    assert negotiate.accept(token_for(realm, "Ann.Lee")).user == "ann.lee"  # named as every other source names her
     with pytest.raises(BadTicket):
         negotiate.accept("Negotiate " + base64.b64encode(b"NTLMSSP\0\x01\0\0\0").decode())
     with pytest.raises(BadTicket):

@@ -14,6 +14,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from schoolgate.addons.identity import HtpasswdBackend, ProxyLogin
+from schoolgate.addons.oidc import OidcClient
 from schoolgate.addons.portal import CSRF_COOKIE, PortalPages, School, portal_url
 from schoolgate.identities import AddressSessions, Identity, Source
 from schoolgate.policy import OidcSettings, PortalSettings
@@ -105,6 +106,7 @@ def test_the_page_escapes_what_it_echoes(portal):
 
 
 def oidc_settings(provider, **kw) -> PortalSettings:
+    kw.setdefault("allowed_domains", ("school.test",))
     return PortalSettings(host="signin.test", passwords=False,
                           oidc=OidcSettings(issuer=provider.issuer, client_id=CLIENT_ID, **kw))
 
@@ -143,3 +145,47 @@ def test_a_callback_on_another_device_or_an_outside_account_is_refused(portal, p
     provider.next_user = {"preferred_username": "someone@gmail.test"}
     outside = oidc_round(portal, provider, settings)
     assert b"did not work" in outside.content and portal.sessions.get(PUPIL) is None
+
+
+def test_without_allowed_domains_no_outside_account_passes_for_a_school_user(portal, provider):
+    # Any account at the provider (a gmail address) would otherwise sign in as the school's amy.b.
+    provider.next_user = {"preferred_username": "amy.b@gmail.test"}
+    refused = oidc_round(portal, provider, oidc_settings(provider, allowed_domains=()))
+    assert b"did not work" in refused.content and portal.sessions.get(PUPIL) is None
+    # The school's own account, in whatever case the provider spells it, is the one user.
+    provider.next_user = {"preferred_username": "Amy.B@School.Test"}
+    oidc_round(portal, provider, oidc_settings(provider))
+    assert portal.sessions.get(PUPIL) == Identity("amy.b", Source.PORTAL)
+
+
+def test_signing_out_of_the_page_ends_only_the_session_the_page_made(portal, htpasswd):
+    settings = PortalSettings(host="signin.test")
+    # The Wi-Fi controller (RADIUS accounting) says ben is on this device; the page did not sign him in.
+    wifi = Identity("ben.c", Source.ACCOUNTING)
+    portal.sessions.start(PUPIL, wifi, 3600, "10.0.0.250")
+    token = csrf_of(answer(portal, flow("https://signin.test/"), settings, [htpasswd]))
+    answer(portal, flow("https://signin.test/sign-out", "POST", f"csrf={token}", token), settings, [htpasswd])
+    assert portal.sessions.get(PUPIL) == wifi  # a pupil cannot shed the Wi-Fi's name for the device by signing out
+
+
+def test_sign_ins_started_and_never_finished_are_bounded_oldest_first(provider):
+    clock = [1000.0]
+    client = OidcClient(oidc_settings(provider).oidc, clock=lambda: clock[0])
+    client.MAX_PENDING = 3
+
+    def start(n: int) -> str:
+        location = asyncio.run(client.start(PUPIL, "https://signin.test/callback", "https://x.test/" + "a" * n))
+        return parse_qs(urlsplit(location).query)["state"][0]
+
+    states = [start(n) for n in range(5)]  # a pupil starting sign-ins as fast as they like
+    assert list(client._pending) == states[2:]
+    clock[0] += 600  # ten minutes on, every unfinished one has lapsed
+    fresh = start(0)
+    assert list(client._pending) == [fresh]
+
+
+def test_an_overlong_place_to_go_back_to_is_not_kept_with_the_sign_in(portal, provider):
+    settings = oidc_settings(provider)
+    answer(portal, flow("https://signin.test/oidc?to=https%3A%2F%2Fx.test%2F" + "a" * 5000), settings)
+    answer(portal, flow("https://signin.test/oidc?to=https%3A%2F%2Fx.test%2Fshort"), settings)
+    assert [p.back_to for p in portal.oidc(settings)._pending.values()] == ["", "https://x.test/short"]

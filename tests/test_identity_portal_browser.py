@@ -34,6 +34,7 @@ session_hours = 2
 [portal.oidc]
 issuer = "ISSUER"
 client_id = "CLIENT"
+allowed_domains = ["school.test"]
 
 [groups.byod]
 title = "Visitors and own devices"

@@ -22,6 +22,7 @@ PURE = [
     "schoolgate.explain",
     "schoolgate.schedules",
     "schoolgate.identities",
+    "schoolgate.mediatypes",
     "schoolgate.categories.taxonomy",
     "schoolgate.categories.index",
     "schoolgate.categories.lexicon",

@@ -247,3 +247,15 @@ def test_the_shipped_policy_gives_staff_raw_tunnels_and_pupils_none():
     policy = load_policy(REPO / "policy.toml")
     assert policy.groups["staff"].raw_tunnels is Action.ALLOW
     assert all(g.raw_tunnels is Action.BLOCK for name, g in policy.groups.items() if name.startswith("pupils"))
+
+
+def test_openid_connect_needs_the_schools_account_domains(tmp_path):
+    text = MINIMAL + '[portal]\nhost = "signin.test"\npasswords = false\n[portal.oidc]\nissuer = "https://login.test"\nclient_id = "c"\n'
+    assert [m for _, m in problems(tmp_path, text) if "allowed_domains" in m]
+    assert load_policy(write(tmp_path, text + 'allowed_domains = ["school.test"]\n')).portal.oidc.enabled
+
+
+def test_group_users_are_matched_in_one_form(tmp_path):
+    policy = load_policy(write(tmp_path, MINIMAL + '[groups.staff]\nusers = ["Mrs.Khan"]\n'))
+    assert policy.groups["staff"].users == frozenset({"mrs.khan"})
+    assert policy.group_for("10.1.2.3", "MRS.KHAN")[0].name == "staff"

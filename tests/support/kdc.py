@@ -18,7 +18,7 @@ from .waiting import wait_for
 
 REALM = "SCHOOL.TEST"
 SERVICE = "HTTP/localhost"
-PRINCIPALS = {"amy.b": "amy-pw", "mr.smith": "smith-pw"}
+PRINCIPALS = {"amy.b": "amy-pw", "mr.smith": "smith-pw", "Ann.Lee": "ann-pw"}  # Ann.Lee: a name with capitals
 BINARIES = ["/usr/sbin/krb5kdc", "/usr/sbin/kdb5_util", "/usr/sbin/kadmin.local", "/usr/bin/kinit"]
 
 
