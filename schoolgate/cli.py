@@ -225,8 +225,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"source:     {verdict.source}")
     print(f"categories: {', '.join(verdict.categories) or '(none)'}")
     if target.scheme == "https":
-        intercepted = policy.intercepts(target.host, set(verdict.categories))
-        print(f"https:      {'decrypted (block page can be shown)' if intercepted else 'passed through undecrypted, decided by name'}")
+        from schoolgate.decrypt import decryption
+
+        tls = decryption(engine, decisive.host, group, verdict, user=args.user, client_ip=args.client)
+        print(f"https:      {'decrypted' if tls.decrypt else 'passed through undecrypted, decided by name'} ({tls.reason})")
     return 0
 
 

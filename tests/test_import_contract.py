@@ -18,6 +18,7 @@ PURE = [
     "schoolgate.grants",
     "schoolgate.decide",
     "schoolgate.engine",
+    "schoolgate.decrypt",
     "schoolgate.schedules",
     "schoolgate.identities",
     "schoolgate.categories.taxonomy",
