@@ -10,10 +10,10 @@ import ssl
 
 import httpx
 import pytest
+from test_gateway import records
 
 from support.clients import curl, httpx_client
 from support.upstream import bytes_body
-from test_gateway import records
 
 POLICY = """\
 [gateway]
