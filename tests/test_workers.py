@@ -121,3 +121,28 @@ def test_workers_share_one_address_restart_after_a_crash_and_flush_on_sigterm(
     for instance in {instance for instance, _ in rows}:
         seqs = [seq for name, seq in rows if name == instance]
         assert seqs == list(range(1, len(seqs) + 1)), f"{instance}: {seqs}"
+
+
+def test_the_gateway_process_runs_only_the_mitmproxy_addons_it_needs():
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.addons import anticache, dumper, modifyheaders, next_layer, proxyserver, script, tlsconfig
+
+    from schoolgate.proxy import GatewayMaster
+
+    async def chain() -> list[type]:
+        return [type(addon) for addon in GatewayMaster(options.Options()).addons.chain]
+
+    loaded = asyncio.run(chain())
+    assert {proxyserver.Proxyserver, script.ScriptLoader, next_layer.NextLayer, tlsconfig.TlsConfig} <= set(loaded)
+    assert not {dumper.Dumper, anticache.AntiCache, modifyheaders.ModifyHeaders} & set(loaded)
+    assert len(loaded) <= 14  # mitmdump: 36
+
+
+def test_an_option_of_a_left_out_addon_is_refused_not_ignored(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "schoolgate.workers", "--listen-host", "127.0.0.1", "--listen-port", "0",
+                           "--set", f"confdir={tmp_path}", "--set", "modify_headers=/~q/X-Test/1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "modify_headers belongs to mitmproxy's ModifyHeaders add-on" in done.stdout + done.stderr
