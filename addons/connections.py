@@ -154,18 +154,20 @@ class Connections:
             return None
         who = tunnel.who if tunnel is not None else self.identification.by_address(client)
         candidates, shape = decided_targets(*candidates)
-        decision = self.judge.decide(who, *candidates, method=tunnel.method if tunnel else "TLS", kind=Kind.TUNNEL,
-                                     seen_as=shape, gateway_address=_gateway_address(client))
-        if decision.verdict.action is Action.WARN and not decision.refused and not self._decrypts(decision):
-            decision.note = "not decrypted: the warning page could not be shown"
-        return decision
+        return self.judge.decide(who, *candidates, method=tunnel.method if tunnel else "TLS", kind=Kind.TUNNEL,
+                                 seen_as=shape, gateway_address=_gateway_address(client))
 
     def _decrypts(self, decision: Decision) -> bool:
+        """Whether this TLS connection is decrypted; one that is not says so in its record."""
         engine = self.policy.engine
         assert engine is not None
         who = decision.who
-        return decryption(engine, decision.target.host, who.group, decision.verdict,
-                          user=who.user, client_ip=who.client_ip).decrypt
+        if decryption(engine, decision.target.host, who.group, decision.verdict,
+                      user=who.user, client_ip=who.client_ip).decrypt:
+            return True
+        warned = decision.verdict.action is Action.WARN  # only where [tls] never decrypts it
+        decision.note = "not decrypted: the warning page could not be shown" if warned else "not decrypted"
+        return False
 
     def _passed_through(self, relay: Passthrough) -> None:
         """A relayed connection is over (or could not be opened): its record, with what crossed it."""
@@ -174,9 +176,7 @@ class Connections:
         if error and REFUSED_UPSTREAM in error:
             decision.block(replace(decision.verdict, action=Action.BLOCK), error.split(": ", 1)[-1])
         elif error:
-            decision.note = f"not decrypted; the site could not be reached: {error}"
-        else:
-            decision.note = "not decrypted"
+            decision.note += f"; the site could not be reached: {error}"
         self.recorder.record(decision, bytes_in=relay.sent, bytes_out=relay.received)
 
     def client_disconnected(self, client: connection.Client) -> None:

@@ -226,7 +226,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if target.scheme == "https":
         from schoolgate.decrypt import decryption
 
-        tls = decryption(engine, decisive.host, group, verdict, user=args.user, client_ip=args.client)
+        tls = decryption(engine, target.host, group, verdict, user=args.user, client_ip=args.client)
         print(f"https:      {'decrypted' if tls.decrypt else 'passed through undecrypted, decided by name'} ({tls.reason})")
     return 0
 
