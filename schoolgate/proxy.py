@@ -10,6 +10,9 @@ choice of protocol layers, DNS, the global-client block, h2c refusal, upstream-p
 credentials, and script loading (the schoolgate add-ons are addons/script.py, loaded
 with `-s` as before, so other scripts can sit beside it).
 
+mitmproxy also follows every flow event with an `update` event for its flow lists (the
+console, mitmweb): here it is sent only when a loaded add-on listens for it.
+
 The options of the add-ons left out stay registered, so every mitmdump argument still
 parses, but setting one is refused at start (it would do nothing): a school that needs
 one of them runs mitmdump with `-s addons/script.py` instead.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from mitmproxy import addonmanager, addons, exceptions, master, options
+from mitmproxy import addonmanager, addons, exceptions, flow, hooks, master, options
 from mitmproxy.addons import (
     block,
     core,
@@ -46,9 +49,36 @@ KEPT = (core.Core, block.Block, strip_dns_https_records.StripDnsHttpsRecords, di
 _QUIET = (dumper.Dumper,)
 
 
+class _Addons(addonmanager.AddonManager):
+    """mitmproxy follows every flow event with an `update` event, for its flow lists (the console,
+    mitmweb): a second pass over every add-on. The gateway's add-ons have no `update`, so it is
+    sent only while one that has is loaded (a school's own script may be)."""
+
+    _listened: bool | None = None  # worked out again after any add-on comes or goes
+
+    def register(self, addon):
+        self._listened = None
+        return super().register(addon)
+
+    def remove(self, addon):
+        self._listened = None
+        super().remove(addon)
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        await self.trigger_event(event)
+        message = event.args()[0]
+        if isinstance(message, flow.Flow):
+            if self._listened is None:
+                self._listened = any(hasattr(addon, "update") for addon in addonmanager.traverse(self.chain))
+            if self._listened:
+                await self.trigger_event(hooks.UpdateHook([message]))
+
+
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=True)
+        self.addons = _Addons(self)
+        self.addons.add(self._termlog_addon)
         left_out: dict[str, str] = {}
         for addon in (*addons.default_addons(), dumper.Dumper(), readfile.ReadFileStdin(),
                       keepserving.KeepServing(), errorcheck.ErrorCheck()):

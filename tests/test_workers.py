@@ -146,3 +146,44 @@ def test_an_option_of_a_left_out_addon_is_refused_not_ignored(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "modify_headers belongs to mitmproxy's ModifyHeaders add-on" in done.stdout + done.stderr
+
+
+def test_the_update_event_goes_only_to_a_gateway_with_an_addon_that_listens():
+    import asyncio
+
+    from mitmproxy import master, options
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+    from mitmproxy.test import tflow
+
+    from schoolgate.proxy import _Addons
+
+    class Counts:
+        def __init__(self) -> None:
+            self.requests = self.updates = 0
+
+        def request(self, _flow) -> None:
+            self.requests += 1
+
+    class Listens(Counts):
+        def update(self, _flows) -> None:
+            self.updates += 1
+
+    async def sent(addon: Counts) -> list[str]:
+        gateway = master.Master(options.Options())
+        gateway.addons = _Addons(gateway)
+        gateway.addons.add(addon)
+        events: list[str] = []
+        trigger = gateway.addons.trigger_event
+
+        async def counted(event):
+            events.append(event.name)
+            await trigger(event)
+
+        gateway.addons.trigger_event = counted  # type: ignore[method-assign]
+        await gateway.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        assert addon.requests == 1
+        return events
+
+    listens = Listens()
+    assert asyncio.run(sent(listens)) == ["request", "update"] and listens.updates == 1
+    assert asyncio.run(sent(Counts())) == ["request"]  # mitmproxy's own AddonManager sends both
