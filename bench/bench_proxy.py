@@ -12,7 +12,8 @@ are measured in interleaved rounds (A B C, A B C, ...), so a noisy neighbour on 
 hits them alike; the figure printed is the median round.
 
 - **http (wrk)**: `wrk -t1 -c16` keep-alive GETs in absolute form through the proxy
-  (`Host: www.allowed.bench`, allowed by the school's list).
+  (`Host: www.allowed.bench`, allowed by the school's list); schoolgate also as plain
+  `mitmdump -s addons/script.py` (all of mitmdump's add-ons), to show what the lean process saves.
 - **https mix**: wrk cannot CONNECT, so a Python asyncio client opens tunnels: CONNECT, TLS
   (SNI as below), then 10 keep-alive GETs. 80% of tunnels go to allowed-by-name sites
   (`siteN.allowed.bench`), 10% to a search engine (`www.bing.com/search?q=...`), 10% to a
@@ -166,6 +167,18 @@ def start_schoolgate(work: Path, name: str, decrypt: str = "needed", workers: in
                "--listen-host", "127.0.0.1", "--listen-port", str(port), "--workers", str(workers), "--quiet",
                "--", "--set", "ssl_insecure=true"]
     return _start(name, command, port, home, settle=8.0)
+
+
+def start_schoolgate_on_mitmdump(work: Path) -> Proxy:
+    """The same add-ons on plain mitmdump (its ~36 add-ons), to show what the lean process saves."""
+    home = work / "on-mitmdump"
+    home.mkdir()
+    (home / "policy.toml").write_text(POLICY.format(dir=home, decrypt="needed"))
+    (port,) = free_ports(1)
+    command = [str(mitmdump_path()), "-q", "-s", str(REPO / "addons" / "script.py"), "--listen-host", "127.0.0.1",
+               "--listen-port", str(port), "--set", f"confdir={home / 'ca'}", "--set", "connection_strategy=lazy",
+               "--set", f"schoolgate_policy={home / 'policy.toml'}", "--set", "ssl_insecure=true"]
+    return _start("schoolgate on mitmdump -s", command, port, home, settle=8.0)
 
 
 def start_mitmdump(work: Path) -> Proxy:
@@ -337,6 +350,7 @@ def main() -> None:
             proxies.append(start_mitmdump(work))
             proxies.append(start_schoolgate(work, "schoolgate run (decrypt=needed)"))
             proxies.append(start_schoolgate(work, "schoolgate run (decrypt=all)", decrypt="all"))
+            proxies.append(start_schoolgate_on_mitmdump(work))
             e2 = start_e2guardian(work)
             if e2 is not None:
                 proxies.append(e2)
