@@ -16,10 +16,14 @@ import asyncio
 import logging
 import socket
 import weakref
+from collections.abc import Callable
+from dataclasses import replace
 
 from mitmproxy import connection, ctx, dns, http, tcp, tls, udp
 from mitmproxy.net.dns import response_codes
-from mitmproxy.proxy import mode_specs, server_hooks
+from mitmproxy.proxy import events, layer, layers, mode_specs, server_hooks
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, attach
 from schoolgate.addons.embedded import decided_targets
@@ -28,6 +32,7 @@ from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import connect_refused, fail_closed, refuse, text
+from schoolgate.decrypt import decryption
 from schoolgate.policy import Action
 from schoolgate.urls import InvalidHost, Target, target_from_parts
 
@@ -44,6 +49,9 @@ class Connections:
         self.recorder = recorder
         # The decision on each client connection's CONNECT or TLS name, until its handshake is over.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
+        # TLS decided in next_layer to be decrypted, for tls_clienthello; connections relayed undecrypted.
+        self.hellos: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
+        self.relays: weakref.WeakKeyDictionary[connection.Client, Passthrough] = weakref.WeakKeyDictionary()
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -75,35 +83,106 @@ class Connections:
             return
         self.tunnels[flow.client_conn] = decision
 
+    def load(self, loader) -> None:
+        # mitmproxy asks script add-ons before its own NextLayer, which picks the TLS layers that
+        # `relay_undecrypted` may replace (and can wait for the rest of a ClientHello only once
+        # they are picked): so that hook goes at the end of mitmproxy's chain, after NextLayer.
+        if ctx.master.addons.get(_AfterNextLayer.name) is None:
+            ctx.master.addons.add(_AfterNextLayer(self.relay_undecrypted))
+
+    @fail_closed
+    def relay_undecrypted(self, nextlayer: layer.NextLayer) -> None:
+        """A TLS connection that need not be decrypted is handed to a plain relay here, before
+        any TLS layer runs: decided by name (CONNECT and TLS server name), relayed without
+        a hook per chunk, and recorded with its bytes and duration when it closes. Anything
+        else (a blocked name, one that needs decrypting, a ClientHello that does not parse)
+        keeps mitmproxy's TLS layers and `tls_clienthello` below."""
+        chosen = nextlayer.layer
+        if not (isinstance(chosen, layers.ServerTLSLayer) and isinstance(chosen.child_layer, layers.ClientTLSLayer)
+                and nextlayer.context.client.transport_protocol == "tcp"):
+            return
+        try:
+            hello = parse_client_hello(nextlayer.data_client())
+        except ValueError:
+            return  # not a ClientHello mitmproxy can read either: its TLS layer fails it and says so
+        if hello is None:
+            nextlayer.layer = None  # the rest of the ClientHello is still on its way: asked again with more data
+            return
+        context = nextlayer.context
+        decision = self._decide_hello(context.client, context.server.address, hello.sni)
+        if decision is None or decision.refused or self._decrypts(decision):
+            if decision is not None:
+                self.hellos[context.client] = decision
+            return
+        self.tunnels.pop(context.client, None)
+        relay = Passthrough(context, decision, self._passed_through)
+        self.relays[context.client] = relay
+        nextlayer.layer = relay
+
     @fail_closed
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """Decide by the TLS server name (the only name there is in transparent mode, and
         one a client could set apart from its CONNECT), then decrypt or pass through.
         A blocked name is always decrypted: the pupil sees the block page (or, on a device
-        without the school CA, a failed handshake), never the site."""
+        without the school CA, a failed handshake), never the site. Usually `next_layer`
+        has decided already; a connection it could not hand to a relay is passed through here,
+        recorded by name without its bytes."""
         client = data.context.client
-        tunnel = self.tunnels.get(client)
-        address = data.context.server.address
-        names = [n for n in (data.client_hello.sni, address[0] if address else None) if n]
-        if not names:
+        decision = self.hellos.pop(client, None) or self._decide_hello(client, data.context.server.address,
+                                                                       data.client_hello.sni)
+        if decision is None:
             return  # mitmproxy decrypts by default, so the request hook still decides
-        port = address[1] if address else 443
-        try:
-            candidates = [target_from_parts("https", name, port, "/") for name in dict.fromkeys(names)]
-        except InvalidHost:
-            return  # decrypted, as above
-        who = tunnel.who if tunnel is not None else self.identification.by_address(client)
-        candidates, shape = decided_targets(*candidates)
-        decision = self.judge.decide(who, *candidates, method=tunnel.method if tunnel else "TLS", kind=Kind.TUNNEL,
-                                     seen_as=shape, gateway_address=_gateway_address(client))
-        if decision.refused or self._intercepts(decision):
+        if decision.refused or self._decrypts(decision):
             self.tunnels[client] = decision
             return
         data.ignore_connection = True
         self.tunnels.pop(client, None)
-        if decision.verdict.action is Action.WARN:
-            decision.note = "not decrypted: the warning page could not be shown"
         self.recorder.record(decision)
+
+    def _decide_hello(self, client: connection.Client, address: connection.Address | None,
+                      sni: str | None) -> Decision | None:
+        """The decision on a TLS connection's names (its server name, and where it goes), in
+        the light of its CONNECT; None when it names nothing a decision can be made on."""
+        tunnel = self.tunnels.get(client)
+        names = [n for n in (sni, address[0] if address else None) if n]
+        if not names:
+            return None
+        port = address[1] if address else 443
+        try:
+            candidates = [target_from_parts("https", name, port, "/") for name in dict.fromkeys(names)]
+        except InvalidHost:
+            return None
+        who = tunnel.who if tunnel is not None else self.identification.by_address(client)
+        candidates, shape = decided_targets(*candidates)
+        return self.judge.decide(who, *candidates, method=tunnel.method if tunnel else "TLS", kind=Kind.TUNNEL,
+                                 seen_as=shape, gateway_address=_gateway_address(client))
+
+    def _decrypts(self, decision: Decision) -> bool:
+        """Whether this TLS connection is decrypted; one that is not says so in its record."""
+        engine = self.policy.engine
+        assert engine is not None
+        who = decision.who
+        if decryption(engine, decision.target.host, who.group, decision.verdict,
+                      user=who.user, client_ip=who.client_ip).decrypt:
+            return True
+        warned = decision.verdict.action is Action.WARN  # only where [tls] never decrypts it
+        decision.note = "not decrypted: the warning page could not be shown" if warned else "not decrypted"
+        return False
+
+    def _passed_through(self, relay: Passthrough) -> None:
+        """A relayed connection is over (or could not be opened): its record, with what crossed it."""
+        self.relays.pop(relay.context.client, None)
+        decision, error = relay.decision, relay.context.server.error
+        if error and REFUSED_UPSTREAM in error:
+            decision.block(replace(decision.verdict, action=Action.BLOCK), error.split(": ", 1)[-1])
+        elif error:
+            decision.note += f"; the site could not be reached: {error}"
+        self.recorder.record(decision, bytes_in=relay.sent, bytes_out=relay.received)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        relay = self.relays.get(client)
+        if relay is not None:  # closed before its relay saw both ends close
+            self._passed_through(relay)
 
     def tls_established_client(self, data: tls.TlsData) -> None:
         tunnel = self.tunnels.get(data.context.client)
@@ -116,7 +195,7 @@ class Connections:
             tunnel.note = "TLS interception failed: does this device trust the school certificate?"
             self.recorder.record(tunnel)
 
-    def _intercepts(self, decision: Decision) -> bool:
+    def _intercepts(self, decision: Decision) -> bool:  # whether it may be decrypted at all ([tls])
         assert self.policy.engine is not None
         return self.policy.engine.policy.intercepts(decision.target.host, set(decision.verdict.categories))
 
@@ -225,6 +304,42 @@ def _gateway_address(client: connection.Client) -> str | None:
     if not client.sockname or isinstance(client.proxy_mode, (mode_specs.WireGuardMode, mode_specs.LocalMode)):
         return None
     return client.sockname[0]
+
+
+class _AfterNextLayer:
+    name = "schoolgate-tls-relay"
+
+    def __init__(self, hook: Callable[[layer.NextLayer], None]) -> None:
+        self.next_layer = hook
+
+
+class Passthrough(layers.TCPLayer):
+    """A TLS connection relayed undecrypted, as mitmproxy relays an ignored connection (no
+    flow, no hook per chunk), counting the bytes each way; `done` is called once when
+    both ends have closed or the site could not be reached."""
+
+    def __init__(self, context: Context, decision: Decision, done: Callable[[Passthrough], None]) -> None:
+        super().__init__(context, ignore=True)
+        self.decision = decision
+        self.sent = self.received = 0
+        self._done = done
+
+    def start(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from super().start(event)
+        self._over()
+
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived):
+            if event.connection is self.context.client:
+                self.sent += len(event.data)
+            else:
+                self.received += len(event.data)
+        yield from super().relay_messages(event)
+        self._over()
+
+    def _over(self) -> None:
+        if self._handle_event == self.done:
+            self._done(self)
 
 
 def _as(scheme: str, target: Target) -> Target:

@@ -54,6 +54,7 @@ from schoolgate.categories.content import (
 )
 from schoolgate.categories.taxonomy import CATEGORIES, Severity
 from schoolgate.decide import Rule, Verdict
+from schoolgate.decrypt import scores_content
 from schoolgate.flags import Flag
 from schoolgate.mediatypes import charset_of, media_type
 from schoolgate.policy import Action, ContentSettings, Policy
@@ -448,16 +449,9 @@ class ContentScoring:
         listed site in a category that carries risk, or an AI chat service."""
         if decision is None or decision.kind is not Kind.HTTP or decision.refused or not settings.enabled:
             return False
-        if not decision.who.group.content_scoring:
-            return False
         if decision.outcome not in (Outcome.ALLOW, Outcome.MONITOR):
             return False  # a warning page, or a block page of our own
-        verdict = decision.verdict
-        if engine_for_host(decision.target.host) in AI_CHAT:
-            return True
-        if verdict.rule is Rule.DEFAULT:
-            return True
-        return verdict.rule is Rule.CATEGORY and any(c in settings.categories for c in verdict.categories)
+        return scores_content(decision.target.host, decision.verdict, decision.who.group, settings)
 
     def _job(self, flow: http.HTTPFlow, decision: Decision, settings: ContentSettings) -> ContentJob:
         block_at, flag_at = settings.thresholds(decision.who.group)

@@ -61,6 +61,12 @@ def embedded_targets(target: Target) -> list[Target]:
     return list(found.targets) if found else []
 
 
+def carries_sites(host: str) -> bool:
+    """Whether this host is a known carrier (translator, archive, cache, reader): which
+    site it carries is in each request's path or query, so only decrypting shows it."""
+    return _ANY_CARRIER.fullmatch(host) is not None
+
+
 def carried(target: Target) -> Carried | None:
     """What this request carries, or None for an ordinary request."""
     targets: list[Target] = []

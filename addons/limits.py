@@ -26,6 +26,9 @@ import time
 from collections import Counter
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layer
+from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from schoolgate.metrics import CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_CLOSED, CLIENT_CONNECTIONS_REFUSED
 
@@ -144,6 +147,13 @@ class Limits:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         self._waiting_since.pop(data.context.client.id, None)
 
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        # A whole ClientHello straight after connecting (transparent mode): the connection may be
+        # relayed undecrypted (addons/connections.py), and then tls_clienthello never runs.
+        data = nextlayer.data_client()
+        if starts_like_tls_record(data) and _whole_client_hello(data):
+            self._waiting_since.pop(nextlayer.context.client.id, None)
+
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self._waiting_since.pop(flow.client_conn.id, None)
 
@@ -184,3 +194,10 @@ class Limits:
             return False
         asyncio.get_running_loop().create_task(handler.on_timeout())
         return True
+
+
+def _whole_client_hello(data: bytes) -> bool:
+    try:
+        return parse_client_hello(data) is not None
+    except ValueError:
+        return False

@@ -127,6 +127,11 @@ class IllegalTier:
                         return hit
         return None
 
+    def has_url_entries(self, host: str) -> bool:
+        """Whether a request's path on this host could be listed. A hashed list hides
+        which hosts its URLs are on, so with one loaded every host could be."""
+        return bool(self._hashes) or host[url_host_start(host):] in self._urls
+
     def changed_on_disk(self) -> bool:
         return _stamps(self.directory) != self.stamps
 

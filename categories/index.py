@@ -206,6 +206,12 @@ class CategoryIndex:
                 start = host.rfind(".", 0, start - 1) + 1
         return list(found.values()) if found else []
 
+    def has_url_entries(self, host: str) -> bool:
+        """Whether any URL entry (a path on this host) is listed: then a request's
+        categories depend on its path, not only its host."""
+        value = self._value(host[url_host_start(host):].encode())
+        return value >= 0 and bool(value & _URL_FLAG)
+
     def _value(self, suffix: bytes) -> int:
         """The value stored for this host, or -1."""
         h = xxh3_64_intdigest(suffix)

@@ -40,9 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     confdir = Path(args.confdir or (Path(state) / "ca" if state else policy.path.parent / "var" / "ca")).resolve()
     confdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     script = files("schoolgate.addons").joinpath("script.py")
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    argv = [
-        str(mitmdump),
+    mitmdump_args = [
         "--quiet" if args.quiet else "--flow-detail=0",
         "-s", str(script),
         "--listen-host", args.listen_host,
@@ -65,9 +63,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"schoolgate: {args.workers} workers; metrics on http://{policy.gateway.metrics_address}:"
                   f"{policy.gateway.metrics_port}-{policy.gateway.metrics_port + args.workers - 1}/metrics", file=sys.stderr)
         workers.ensure_ca(confdir)
-        return workers.Supervisor(workers.plan(argv, args.workers, policy.gateway.metrics_port)).run()
+        return workers.Supervisor(workers.plan(mitmdump_args, args.workers, policy.gateway.metrics_port)).run()
     if policy.gateway.metrics_port:
         print(f"schoolgate: metrics on http://{policy.gateway.metrics_address}:{policy.gateway.metrics_port}/metrics", file=sys.stderr)
+    argv = workers.gateway_argv(mitmdump_args)
     os.execv(argv[0], argv)
 
 

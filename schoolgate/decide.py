@@ -42,6 +42,8 @@ from schoolgate.urls import Target, canonical_ip, ip_of, parent_domains, path_ma
 class CategoryLookup(Protocol):
     def lookup(self, host: str, match_path: str) -> list[CategoryHit]: ...
 
+    def has_url_entries(self, host: str) -> bool: ...
+
 
 class Rule(StrEnum):
     """Which kind of rule decided; the value is what access records store."""
@@ -103,6 +105,14 @@ class LocalLists:
                 return best
         return best
 
+    def url_entry_on(self, host: str) -> ListEntry | None:
+        """An entry with a path that can match a request on this host, if there is one."""
+        for domain in parent_domains(host):
+            for entry in self._by_host.get(domain, ()):
+                if entry.path:
+                    return entry
+        return None
+
 
 class Decider:
     def __init__(self, policy: Policy, categories: CategoryLookup,
@@ -135,6 +145,21 @@ class Decider:
         return replace(verdict, action=Action.BLOCK, rule=Rule.RAW_TUNNEL, matched=f"{target.host}:{target.port}",
                        reason=f"connections that are not web traffic are blocked for {group.title}",
                        source=f"[groups.{group.name}] raw_tunnels")
+
+    def path_rules(self, host: str, group: Group, user: str | None, client_ip: str | None,
+                   now: datetime | None = None) -> str | None:
+        """Why requests on this host can be decided apart by their path (so their TLS must
+        be decrypted to decide them), or None when the host name decides them all."""
+        if self.illegal is not None and self.illegal.has_url_entries(host):
+            return "the illegal-content list has addresses on this site"
+        if (entry := self.local.url_entry_on(host)) is not None:
+            return f"the school's list has {entry.text} ({entry.source})"
+        for grant in self._grants_for(group, user, client_ip, now):
+            if grant.kind == "url" and (host == grant.host or host.endswith("." + grant.host)):
+                return f"exception #{grant.id} opens {grant.what}"
+        if self.categories.has_url_entries(host):
+            return "a category list has addresses on this site"
+        return None
 
     def _decide(self, target: Target, group: Group, user: str | None, client_ip: str | None,
                 now: datetime | None, search_hit: RiskHit | None, seen_as: tuple[CategoryHit, ...]) -> Verdict:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from schoolgate.addons.embedded import decided_targets
 from schoolgate.decide import Verdict
+from schoolgate.decrypt import Decryption, decryption
 from schoolgate.engine import Engine
 from schoolgate.layers import TRUST
 from schoolgate.policy import Group, Policy
@@ -48,7 +49,7 @@ class Explanation:
     window: str | None  # the group's open time window, when the group has any
     verdict: Verdict
     layer: str | None  # with a trust baseline: whose rule decided
-    intercepted: bool | None  # for HTTPS: whether the gateway decrypts it (None for plain HTTP)
+    tls: Decryption | None  # for HTTPS: whether the gateway decrypts it, and why (None for plain HTTP)
 
     def lines(self, policy: Policy) -> list[tuple[str, str]]:
         """(label, text) pairs, in the order `explain` prints them."""
@@ -66,9 +67,9 @@ class Explanation:
         if v.source:
             rows.append(("source", v.source))
         rows.append(("categories", ", ".join(v.categories) or "(none)"))
-        if self.intercepted is not None:
-            rows.append(("https", "decrypted (block page can be shown)" if self.intercepted
-                         else "passed through undecrypted, decided by name"))
+        if self.tls is not None:
+            rows.append(("https", f"{'decrypted' if self.tls.decrypt else 'passed through undecrypted, decided by name'}"
+                                  f" ({self.tls.reason})"))
         return rows
 
 
@@ -83,6 +84,6 @@ def explain(engine: Engine, target: Target, group: Group, how: str, when: dateti
     layer = None
     if policy.trust is not None:
         layer = "the trust's baseline" if verdict.source.startswith(TRUST) else "this school's policy"
-    intercepted = policy.intercepts(target.host, set(verdict.categories)) if target.scheme == "https" else None
+    tls = decryption(engine, target.host, group, verdict, user=user, client_ip=client_ip) if target.scheme == "https" else None
     return Explanation(target=target, decisive=decisive, group=group, how=how, when=when, window=window,
-                       verdict=verdict, layer=layer, intercepted=intercepted)
+                       verdict=verdict, layer=layer, tls=tls)

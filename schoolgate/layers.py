@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from schoolgate.decide import Decider, Verdict
-from schoolgate.policy import Group, Policy
+from schoolgate.policy import Decrypt, Group, Policy
 from schoolgate.urls import Target
 
 TRUST = "trust baseline"
@@ -37,11 +37,12 @@ class Layered:
 
     def tightened(self, group: Group) -> Group:
         """The school's group with the trust's switches that only tighten (SafeSearch,
-        bare IP addresses, sign-in) turned on where the trust turns them on."""
+        bare IP addresses, sign-in, decrypting everything) turned on where the trust turns them on."""
         trust = self.trust_group(group)
         return replace(group, safe_search=group.safe_search or trust.safe_search,
                        block_ip_literals=group.block_ip_literals or trust.block_ip_literals,
-                       require_auth=group.require_auth or trust.require_auth)
+                       require_auth=group.require_auth or trust.require_auth,
+                       decrypt=Decrypt.ALL if Decrypt.ALL in (group.decrypt, trust.decrypt) else group.decrypt)
 
     def decide(self, target: Target, group: Group, **context: Any) -> Verdict:
         return self._stricter(self.school.decide(target, group, **context),
@@ -50,6 +51,10 @@ class Layered:
     def decide_connection(self, target: Target, group: Group, *, web: bool, **context: Any) -> Verdict:
         return self._stricter(self.school.decide_connection(target, group, web=web, **context),
                               self.trust.decide_connection(target, self.trust_group(group), web=web, **context), group)
+
+    def path_rules(self, host: str, group: Group, user: str | None, client_ip: str | None) -> str | None:
+        return (self.school.path_rules(host, group, user, client_ip)
+                or self.trust.path_rules(host, self.trust_group(group), user, client_ip))
 
     @staticmethod
     def _stricter(school: Verdict, trust: Verdict, group: Group) -> Verdict:

@@ -57,6 +57,13 @@ class Action(StrEnum):
 _STRICTNESS = {Action.ALLOW: 0, Action.MONITOR: 1, Action.WARN: 2, Action.BLOCK: 3}
 
 
+class Decrypt(StrEnum):
+    """Which allowed HTTPS a group's connections decrypt (schoolgate/decrypt.py says what "needed" covers)."""
+
+    NEEDED = "needed"  # only where decrypting changes a decision or a record; the rest is decided by name
+    ALL = "all"  # every connection the [tls] settings let be decrypted
+
+
 class Role(StrEnum):
     """Who may change the live policy (exceptions, lists, requests)."""
 
@@ -795,6 +802,7 @@ class Group:
     safe_search: bool = False  # enforce SafeSearch / YouTube restricted mode
     block_ip_literals: bool = False  # refuse sites asked for by bare IP address (a common bypass)
     raw_tunnels: Action = setting(Action.BLOCK, choices=("allow", "block"))  # SSH, VPNs: neither HTTP nor TLS
+    decrypt: Decrypt = Decrypt.NEEDED  # "all": decrypt every connection [tls] allows, not just those that need it
     directory_groups: frozenset[str] = setting(frozenset(), parse=_lower_names)  # directory groups, group DNs, OU DNs
     when: Mapping[str, WindowRule] = setting(types.MappingProxyType({}), parse=_group_windows)  # [groups.NAME.when.WINDOW]
     baseline_group: str = ""  # the trust baseline's group this one is held to ("": the one of the same name)

@@ -172,6 +172,7 @@ def disguised_ip(host: str) -> str | None:
     return next((found for candidate in candidates if (found := canonical_ip(candidate)) is not None), None)
 
 
+@functools.lru_cache(maxsize=65536)  # every hook asks it of the client's address and each name: mostly the same few
 def canonical_ip(text: str) -> str | None:
     """One spelling of an IP address: zone and brackets dropped, IPv4-mapped IPv6
     (`::ffff:10.1.2.3`) as the IPv4 address it reaches; None when not an address."""

@@ -8,7 +8,9 @@ gateway needs to tell a pupil's network from a staff one, and in transparent
 mode the original destination stays readable the same way. mitmproxy 12 binds
 with `asyncio.start_server` and has no option for SO_REUSEPORT, so each worker
 is started through `python -m schoolgate.workers`, which turns it on for that
-process and then runs mitmdump unchanged.
+process and then runs the gateway's mitmproxy (schoolgate.proxy: mitmdump's
+command line with only the add-ons the gateway needs). A lone gateway process
+(`--workers 1`) runs the same way, without the shared port.
 
 The supervisor names each worker `<host>-<n>` (its instance in every access
 record), gives it its own metrics port (the policy's port + n), forwards
@@ -40,6 +42,7 @@ STOP_TIMEOUT = 20.0  # after this a worker that has not flushed and exited is ki
 _RESTART_DELAYS = (0.5, 1, 2, 5, 10, 30)  # a worker that keeps crashing is restarted less and less often
 _STABLE_SECONDS = 60.0  # a worker up this long is healthy again: its next crash restarts quickly
 _PR_SET_PDEATHSIG = 1
+_WORKER = "--schoolgate-worker"  # first argument of a worker under the supervisor (not of a lone gateway)
 
 
 @dataclass
@@ -52,18 +55,23 @@ class Worker:
     restart_at: float | None = None
 
 
-def worker_argv(mitmdump_argv: Sequence[str], instance: str, metrics_port: int | None) -> list[str]:
+def gateway_argv(mitmdump_args: Sequence[str]) -> list[str]:
+    """The command of one gateway process on its own: mitmdump's arguments, run by schoolgate.proxy."""
+    return [sys.executable, "-m", "schoolgate.workers", *mitmdump_args]
+
+
+def worker_argv(mitmdump_args: Sequence[str], instance: str, metrics_port: int | None) -> list[str]:
     """A worker's command: mitmdump's arguments, run through this module, with its own name and metrics port."""
     options = ["--set", f"schoolgate_instance={instance}"]
     if metrics_port is not None:
         options += ["--set", f"schoolgate_metrics_port={metrics_port}"]
-    return [sys.executable, "-m", "schoolgate.workers", *mitmdump_argv[1:], *options]
+    return [sys.executable, "-m", "schoolgate.workers", _WORKER, *mitmdump_args, *options]
 
 
-def plan(mitmdump_argv: Sequence[str], count: int, metrics_port: int, host: str | None = None) -> list[Worker]:
+def plan(mitmdump_args: Sequence[str], count: int, metrics_port: int, host: str | None = None) -> list[Worker]:
     host = host or socket.gethostname()
     return [
-        Worker(f"{host}-{n}", worker_argv(mitmdump_argv, f"{host}-{n}", metrics_port + n if metrics_port else None))
+        Worker(f"{host}-{n}", worker_argv(mitmdump_args, f"{host}-{n}", metrics_port + n if metrics_port else None))
         for n in range(count)
     ]
 
@@ -183,13 +191,16 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    """Entry point of one worker: mitmdump with SO_REUSEPORT listeners."""
-    from mitmproxy.tools.main import mitmdump
+    """Entry point of a gateway process (schoolgate.proxy: mitmdump's command line, only the
+    add-ons the gateway needs); a worker's listeners share their port (SO_REUSEPORT)."""
+    from schoolgate import proxy
 
-    _die_with_parent()
-    _listen_with_reuseport()
-    sys.argv[0] = "mitmdump"
-    mitmdump()
+    args = sys.argv[1:]
+    if args[:1] == [_WORKER]:
+        args = args[1:]
+        _die_with_parent()
+        _listen_with_reuseport()
+    proxy.main(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ default_group = "secondary"
 no_intercept_categories = ["banking"]
 
 [local]
-allow = ["ok.adult.test"]
+allow = ["ok.adult.test", "news.test", "shop.test"]
+block = ["shop.test/checkout"]
 
 [categories]
 pornography = "block"
@@ -27,6 +28,7 @@ networks = ["10.20.0.0/16"]
 title = "Staff"
 networks = ["10.30.0.0/16"]
 users = ["mrs.khan"]
+decrypt = "all"
 [groups.staff.categories]
 pornography = "warn"
 """
@@ -66,9 +68,24 @@ def test_explains_a_local_allow_with_its_line(capsys, policy):
 def test_user_and_passthrough(capsys, policy):
     code, out = explain(capsys, policy, "https://bank.test/", "--client", "10.20.1.5", "--user", "mrs.khan")
     assert out["group"].startswith("staff (user mrs.khan is listed in group staff)")
-    assert out["https"] == "passed through undecrypted, decided by name"
+    assert out["https"].startswith("passed through undecrypted, decided by name")
     code, out = explain(capsys, policy, "http://adult.test/", "--user", "mrs.khan")
     assert out["verdict"] == "WARN"
+
+
+@pytest.mark.parametrize("url, group, decrypted, why", [
+    ("https://news.test/", "secondary", False, "allowed by name"),
+    ("https://news.test/", "staff", True, 'decrypt = "all"'),
+    ("https://www.bing.com/", "secondary", True, "bing: search terms"),
+    ("https://translate.google.com/", "secondary", True, "carries other sites"),
+    ("https://unlisted.test/", "secondary", True, "on no list"),
+    ("https://shop.test/", "secondary", True, "policy.toml:9"),
+    ("https://adult.test/", "secondary", True, "block page"),
+    ("https://bank.test/", "staff", False, "never decrypted"),
+])
+def test_says_whether_https_is_decrypted_and_why(capsys, policy, url, group, decrypted, why):
+    code, out = explain(capsys, policy, url, "--group", group)
+    assert out["https"].startswith("decrypted" if decrypted else "passed through") and why in out["https"]
 
 
 def test_bad_input_is_a_clear_error(capsys, policy):

@@ -19,6 +19,7 @@ PURE = [
     "schoolgate.grants",
     "schoolgate.decide",
     "schoolgate.engine",
+    "schoolgate.decrypt",
     "schoolgate.explain",
     "schoolgate.schedules",
     "schoolgate.identities",

@@ -6,6 +6,8 @@ import socket
 import time
 import urllib.request
 
+import pytest
+
 from support.clients import curl, httpx_client
 from support.gateway import Gateway
 from support.waiting import wait_for
@@ -97,3 +99,28 @@ def test_tls_failures_reach_the_journal_without_the_pupil_or_the_site(gateway_fa
     assert "Client TLS handshake failed (details withheld" in text
     assert "private-site" not in text
     assert "127.0.0.3" not in text
+
+
+def test_a_whole_client_hello_ends_the_wait_for_a_request_head_even_when_relayed_undecrypted() -> None:
+    # In transparent mode a connection relayed undecrypted never reaches tls_clienthello:
+    # without this, the slow-client sweep would cut every passthrough connection after 30 s.
+    import ssl
+    from types import SimpleNamespace
+
+    from schoolgate.addons.limits import Limits
+
+    outgoing = ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="news.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    limits = Limits()
+    limits._waiting_since["c1"] = 0.0
+
+    def asked(data: bytes) -> None:
+        limits.next_layer(SimpleNamespace(data_client=lambda: data, context=SimpleNamespace(client=SimpleNamespace(id="c1"))))
+
+    asked(hello[:40])  # a ClientHello trickled in: still owed
+    assert "c1" in limits._waiting_since
+    asked(hello)
+    assert "c1" not in limits._waiting_since

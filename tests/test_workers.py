@@ -121,3 +121,69 @@ def test_workers_share_one_address_restart_after_a_crash_and_flush_on_sigterm(
     for instance in {instance for instance, _ in rows}:
         seqs = [seq for name, seq in rows if name == instance]
         assert seqs == list(range(1, len(seqs) + 1)), f"{instance}: {seqs}"
+
+
+def test_the_gateway_process_runs_only_the_mitmproxy_addons_it_needs():
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.addons import anticache, dumper, modifyheaders, next_layer, proxyserver, script, tlsconfig
+
+    from schoolgate.proxy import GatewayMaster
+
+    async def chain() -> list[type]:
+        return [type(addon) for addon in GatewayMaster(options.Options()).addons.chain]
+
+    loaded = asyncio.run(chain())
+    assert {proxyserver.Proxyserver, script.ScriptLoader, next_layer.NextLayer, tlsconfig.TlsConfig} <= set(loaded)
+    assert not {dumper.Dumper, anticache.AntiCache, modifyheaders.ModifyHeaders} & set(loaded)
+    assert len(loaded) <= 14  # mitmdump: 36
+
+
+def test_an_option_of_a_left_out_addon_is_refused_not_ignored(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "schoolgate.workers", "--listen-host", "127.0.0.1", "--listen-port", "0",
+                           "--set", f"confdir={tmp_path}", "--set", "modify_headers=/~q/X-Test/1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "modify_headers belongs to mitmproxy's ModifyHeaders add-on" in done.stdout + done.stderr
+
+
+def test_the_update_event_goes_only_to_a_gateway_with_an_addon_that_listens():
+    import asyncio
+
+    from mitmproxy import master, options
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+    from mitmproxy.test import tflow
+
+    from schoolgate.proxy import _Addons
+
+    class Counts:
+        def __init__(self) -> None:
+            self.requests = self.updates = 0
+
+        def request(self, _flow) -> None:
+            self.requests += 1
+
+    class Listens(Counts):
+        def update(self, _flows) -> None:
+            self.updates += 1
+
+    async def sent(addon: Counts) -> list[str]:
+        gateway = master.Master(options.Options())
+        gateway.addons = _Addons(gateway)
+        gateway.addons.add(addon)
+        events: list[str] = []
+        trigger = gateway.addons.trigger_event
+
+        async def counted(event):
+            events.append(event.name)
+            await trigger(event)
+
+        gateway.addons.trigger_event = counted  # type: ignore[method-assign]
+        await gateway.addons.handle_lifecycle(HttpRequestHook(tflow.tflow()))
+        assert addon.requests == 1
+        return events
+
+    listens = Listens()
+    assert asyncio.run(sent(listens)) == ["request", "update"] and listens.updates == 1
+    assert asyncio.run(sent(Counts())) == ["request"]  # mitmproxy's own AddonManager sends both
