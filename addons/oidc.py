@@ -53,8 +53,10 @@ def unb64url(text: str) -> bytes:
 
 class OidcClient:
     # Sign-ins started and not yet finished: a pupil can start them as fast as they like,
-    # so past this many the oldest are forgotten (those devices just start again).
+    # so past this many the oldest are forgotten (those devices just start again), and one
+    # device may hold only so many, so it cannot push everyone else's out.
     MAX_PENDING = 10_000
+    MAX_PENDING_PER_DEVICE = 50
 
     def __init__(self, settings: OidcSettings, clock=time.time) -> None:
         self.settings = settings
@@ -62,6 +64,7 @@ class OidcClient:
         self._metadata: dict | None = None
         self._keys: dict[str, rsa.RSAPublicKey] = {}
         self._pending: OrderedDict[str, Pending] = OrderedDict()  # oldest first
+        self._per_device: dict[str, int] = {}  # how many of them each device started
 
     async def start(self, client_ip: str, redirect_uri: str, back_to: str) -> str:
         """The provider URL to send the device to."""
@@ -69,7 +72,10 @@ class OidcClient:
         now = self.clock()
         while self._pending and (len(self._pending) >= self.MAX_PENDING
                                  or now - next(iter(self._pending.values())).started >= PENDING_SECONDS):
-            self._pending.popitem(last=False)
+            self._uncount(self._pending.popitem(last=False)[1])
+        if self._per_device.get(client_ip, 0) >= self.MAX_PENDING_PER_DEVICE:
+            raise OidcError("too many sign-ins were started on this device and not finished")
+        self._per_device[client_ip] = self._per_device.get(client_ip, 0) + 1
         state, verifier, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(24)
         self._pending[state] = Pending(client_ip, verifier, nonce, redirect_uri, back_to, now)
         query = urlencode({
@@ -82,6 +88,8 @@ class OidcClient:
     async def finish(self, client_ip: str, state: str, code: str) -> tuple[Identity, str]:
         """Exchange the code, check the ID token; (identity, where the pupil was going)."""
         pending = self._pending.pop(state, None)
+        if pending is not None:
+            self._uncount(pending)
         if pending is None or self.clock() - pending.started >= PENDING_SECONDS:
             raise OidcError("this sign-in has expired or was not started here; start again")
         if pending.client_ip != client_ip:
@@ -102,6 +110,11 @@ class OidcClient:
         if claims.get("nonce") != pending.nonce:
             raise OidcError("the ID token is not for this sign-in (nonce)")
         return self._identity(claims), pending.back_to
+
+    def _uncount(self, pending: Pending) -> None:
+        left = self._per_device.pop(pending.client_ip, 1) - 1
+        if left:
+            self._per_device[pending.client_ip] = left
 
     def _identity(self, claims: dict) -> Identity:
         s = self.settings

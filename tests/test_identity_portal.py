@@ -14,7 +14,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from schoolgate.addons.identity import HtpasswdBackend, ProxyLogin
-from schoolgate.addons.oidc import OidcClient
+from schoolgate.addons.oidc import OidcClient, OidcError
 from schoolgate.addons.portal import CSRF_COOKIE, PortalPages, School, portal_url
 from schoolgate.identities import AddressSessions, Identity, Source
 from schoolgate.policy import OidcSettings, PortalSettings
@@ -182,6 +182,24 @@ def test_sign_ins_started_and_never_finished_are_bounded_oldest_first(provider):
     clock[0] += 600  # ten minutes on, every unfinished one has lapsed
     fresh = start(0)
     assert list(client._pending) == [fresh]
+
+
+def test_one_device_cannot_push_out_everyone_elses_sign_ins(provider):
+    client = OidcClient(oidc_settings(provider).oidc)
+    client.MAX_PENDING_PER_DEVICE = 2
+
+    def start(ip: str) -> str:
+        location = asyncio.run(client.start(ip, "https://signin.test/callback", ""))
+        return parse_qs(urlsplit(location).query)["state"][0]
+
+    first, _ = start(PUPIL), start(PUPIL)
+    with pytest.raises(OidcError):
+        start(PUPIL)  # the flooding device is refused; others are not
+    other = start("10.30.0.8")
+    with pytest.raises(OidcError):
+        asyncio.run(client.finish(PUPIL, first, "wrong-code"))  # finished (here, refused): no longer held
+    start(PUPIL)
+    assert other in client._pending
 
 
 def test_an_overlong_place_to_go_back_to_is_not_kept_with_the_sign_in(portal, provider):
