@@ -17,9 +17,10 @@ from schoolgate.policy import Policy
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.security import csrf_ok, csrf_token, session_account
 from schoolgate.reports.console.templating import environment
-from schoolgate.reports.incidents import unread_count
 
 Handler = Callable[[Request, Account], Awaitable[Response]]
+# Counts shown beside a navigation entry (path -> what waits there for this account), registered by the pages.
+BADGES: dict[str, Callable[[Request, Account], Awaitable[int]]] = {}
 
 # The pages each role sees in the navigation, in order: (path, label, roles).
 NAVIGATION = (
@@ -49,13 +50,17 @@ def home_for(account: Account) -> str:
     return next(path for path, _, roles in NAVIGATION if account.role in roles)
 
 
+def _nav(account: Account | None) -> list[tuple[str, str]]:
+    return [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
+
+
 def render(request: Request, template: str, *, status: int = 200, account: Account | None = None,
            **context: Any) -> HTMLResponse:
-    nav = [(path, label) for path, label, roles in NAVIGATION if account and account.role in roles]
-    html = environment().get_template(template).render(
+    nav = _nav(account)
+    badges = getattr(request.state, "badges", {})
+    html = environment().get_template(template).render(badges=badges,
         request_path=request.url.path, account=account, nav=nav, csrf=csrf_token(request),
-        school=console(request).policy.school.name, standalone=False,
-        unread=getattr(request.state, "unread", 0), **context)
+        school=console(request).policy.school.name, standalone=False, **context)
     return HTMLResponse(html, status_code=status)
 
 
@@ -68,11 +73,6 @@ async def audit(request: Request, account: Account, action: str, kind: str, obje
     """Record that an account saw or changed something (views of identifying data, console changes)."""
     async with console(request).engine.begin() as conn:
         await record_audit(conn, account.username, account.role, action, kind, object_id, None, details)
-
-
-async def count_unread(request: Request) -> None:
-    """The DSL's nav shows how many incidents at the alert threshold nobody has opened yet."""
-    request.state.unread = await unread_count(console(request).engine, int(console(request).policy.alerts.min_severity))
 
 
 def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
@@ -89,12 +89,12 @@ def page(*roles: ConsoleRole) -> Callable[[Handler], Callable[[Request], Awaitab
                 return error(request, 403, "Not available to your role",
                              f"This page is not open to the {account.role.title.lower()} role. "
                              "Ask your safeguarding lead or IT team if you need it.", account)
-            if account.role is ConsoleRole.DSL:
-                await count_unread(request)
             if request.method == "POST" and not await csrf_ok(request):
                 return error(request, 403, "Form expired",
                              "This form was out of date or did not come from the console. Go back, reload the page "
                              "and try again.", account)
+            request.state.badges = {path: count for path, label in _nav(account) if path in BADGES
+                                    and (count := await BADGES[path](request, account))}
             return await handler(request, account)
 
         return endpoint
