@@ -30,13 +30,14 @@ def directory_groups(policy: Policy, user: str | None) -> frozenset[str]:
 
 
 def choose_group(policy: Policy, group_name: str | None, client: str | None, user: str | None,
-                 directory_groups: frozenset[str] = frozenset()) -> tuple[Group, str]:
-    """The group to decide for (named, else the one the client and user fall in), and how it was chosen."""
+                 directory_groups: frozenset[str] = frozenset(), named_by: str = "given with --group") -> tuple[Group, str]:
+    """The group to decide for (named, else the one the client and user fall in), and how it was
+    chosen: `named_by` says how a named group was given."""
     if not group_name:
         return policy.group_for(client or "", user, directory_groups)
     if group_name not in policy.groups:
         raise UnknownGroup(f"no group {group_name!r}; groups are: {', '.join(policy.groups)}")
-    return policy.groups[group_name], "given with --group"
+    return policy.groups[group_name], named_by
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ async def _engine_for_tests(request: Request) -> Engine:
     return cached.with_live(await LiveStore(console(request).engine).load())
 
 
-async def _test_url(request: Request, account: Account, wanted: dict[str, str]) -> tuple[Explanation | None, str]:
+async def _test_url(request: Request, wanted: dict[str, str]) -> tuple[Explanation | None, str]:
     """The explanation for the form's URL, or why there is none."""
     try:
         engine = await _engine_for_tests(request)
@@ -70,10 +70,9 @@ async def _test_url(request: Request, account: Account, wanted: dict[str, str]) 
     else:
         note = ""
     try:
-        group, how = choose_group(policy, wanted["group"], wanted["client"], user, groups)
+        group, how = choose_group(policy, wanted["group"], wanted["client"], user, groups, "chosen on the form")
     except UnknownGroup as e:
         return None, str(e)
-    how = how.replace("given with --group", "chosen on the form")
     return explain(engine, target, group, how, datetime.now(UTC), user=user, client_ip=wanted["client"] or None), note
 
 
@@ -88,7 +87,7 @@ async def tools_page(request: Request, account: Account) -> Response:
         records = [for_role(r, account) for r in await find_by_ref(console(request).engine, ref)]
         await audit(request, account, "view.reference", "access_log", None, {"ref": ref, "shown": len(records)})
     if wanted["url"]:
-        explanation, note = await _test_url(request, account, wanted)
+        explanation, note = await _test_url(request, wanted)
         await audit(request, account, "view.test_url", "policy", None,
                     {k: v for k, v in wanted.items() if v} | {"answered": explanation is not None})
     policy = console(request).policy

@@ -12,16 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.reports import incidents
 from schoolgate.reports.accounts import Account, ConsoleRole
-from schoolgate.reports.console.pages import (
-    BADGES,
-    audit,
-    console,
-    error,
-    form_text,
-    home_for,
-    page,
-    render,
-)
+from schoolgate.reports.console.pages import BADGES, audit, console, error, form_text, home_for, page, render
 from schoolgate.reports.console.security import (
     client_address,
     csrf_ok,
@@ -140,6 +131,14 @@ def _csv_download(text: str, filename: str) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+async def unread_incidents(request: Request, account: Account) -> int:
+    """The queue's badge: flagged records at the alert threshold no DSL has opened yet."""
+    return await incidents.unread_count(console(request).engine, int(console(request).policy.alerts.min_severity))
+
+
+BADGES["/incidents"] = unread_incidents
+
+
 # --- one incident ---------------------------------------------------------------------
 
 async def _incident_id(request: Request) -> int | None:
@@ -165,7 +164,7 @@ async def incident(request: Request, account: Account) -> Response:
         return await _change(request, account, item)
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
     await incidents.mark_opened(engine, item.id)
-    request.state.badges["/incidents"] = await unread_for(request, account)  # this one is read now
+    request.state.badges["/incidents"] = await unread_incidents(request, account)  # this one is read now
     await audit(request, account, "view.incident", "incident", item.id, {"context_records": len(context)})
     return render(request, "incident.html", account=account, item=item, context=context,
                   notes=await incidents.notes(engine, item.id), statuses=list(Status), minutes=CONTEXT_MINUTES,
@@ -240,11 +239,3 @@ async def report_download(request: Request, account: Account) -> Response:
         return built
     report, shown = built
     return _csv_download(report_csv(report), f"report-{shown['from']}-to-{shown['to']}.csv")
-
-
-async def unread_for(request: Request, account: Account) -> int:
-    """New incidents at the alert threshold that nobody has opened yet: the DSL's badge."""
-    return await incidents.unread_count(console(request).engine, int(console(request).policy.alerts.min_severity))
-
-
-BADGES["/incidents"] = unread_for
