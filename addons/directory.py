@@ -20,11 +20,13 @@ Every call blocks: run them in ProxyLogin's threads, never on the event loop.
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from ldap3 import BASE as ONE_ENTRY
 from ldap3 import NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
@@ -114,6 +116,32 @@ class Directory:
         self._groups[user] = (groups, self.clock() + self.settings.cache_seconds)
         return groups
 
+    def members_of(self, group: str) -> tuple[str, ...] | None:
+        """The user names in a directory group (a class list for `schoolgate classes sync`),
+        read with the service account; None when there is no such group. Direct members only."""
+        s = self.settings
+        if not s.bind_dn or not s.group_base:
+            raise DirectoryUnavailable("reading classes from the directory needs bind_dn and group_base")
+        name = _user_name_attribute(s.user_filter)
+        try:
+            with self._service() as service:
+                assert service is not None  # the service account: a refused bind raises
+                service.search(s.group_base, f"({s.group_name_attribute}={escape_filter_chars(group)})", SUBTREE,
+                               attributes=["member", "uniqueMember"], size_limit=2)
+                found = [e for e in service.response or [] if e.get("type") == "searchResEntry"]
+                if len(found) != 1:
+                    return None
+                names: set[str] = set()
+                for dn in [*found[0]["attributes"].get("member", []), *found[0]["attributes"].get("uniqueMember", [])]:
+                    service.search(str(dn), "(objectClass=*)", ONE_ENTRY, attributes=[name])
+                    for entry in service.response or []:
+                        if entry.get("type") == "searchResEntry":
+                            value = entry["attributes"].get(name)
+                            names.update(map(str, value if isinstance(value, list) else [value] if value else []))
+        except LDAPException as e:
+            raise DirectoryUnavailable(f"the directory failed: {type(e).__name__}") from e
+        return tuple(sorted(names))
+
     # --- LDAP ------------------------------------------------------------------------
 
     def _service(self) -> _Bound:
@@ -200,6 +228,12 @@ def _close(conn: Connection) -> None:
 
 def _dn_text(parts: list[tuple[str, str, str]]) -> str:
     return ",".join(f"{attr}={value}" for attr, value, _ in parts).lower()
+
+
+def _user_name_attribute(user_filter: str) -> str:
+    """The attribute holding a user name, from the filter that finds users: uid, sAMAccountName..."""
+    found = re.search(r"\((\w+)=\{user\}\)", user_filter)
+    return found[1] if found else "uid"
 
 
 def _plausible(user: str) -> bool:

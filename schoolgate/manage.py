@@ -219,15 +219,38 @@ def read_class_csv(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _directory_classes(policy: Policy, groups: list[str]) -> list[tuple[str, str]]:
+    """(class, username) pairs for directory groups, each group a class of the same name."""
+    from schoolgate.addons.directory import Directory, DirectoryUnavailable  # ldap3: only this command needs it
+
+    if not policy.directory.enabled:
+        raise UsageError("the policy has no [directory] to read classes from")
+    directory = Directory(policy.directory)
+    pairs = []
+    for group in groups:
+        try:
+            users = directory.members_of(group)
+        except DirectoryUnavailable as e:
+            raise UsageError(str(e)) from None
+        if not users:
+            raise UsageError(f"the directory has no group {group!r} with members")
+        pairs += [(group, user) for user in users]
+    return pairs
+
+
 def cmd_classes(args: argparse.Namespace) -> int:
     async def work(policy: Policy, store: LiveStore) -> int:
-        if args.change == "import":
-            sizes = await store.import_classes(read_class_csv(args.file), os.path.basename(args.file), args.by)
+        if args.change in ("import", "sync"):
+            if args.change == "import":
+                members, source = read_class_csv(args.file), os.path.basename(args.file)
+            else:
+                members, source = await asyncio.to_thread(_directory_classes, policy, args.groups), "directory"
+            sizes = await store.import_classes(members, source, args.by)
             for name, size in sizes.items():
                 print(f"class {name}: {size} members")
         else:
-            for name, members in (await store.classes()).items():
-                print(f"{name:16} {len(members):4} members")
+            for name, users in (await store.classes()).items():
+                print(f"{name:16} {len(users):4} members")
         return 0
 
     return _run(args, work)
@@ -311,8 +334,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     changes = parser.add_subparsers(dest="change", required=True)
     load = changes.add_parser("import", help="replace the members of the classes in a class,username CSV")
     load.add_argument("file")
+    sync = changes.add_parser("sync", help="replace the members of classes from directory groups of the same name")
+    sync.add_argument("groups", nargs="+", metavar="GROUP")
     show = changes.add_parser("list")
-    for p in (load, show):
+    for p in (load, sync, show):
         common(p)
         p.set_defaults(func=cmd_classes)
 

@@ -142,3 +142,32 @@ def test_proxy_login_with_the_directory_limits_guesses(search_then_bind):
         assert login.checks == 5
 
     asyncio.run(go())
+
+
+def test_a_directory_group_is_read_as_a_class_list(search_then_bind, slapd, tmp_path, capsys):
+    from schoolgate.cli import main
+
+    directory = Directory(search_then_bind)
+    assert directory.members_of("teachers") == ("mr.smith", "o'brien,t")
+    assert directory.members_of("sixth-form") == ()  # only the service account, which is nobody's user name
+    assert directory.members_of("year9") is None
+    assert directory.members_of("*") is None  # the name is escaped, not a wildcard
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"""[gateway]
+database = "sqlite+aiosqlite:///{tmp_path}/schoolgate.db"
+
+[directory]
+url = "{slapd.url}"
+bind_dn = "{SERVICE_DN}"
+bind_password_file = "{slapd.service_password_file}"
+user_base = "{BASE}"
+group_base = "ou=groups,{BASE}"
+
+[groups.pupils]
+networks = ["10.0.0.0/8"]
+""")
+    assert main(["classes", "sync", "year7", "teachers", "--policy", str(policy), "--by", "it"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["class teachers: 2 members", "class year7: 1 members"]
+    assert main(["classes", "sync", "year9", "--policy", str(policy)]) == 1
+    assert "the directory has no group 'year9' with members" in capsys.readouterr().err
