@@ -1,9 +1,10 @@
 """Retention: personal data is deleted when the policy's [retention] says so.
 
 - access records older than `records_days`, except flagged ones;
-- flagged records older than `flagged_days`, with their incidents and notes
+- flagged records older than `flagged_days`, with their incidents, notes and outcomes
   (a safeguarding file is kept longer, but not for ever); a record of the
   illegal-content tier (rule `illegal`) is always kept that long, flagged or not;
+  notes on pupils are kept as long as flagged records;
 - access requests and console login attempts older than `records_days`;
 - console sessions that have ended or gone idle.
 
@@ -23,7 +24,16 @@ from sqlalchemy import delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
-from schoolgate.db import access_log, access_requests, console_sessions, incident_notes, incidents, login_attempts
+from schoolgate.db import (
+    access_log,
+    access_requests,
+    console_sessions,
+    incident_notes,
+    incident_outcomes,
+    incidents,
+    login_attempts,
+    pupil_notes,
+)
 from schoolgate.live import record_audit
 from schoolgate.policy import Policy
 
@@ -39,6 +49,8 @@ class PurgeCounts:
     flagged_records: int
     incidents: int
     incident_notes: int
+    incident_outcomes: int
+    pupil_notes: int
     access_requests: int
     login_attempts: int
     sessions: int
@@ -54,10 +66,12 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     kept_long = or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))  # evidence for the DSL and police
     expired_flagged = select(c.id).where(kept_long, c.ts < flagged_before)
     expired_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(expired_flagged))
-    # Notes before incidents before records: each step finds its rows through the next.
+    # Notes and outcomes before incidents before records: each step finds its rows through the next.
     steps: list[tuple[str, Delete]] = [
         ("incident_notes", delete(incident_notes).where(incident_notes.c.incident_id.in_(expired_incidents))),
+        ("incident_outcomes", delete(incident_outcomes).where(incident_outcomes.c.incident_id.in_(expired_incidents))),
         ("incidents", delete(incidents).where(incidents.c.record_id.in_(expired_flagged))),
+        ("pupil_notes", delete(pupil_notes).where(pupil_notes.c.ts < flagged_before)),
         ("flagged_records", delete(access_log).where(kept_long, c.ts < flagged_before)),
         ("records", delete(access_log).where(not_(kept_long), c.ts < records_before)),
         ("access_requests", delete(access_requests).where(access_requests.c.created_at < records_before)),

@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     Index,
@@ -269,6 +270,9 @@ incidents = Table(
     Column("assigned", String()),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("updated_by", String()),
+    # The first time a DSL opened or changed it: time to first review is this less the record's time.
+    Column("first_reviewed_at", UtcDateTime()),
+    Column("first_reviewed_by", String()),
     Index("ix_incidents_status", "status"),
 )
 
@@ -283,6 +287,42 @@ incident_notes = Table(
     Column("status_from", String()),
     Column("status_to", String()),  # set when the note went with a status change
     Index("ix_incident_notes_incident_id", "incident_id"),
+)
+
+# What a DSL did about an incident, from fixed categories (reports/outcomes.py), each with the
+# day it happened; purged with the incident.
+incident_outcomes = Table(
+    "incident_outcomes",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("incident_id", BigInteger(), nullable=False),
+    Column("outcome", String(), nullable=False),  # no-concern | spoke-to-pupil | parents-contacted | ...
+    Column("outcome_date", Date(), nullable=False),
+    Column("note", Text(), nullable=False),
+    Column("author", String(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Index("ix_incident_outcomes_incident_id", "incident_id"),
+)
+
+# A DSL's notes on a pupil (not on one incident), and the pupils a DSL watches.
+pupil_notes = Table(
+    "pupil_notes",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("username", String(), nullable=False),
+    Column("author", String(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("text", Text(), nullable=False),
+    Index("ix_pupil_notes_username", "username"),
+)
+
+watch_list = Table(
+    "watch_list",
+    metadata,
+    Column("username", String(), primary_key=True),
+    Column("reason", Text(), nullable=False),
+    Column("added_by", String(), nullable=False),
+    Column("added_at", UtcDateTime(), nullable=False),
 )
 
 login_attempts = Table(

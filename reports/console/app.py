@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from schoolgate.db import create_engine, upgrade
 from schoolgate.policy import Policy
-from schoolgate.reports.console import live_views, views
+from schoolgate.reports.console import live_views, pupil_views, views
 from schoolgate.reports.console.pages import Console, error
 from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
 from schoolgate.reports.retention import purge_daily
@@ -50,6 +50,11 @@ ROUTES = [
     Route("/incidents.csv", views.queue_csv),
     Route("/incidents/{key}", views.incident, methods=["GET", "POST"]),
     Route("/incidents/{key}/export.csv", views.incident_csv),
+    Route("/incidents/{key}/outcomes", pupil_views.record_outcome, methods=["POST"]),
+    Route("/pupils/{user}", pupil_views.pupil_page),
+    Route("/pupils/{user}/notes", pupil_views.pupil_note, methods=["POST"]),
+    Route("/pupils/{user}/watch", pupil_views.pupil_watch, methods=["POST"]),
+    Route("/devices/{ip}", pupil_views.device_page),
     Route("/report", views.report_page),
     Route("/report.csv", views.report_download),
     Route("/exceptions", live_views.exceptions_page),
