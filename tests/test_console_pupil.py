@@ -1,0 +1,161 @@
+"""One pupil's story in the console over HTTP (the real app served by uvicorn, a real SQLite file):
+outcomes and time to first review on an incident, a pupil's and a device's page with notes and the
+watch list, the queue's filter kept through an incident, and the role checks on all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import quote
+
+from test_console import NOW, Env, env, flagged_search, store  # noqa: F401  (env: the fixture)
+from test_records import make_record
+
+from schoolgate.db import create_engine
+from schoolgate.reports.outcomes import review_times, summarise
+
+
+def incident_of(env: Env, term: str) -> str:
+    page = env.client.get("/incidents?status=all")
+    for number in re.findall(r'href="/incidents/(\d+)[?"]', page.text):
+        if term in env.client.get(f"/incidents/{number}").text:
+            return number
+    raise AssertionError(f"no incident for {term!r}")
+
+
+def details(env: Env, action: str) -> list[str]:
+    with env.db() as db:
+        return [row[0] for row in db.execute("SELECT after FROM audit_log WHERE action = ? ORDER BY id", (action,))]
+
+
+def test_outcomes_are_recorded_with_a_date_audited_and_shown(env: Env) -> None:
+    env.login("dsl")
+    token = env.csrf("/incidents/1")
+    done = env.client.post("/incidents/1/outcomes", data={
+        "csrf": token, "outcome": "early-help", "on": date.today().isoformat(), "note": "Family support worker"})
+    assert done.status_code == 200 and done.url.path == "/incidents/1"
+    assert "Referred to early help" in done.text and "Family support worker" in done.text
+    env.client.post("/incidents/1/outcomes", data={"csrf": token, "outcome": "spoke-to-pupil",
+                                                   "on": (date.today() - timedelta(days=1)).isoformat()})
+    page = env.client.get("/incidents/1").text
+    assert page.index("Spoke to the pupil") < page.index("Referred to early help")  # by date
+    assert ("dsl", "dsl", "incident.outcome") in env.audit()
+    assert '"outcome": "early-help"' in details(env, "incident.outcome")[0]
+    assert "Family support" not in "".join(details(env, "incident.outcome"))  # the note stays with the incident
+
+    for bad in ({"outcome": "made-up", "on": date.today().isoformat()}, {"outcome": "police", "on": "soon"},
+                {"outcome": "police", "on": (date.today() + timedelta(days=2)).isoformat()}):
+        refused = env.client.post("/incidents/1/outcomes", data={"csrf": token, **bad})
+        assert "role=\"alert\"" in refused.text
+    assert len(details(env, "incident.outcome")) == 2
+    assert env.client.post("/incidents/1/outcomes", data={"outcome": "police", "on": "2026-01-01"}).status_code == 403
+
+
+def test_time_to_first_review_is_kept_once_and_summarised_for_a_period(env: Env) -> None:
+    with env.db() as db:
+        assert db.execute("SELECT count(*) FROM incidents").fetchone() == (0,)  # nobody has looked yet
+    env.login("dsl")
+    first = env.client.get("/incidents/1")
+    assert "First reviewed" in first.text and "after it was flagged" in first.text
+    with env.db() as db:
+        (reviewed_at, by), = db.execute("SELECT first_reviewed_at, first_reviewed_by FROM incidents WHERE id = 1")
+    assert by == "dsl"
+    env.client.get("/incidents/1")
+    with env.db() as db:
+        assert db.execute("SELECT first_reviewed_at FROM incidents WHERE id = 1").fetchone() == (reviewed_at,)
+
+    store(env.policy, flagged_search(NOW - timedelta(days=1), user="dan", term="how to overdose"))
+    engine = create_engine(env.policy.gateway.database)
+    try:
+        times = asyncio.run(review_times(engine, NOW - timedelta(days=7), NOW + timedelta(minutes=1)))
+    finally:
+        asyncio.run(engine.dispose())
+    assert (times.reviewed, times.waiting) == (1, 1)
+    assert timedelta(minutes=2) <= times.median == times.worst < timedelta(minutes=10)
+    assert times.longest_waiting is not None and times.longest_waiting > timedelta(hours=23)
+
+
+def test_review_times_give_the_median_and_worst() -> None:
+    minutes = [timedelta(minutes=m) for m in (30, 5, 240, 10)]
+    times = summarise(minutes, [])
+    assert (times.median, times.worst, times.waiting, times.longest_waiting) == (
+        timedelta(minutes=20), timedelta(hours=4), 0, None)
+    assert summarise([], [timedelta(days=2)]).median is None
+
+
+def test_a_pupils_page_shows_their_activity_notes_and_watch(env: Env) -> None:
+    store(env.policy, *(make_record(ts=datetime(2026, 1, 5, 9, tzinfo=UTC) + timedelta(minutes=i), user="alice",
+                                    host=f"site{i}.example", url=f"https://site{i}.example/") for i in range(55)))
+    env.login("dsl")
+    page = env.client.get("/pupils/alice")
+    assert page.status_code == 200
+    assert "www.childline.org.uk" in page.text and "how to kill myself" in page.text
+    assert "10.1.9.9" not in page.text  # bob's device: another pupil's
+    assert "Open incidents" in page.text and "self-harm" in page.text
+    assert "Older" in page.text
+    older = env.client.get("/pupils/alice?page=2").text
+    assert "site0.example" in older and "site54.example" not in older
+    january = env.client.get("/pupils/alice?from=2026-01-05&to=2026-01-05").text
+    assert "site54.example" in january and "www.childline.org.uk" not in january
+    assert env.client.get("/pupils/alice?from=yesterday").status_code == 400
+
+    token = env.csrf("/pupils/alice")
+    env.client.post("/pupils/alice/notes", data={"csrf": token, "note": "Head of year aware."})
+    assert "Head of year aware." in env.client.get("/pupils/alice").text
+    assert "Give a reason" in env.client.post("/pupils/alice/watch", data={"csrf": token, "action": "watch"}).text
+    watched = env.client.post("/pupils/alice/watch", data={"csrf": token, "action": "watch",
+                                                           "reason": "Repeated self-harm searches"})
+    assert "watched" in watched.text and "Put on the watch list: Repeated self-harm searches" in watched.text
+    queue = env.client.get("/incidents").text
+    assert re.search(r'href="/pupils/alice">alice</a> <span class="badge badge-watch"', queue)
+    assert 'badge-watch' in env.client.get("/incidents/1").text
+    unwatched = env.client.post("/pupils/alice/watch", data={"csrf": token, "action": "unwatch", "reason": "Settled"})
+    assert "Taken off the watch list: Settled" in unwatched.text
+    assert "badge-watch" not in env.client.get("/incidents").text
+    actions = [a for actor, _, a in env.audit() if actor == "dsl"]
+    assert {"view.pupil", "pupil.note", "pupil.watch", "pupil.unwatch"} <= set(actions)
+    assert "Repeated" not in "".join(details(env, "pupil.watch"))
+
+
+def test_a_device_page_says_it_is_a_device_and_names_who_used_it(env: Env) -> None:
+    store(env.policy, make_record(ts=NOW - timedelta(minutes=4), user=None, client_ip="10.1.9.9", host="anon.example",
+                                  url="https://anon.example/"))
+    env.login("dsl")
+    page = env.client.get("/devices/10.1.9.9")
+    assert page.status_code == 200 and "a device, not a person" in page.text
+    assert "anon.example" in page.text
+    assert 'href="/pupils/bob"' in page.text and "not signed in" in page.text
+    assert "www.childline.org.uk" not in page.text
+    assert env.client.get("/devices/not-an-address").status_code == 404
+    assert ("dsl", "dsl", "view.device") in env.audit()
+
+
+def test_the_queue_filter_survives_a_visit_to_an_incident(env: Env) -> None:
+    env.login("dsl")
+    queue = env.client.get("/incidents?risk=self-harm&status=all&user=alice&bogus=1").text
+    assert re.search(r'<select id="risk" name="risk">.*<option selected>self-harm</option>', queue, re.S)
+    link = re.search(r'href="(/incidents/1\?back=[^"]+)"', queue)
+    assert link and "bogus" not in link[1]
+    incident = env.client.get(link[1].replace("&amp;", "&")).text
+    assert 'href="/incidents?risk=self-harm&amp;status=all&amp;user=alice"' in incident
+    saved = env.client.post(link[1].replace("&amp;", "&"), data={"csrf": env.csrf("/incidents/1"), "note": "seen"})
+    assert 'href="/incidents?risk=self-harm&amp;status=all&amp;user=alice"' in saved.text
+    assert 'href="/pupils/alice"' in incident and 'href="/devices/10.1.2.3"' in incident
+
+
+def test_pupil_pages_are_for_the_dsl_only(env: Env) -> None:
+    for who in ("teacher", "it"):
+        env.client.cookies.clear()
+        env.login(who)
+        token = env.csrf("/requests")
+        for path in ("/pupils/alice", "/devices/10.1.2.3", f"/pupils/{quote('alice')}?page=2"):
+            response = env.client.get(path)
+            assert response.status_code == 403 and "childline" not in response.text, (who, path)
+        for path, form in (("/incidents/1/outcomes", {"outcome": "police", "on": "2026-01-01"}),
+                           ("/pupils/alice/notes", {"note": "x"}), ("/pupils/alice/watch", {"reason": "x"})):
+            assert env.client.post(path, data={"csrf": token, **form}).status_code == 403, (who, path)
+        assert (who, "teacher" if who == "teacher" else "it_admin", "denied") in env.audit()
+    with env.db() as db:
+        assert db.execute("SELECT count(*) FROM incident_outcomes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM pupil_notes").fetchone() == (0,)
