@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import access_log, incident_outcomes, incidents
 from schoolgate.live import record_audit
@@ -114,9 +114,22 @@ async def mark_reviewed(engine: AsyncEngine, incident_id: int, actor: str) -> Fi
         await conn.execute(update(incidents).where(incidents.c.id == incident_id,
                                                    incidents.c.first_reviewed_at.is_(None))
                            .values(first_reviewed_at=_now(), first_reviewed_by=actor))
-        row = (await conn.execute(
-            select(incidents.c.first_reviewed_at, incidents.c.first_reviewed_by, access_log.c.ts)
-            .join(access_log, access_log.c.id == incidents.c.record_id).where(incidents.c.id == incident_id))).one()
+        review = await _first_review(conn, incident_id)
+    assert review is not None  # just set
+    return review
+
+
+async def first_review(engine: AsyncEngine, incident_id: int) -> FirstReview | None:
+    async with engine.connect() as conn:
+        return await _first_review(conn, incident_id)
+
+
+async def _first_review(conn: AsyncConnection, incident_id: int) -> FirstReview | None:
+    row = (await conn.execute(
+        select(incidents.c.first_reviewed_at, incidents.c.first_reviewed_by, access_log.c.ts)
+        .join(access_log, access_log.c.id == incidents.c.record_id).where(incidents.c.id == incident_id))).first()
+    if row is None or row.first_reviewed_at is None:
+        return None
     return FirstReview(at=row.first_reviewed_at, by=row.first_reviewed_by, waited=row.first_reviewed_at - row.ts)
 
 

@@ -5,8 +5,12 @@ watch list, the queue's filter kept through an incident, and the role checks on 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
+import subprocess
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 from test_console import NOW, Env, env, flagged_search, store  # noqa: F401  (env: the fixture)
@@ -159,3 +163,59 @@ def test_pupil_pages_are_for_the_dsl_only(env: Env) -> None:
     with env.db() as db:
         assert db.execute("SELECT count(*) FROM incident_outcomes").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM pupil_notes").fetchone() == (0,)
+
+
+def pdf_text(pdf: bytes, tmp_path: Path) -> str:
+    path = tmp_path / "pack.pdf"
+    path.write_bytes(pdf)
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True).stdout
+
+
+def test_referral_packs_hold_the_record_context_notes_outcomes_and_audit(env: Env, tmp_path: Path) -> None:
+    store(env.policy, flagged_search(NOW - timedelta(days=3), user="alice", term="jak się zabić"))
+    env.login("dsl")
+    number = incident_of(env, "how to kill myself")
+    token = env.csrf(f"/incidents/{number}")
+    env.client.post(f"/incidents/{number}", data={"csrf": token, "note": "Spoke to her form tutor."})
+    env.client.post(f"/incidents/{number}/outcomes", data={"csrf": token, "outcome": "social-care",
+                                                          "on": date.today().isoformat(), "note": "MASH contacted"})
+    env.client.post("/pupils/alice/notes", data={"csrf": token, "note": "Lives with her grandmother."})
+
+    pdf = env.client.get(f"/incidents/{number}/referral.pdf")
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.headers["content-disposition"] == f'attachment; filename="referral-incident-{number}.pdf"'
+    text = pdf_text(pdf.content, tmp_path)
+    for seen in ("Referral pack: incident", "how to kill myself", "childline", "Spoke to her form tutor.",
+                 "Referred to children's social", "MASH contacted", "export.referral", "view.incident"):
+        assert seen in text, seen
+    assert "Lives with her grandmother" not in text  # the pupil's notes go in the pupil's pack
+
+    rows = list(csv.reader(io.StringIO(env.client.get(f"/incidents/{number}/referral.csv").text.lstrip("\ufeff"))))
+    assert ["Outcomes"] in rows and any("MASH contacted" in row for row in rows)
+    assert any(row[2:4] == ["dsl", "export.referral"] or row[1:4] == ["dsl", "dsl", "export.referral"] for row in rows)
+
+    pupil = pdf_text(env.client.get("/pupils/alice/referral.pdf").content, tmp_path)
+    for seen in ("Referral pack: alice", "Lives with her grandmother.", "how to kill myself", "jak się zabić", "MASH contacted"):
+        assert seen in pupil, seen
+    assert pupil.index("jak się zabić") < pupil.index("how to kill myself")  # oldest incident first
+    exports = [a for actor, _, a in env.audit() if a == "export.referral"]
+    assert len(exports) == 3
+
+
+def test_referral_packs_are_for_the_dsl_only(env: Env) -> None:
+    env.login("it")
+    for path in ("/incidents/1/referral.pdf", "/incidents/1/referral.csv", "/pupils/alice/referral.pdf"):
+        response = env.client.get(path)
+        assert response.status_code == 403 and "alice" not in response.text, path
+    assert ("it", "it_admin", "denied") in env.audit()
+
+
+def test_characters_the_pdf_font_lacks_are_marked_and_never_logged(env: Env, tmp_path: Path, caplog) -> None:
+    store(env.policy, flagged_search(NOW - timedelta(days=1), user="mei", term="如何自杀"))
+    env.login("dsl")
+    with caplog.at_level("DEBUG"):
+        pdf = env.client.get("/pupils/mei/referral.pdf")
+    text = pdf_text(pdf.content, tmp_path)
+    assert "????" in text and "the CSV pack has them all" in text
+    assert "如" not in caplog.text
+    assert "如何自杀" in env.client.get("/pupils/mei/referral.csv").text

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from schoolgate.reports import incidents, outcomes, pupils
+from schoolgate.reports import incidents, outcomes, pupils, referral
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.pages import audit, console, error, form_text, page, render
-from schoolgate.reports.console.views import _incident_id, _local_day, incident_path, queue_query
+from schoolgate.reports.console.views import _csv_download, _incident_id, _local_day, incident_path, queue_query
 from schoolgate.reports.incidents import OPEN, IncidentFilter, IncidentNotFound
 from schoolgate.reports.queries import recent
 from schoolgate.urls import canonical_ip
@@ -130,3 +131,43 @@ async def pupil_watch(request: Request, account: Account) -> Response:
     except LookupError:
         return RedirectResponse(pupil_path(user, "That pupil was not on the watch list."), status_code=303)
     return RedirectResponse(pupil_path(user), status_code=303)
+
+
+# --- referral packs -----------------------------------------------------------------------
+
+def _pack_download(request: Request, pack: referral.Pack, name: str) -> Response:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    if request.url.path.endswith(".csv"):
+        return _csv_download(referral.pack_csv(pack), f"{name}.csv")
+    return Response(referral.pack_pdf(pack), media_type="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.pdf"'})
+
+
+def _format(request: Request) -> str:
+    return "csv" if request.url.path.endswith(".csv") else "pdf"
+
+
+@page(DSL)
+async def incident_referral(request: Request, account: Account) -> Response:
+    engine = console(request).engine
+    incident_id = await _incident_id(request)
+    try:
+        item = await incidents.get(engine, incident_id or 0)
+    except IncidentNotFound:
+        return error(request, 404, "No such incident", "It may have passed its retention period.", account)
+    # Audited first, so the pack's own audit trail shows this download.
+    await audit(request, account, "export.referral", "incident", item.id, {"format": _format(request)})
+    pack = await referral.incident_pack(engine, item, school=console(request).policy.school.name,
+                                        made_by=account.username, now=datetime.now(UTC))
+    return _pack_download(request, pack, f"referral-incident-{item.id}")
+
+
+@page(DSL)
+async def pupil_referral(request: Request, account: Account) -> Response:
+    user = _user(request)
+    if user is None:
+        return error(request, 404, "No such pupil", "Open a pupil from the flagged queue.", account)
+    await audit(request, account, "export.referral", "pupil", None, {"user": user, "format": _format(request)})
+    pack = await referral.pupil_pack(console(request).engine, user, school=console(request).policy.school.name,
+                                     made_by=account.username, now=datetime.now(UTC))
+    return _pack_download(request, pack, f"referral-{user}")
