@@ -157,7 +157,9 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
     asyncio.run(db.upgrade(sqlite_url(path)))
 
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        # The one head, whatever revisions came after 0006.
+        head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
 
 
 def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
