@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schoolgate.db import pupil_notes, watch_list
+from schoolgate.db import pupil_directory, pupil_notes, watch_list
 from schoolgate.live import record_audit
 
 
@@ -31,8 +31,24 @@ class Watch:
     added_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class YearAndForm:
+    """As the directory last gave them (addons/pupildirectory.py)."""
+
+    year_group: str | None
+    form: str | None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def year_and_form(engine: AsyncEngine, user: str | None) -> YearAndForm | None:
+    if not user:
+        return None
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(pupil_directory).where(pupil_directory.c.username == user))).first()
+    return YearAndForm(row.year_group, row.form) if row else None
 
 
 async def notes(engine: AsyncEngine, user: str) -> list[PupilNote]:

@@ -32,6 +32,7 @@ from schoolgate.db import (
     incident_outcomes,
     incidents,
     login_attempts,
+    pupil_directory,
     pupil_notes,
 )
 from schoolgate.live import record_audit
@@ -51,6 +52,7 @@ class PurgeCounts:
     incident_notes: int
     incident_outcomes: int
     pupil_notes: int
+    pupil_directory: int
     access_requests: int
     login_attempts: int
     sessions: int
@@ -72,6 +74,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
         ("incident_outcomes", delete(incident_outcomes).where(incident_outcomes.c.incident_id.in_(expired_incidents))),
         ("incidents", delete(incidents).where(incidents.c.record_id.in_(expired_flagged))),
         ("pupil_notes", delete(pupil_notes).where(pupil_notes.c.ts < flagged_before)),
+        # Year groups and forms of pupils the directory has not been asked about for a while.
+        ("pupil_directory", delete(pupil_directory).where(pupil_directory.c.updated_at < records_before)),
         ("flagged_records", delete(access_log).where(kept_long, c.ts < flagged_before)),
         ("records", delete(access_log).where(not_(kept_long), c.ts < records_before)),
         ("access_requests", delete(access_requests).where(access_requests.c.created_at < records_before)),

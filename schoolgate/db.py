@@ -316,6 +316,17 @@ pupil_notes = Table(
     Index("ix_pupil_notes_username", "username"),
 )
 
+# A pupil's year group and form as the directory last gave them (`[directory] year_attribute`,
+# `form_attribute`), written by the gateway when it looks a user up.
+pupil_directory = Table(
+    "pupil_directory",
+    metadata,
+    Column("username", String(), primary_key=True),
+    Column("year_group", String()),
+    Column("form", String()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
 watch_list = Table(
     "watch_list",
     metadata,

@@ -16,6 +16,8 @@ from urllib.parse import quote
 from test_console import NOW, Env, env, flagged_search, store  # noqa: F401  (env: the fixture)
 from test_records import make_record
 
+from schoolgate.addons.directory import PupilDetails
+from schoolgate.addons.pupildirectory import store_details
 from schoolgate.db import create_engine
 from schoolgate.reports.outcomes import review_times, summarise
 
@@ -219,3 +221,20 @@ def test_characters_the_pdf_font_lacks_are_marked_and_never_logged(env: Env, tmp
     assert "????" in text and "the CSV pack has them all" in text
     assert "如" not in caplog.text
     assert "如何自杀" in env.client.get("/pupils/mei/referral.csv").text
+
+
+def test_year_group_and_form_from_the_directory_show_on_the_pupil_and_the_incident(env: Env) -> None:
+    async def stored() -> None:
+        engine = create_engine(env.policy.gateway.database)
+        try:
+            await store_details(engine, {"alice": PupilDetails("Year 7", "7C")}, NOW - timedelta(days=200))
+            await store_details(engine, {"alice": PupilDetails("Year 8", "8B"), "bob": PupilDetails(None, "9A")}, NOW)
+        finally:
+            await engine.dispose()
+
+    env.login("dsl")
+    assert "Year" not in env.client.get("/pupils/alice").text  # the directory has said nothing yet
+    asyncio.run(stored())
+    assert "Year 8 · form 8B" in env.client.get("/pupils/alice").text  # the latest look-up
+    assert "Year 8 · form 8B" in env.client.get("/incidents/1").text
+    assert "form 9A" in env.client.get("/pupils/bob").text

@@ -75,7 +75,8 @@ async def _subject_page(request: Request, account: Account, *, user: str | None,
     return render(request, "pupil.html", account=account, user=user, device=device, shown=shown, page=number,
                   timeline=found[:TIMELINE_PAGE], more=len(found) > TIMELINE_PAGE, open_items=open_items,
                   notes=await pupils.notes(engine, user) if user else [], watch=watched.get(user or ""),
-                  watched=watched, message=request.query_params.get("message", ""))
+                  watched=watched, message=request.query_params.get("message", ""),
+                  year_and_form=await pupils.year_and_form(engine, user))
 
 
 def _user(request: Request) -> str | None:

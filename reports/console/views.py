@@ -176,7 +176,8 @@ async def incident(request: Request, account: Account) -> Response:
                   message=request.query_params.get("message", ""), back=back, review=review,
                   outcomes=await outcomes.outcomes(engine, item.id), outcome_choices=list(outcomes.Outcome),
                   watched=await pupils.watched(engine), today=date.today().isoformat(),
-                  people=sorted({c.user or "" for _, c in context}))
+                  people=sorted({c.user or "" for _, c in context}),
+                  year_and_form=await pupils.year_and_form(engine, item.record.user))
 
 
 def incident_path(incident_id: int, back: str, message: str = "") -> str:

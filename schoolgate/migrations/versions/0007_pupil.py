@@ -1,4 +1,5 @@
-"""Outcomes of incidents, time to first review, notes on pupils and the watch list.
+"""Outcomes of incidents, time to first review, notes on pupils, the watch list, and pupils'
+year groups and forms from the directory.
 
 Revision ID: 0007_pupil
 Revises: 0006
@@ -47,6 +48,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_pupil_notes_username", "pupil_notes", ["username"])
     op.create_table(
+        "pupil_directory",
+        sa.Column("username", sa.String(), primary_key=True),
+        sa.Column("year_group", sa.String()),
+        sa.Column("form", sa.String()),
+        sa.Column("updated_at", _TIME, nullable=False),
+    )
+    op.create_table(
         "watch_list",
         sa.Column("username", sa.String(), primary_key=True),
         sa.Column("reason", sa.Text(), nullable=False),
@@ -56,7 +64,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("watch_list", "pupil_notes", "incident_outcomes"):
+    for table in ("watch_list", "pupil_directory", "pupil_notes", "incident_outcomes"):
         op.drop_table(table)
     with op.batch_alter_table("incidents") as batch:
         batch.drop_column("first_reviewed_by")
