@@ -25,6 +25,21 @@ expect = playwright_api.expect
 PHONE_WIDTH = 375
 
 
+def axe_violations(page) -> list[str]:
+    """axe-core's WCAG 2 A/AA rules over the page as shown: each violation with the elements it found."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
+    return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
+
+
+def fits_a_phone(page) -> bool:
+    page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
+    fits = page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH
+    page.set_viewport_size({"width": 1280, "height": 800})
+    return fits
+
+
 @pytest.fixture
 def pupil_signed_in(gateway_factory, upstream, tmp_path, monkeypatch):
     """A real gateway where pupils sign in to the proxy: alice searches for self-harm, between lessons."""
@@ -59,6 +74,7 @@ def test_a_dsl_follows_one_pupils_story(pupil_signed_in, browser, tmp_path) -> N
         page.get_by_label("Risk").select_option("self-harm")
         page.get_by_role("button", name="Filter").click()
         page.wait_for_url("**/incidents?*risk=self-harm*")
+        assert axe_violations(page) == []
         row = page.get_by_role("row").filter(has_text="how to kill myself")
         row.get_by_role("link").first.click()
 
@@ -70,6 +86,7 @@ def test_a_dsl_follows_one_pupils_story(pupil_signed_in, browser, tmp_path) -> N
         outcomes = page.locator("#outcomes")
         expect(outcomes).to_contain_text("Spoke to the pupil")
         expect(outcomes).to_contain_text("Safety plan agreed.")
+        assert axe_violations(page) == [] and fits_a_phone(page)
         incident_url = page.url.split("#")[0]
 
         # Back to the same filtered queue, then to the pupil's page from the "who" column.
@@ -87,9 +104,7 @@ def test_a_dsl_follows_one_pupils_story(pupil_signed_in, browser, tmp_path) -> N
         expect(page.get_by_role("heading", level=1)).to_contain_text("watched")
         expect(page.locator("#notes")).to_contain_text("Put on the watch list: Searches about self-harm")
         shoot(page, "pupil")
-        page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
-        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH
-        page.set_viewport_size({"width": 1280, "height": 800})
+        assert axe_violations(page) == [] and fits_a_phone(page)
         page.goto(f"{base}/incidents")
         expect(page.get_by_role("row").filter(has_text="how to kill myself")).to_contain_text("watched")
 
@@ -107,6 +122,9 @@ def test_a_dsl_follows_one_pupils_story(pupil_signed_in, browser, tmp_path) -> N
         if SCREENSHOTS:
             subprocess.run(["pdftoppm", "-png", "-r", "70", "-singlefile", str(pdf), str(SCREENSHOTS / "referral")],
                            check=True)
+        page.locator("dd").get_by_role("link", name="127.0.0.1").click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text("a device, not a person")
+        assert axe_violations(page) == [] and fits_a_phone(page)
         page.goto(f"{base}/pupils/alice")
         with page.expect_download() as download:
             page.get_by_role("link", name="Referral pack (CSV)").click()
