@@ -28,23 +28,24 @@ MAX_USER_LENGTH = 256
 async def record_outcome(request: Request, account: Account) -> Response:
     engine = console(request).engine
     incident_id = await _incident_id(request)
+    if incident_id is None:
+        return error(request, 404, "No such incident", "It may have passed its retention period.", account)
     back = queue_query(request.query_params.get("back", ""))
     try:
         chosen = outcomes.Outcome(await form_text(request, "outcome", 40))
         on = date.fromisoformat(await form_text(request, "on", 10))
     except ValueError:
-        return RedirectResponse(incident_path(incident_id or 0, back, "Choose an outcome and its date."),
-                                status_code=303)
+        return RedirectResponse(incident_path(incident_id, back, "Choose an outcome and its date."), status_code=303)
     if on > date.today():
-        return RedirectResponse(incident_path(incident_id or 0, back, "An outcome's date cannot be in the future."),
+        return RedirectResponse(incident_path(incident_id, back, "An outcome's date cannot be in the future."),
                                 status_code=303)
     try:
-        await outcomes.record_outcome(engine, incident_id or 0, chosen, on, await form_text(request, "note", 10_000),
+        await outcomes.record_outcome(engine, incident_id, chosen, on, await form_text(request, "note", 10_000),
                                       actor=account.username, role=account.role)
     except IncidentNotFound:
         return error(request, 404, "No such incident", "It may have passed its retention period.", account)
-    await outcomes.mark_reviewed(engine, incident_id or 0, account.username)
-    return RedirectResponse(incident_path(incident_id or 0, back) + "#outcomes", status_code=303)
+    await outcomes.mark_reviewed(engine, incident_id, account.username)
+    return RedirectResponse(incident_path(incident_id, back) + "#outcomes", status_code=303)
 
 
 # --- one pupil, one device ----------------------------------------------------------------
