@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.db import audit_log
 from schoolgate.reports import incidents, outcomes, pupils
-from schoolgate.reports.console.templating import duration, local_time, severity_name
+from schoolgate.reports.console.templating import duration, identified_by, local_time, severity_name
 from schoolgate.reports.incidents import Incident, IncidentFilter
 from schoolgate.reports.queries import surrounding
 from schoolgate.reports.report import _csv
@@ -61,7 +61,7 @@ async def _incident_sections(engine: AsyncEngine, item: Incident) -> list[Sectio
     review = await outcomes.first_review(engine, item.id)
     facts = Section(f"Incident #{item.id}: {r.flag}", (), [
         ("When", local_time(r.ts)), ("Who", r.user or "not signed in (a device, not a person)"),
-        ("Identified by", _text(r.identity_source)), ("Device", r.client_ip), ("Group", r.group),
+        ("Identified by", identified_by(r.identity_source)), ("Device", r.client_ip), ("Group", r.group),
         ("Risk", f"{r.flag} ({severity_name(r.flag_severity)})"), ("Why flagged", _text(r.flag_detail)),
         ("Search", f"{r.search_term} on {r.search_engine}" if r.search_term else ""),
         ("Address", r.url or r.host), ("Outcome of the request", r.verdict), ("Reference", _text(r.ref)),

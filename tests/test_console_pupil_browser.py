@@ -116,7 +116,7 @@ def test_a_dsl_follows_one_pupils_story(pupil_signed_in, browser, tmp_path) -> N
         download.value.save_as(pdf)
         text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True,
                               text=True).stdout
-        for seen in ("how to kill myself", "Spoke to the pupil", "Safety plan agreed.", "history homework tudors",
+        for seen in ("how to kill myself", "Spoke to the pupil", "Safety plan agreed.", "history homework tudors", "proxy sign-in",
                      "export.referral"):
             assert seen in text, seen
         if SCREENSHOTS:

@@ -37,6 +37,16 @@ def duration(value: timedelta | None) -> str:
     return f"{hours} h {mins} min" if hours else f"{mins} min"
 
 
+IDENTIFIED_BY = {"proxy-basic": "proxy sign-in", "kerberos": "Windows sign-in (Kerberos)", "portal": "the sign-in page",
+                 "accounting": "Wi-Fi sign-in (RADIUS)", "network": "network only: not a person",
+                 "unknown": "nothing: an unknown device"}
+
+
+def identified_by(source: str | None) -> str:
+    """How a record's identity was obtained (schoolgate.identities.Source), as a DSL reads it."""
+    return IDENTIFIED_BY.get(source or "", "not recorded")
+
+
 def pupil_url(user: str) -> str:
     return "/pupils/" + quote(user, safe="")
 
@@ -52,6 +62,7 @@ def environment() -> Environment:
     env.filters["local_time"] = local_time
     env.filters["severity"] = severity_name
     env.filters["duration"] = duration
+    env.filters["identified_by"] = identified_by
     env.filters["pupil_url"] = pupil_url
     env.filters["device_url"] = device_url
     return env
