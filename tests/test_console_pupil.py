@@ -1,6 +1,7 @@
 """One pupil's story in the console over HTTP (the real app served by uvicorn, a real SQLite file):
 outcomes and time to first review on an incident, a pupil's and a device's page with notes and the
-watch list, the queue's filter kept through an incident, and the role checks on all of it."""
+watch list, the queue's filter kept through an incident, referral packs read back with pdftotext,
+the role checks on all of it, and the same writes on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from test_records import make_record
 
 from schoolgate.addons.directory import PupilDetails
 from schoolgate.addons.pupildirectory import store_details
-from schoolgate.db import create_engine
-from schoolgate.reports.outcomes import review_times, summarise
+from schoolgate.db import create_engine, upgrade
+from schoolgate.records import RecordWriter
+from schoolgate.reports import incidents as incident_store
+from schoolgate.reports import outcomes, pupils, referral
+from schoolgate.reports.outcomes import Outcome, mark_reviewed, record_outcome, review_times, summarise
 
 
 def incident_of(env: Env, term: str) -> str:
@@ -238,3 +242,34 @@ def test_year_group_and_form_from_the_directory_show_on_the_pupil_and_the_incide
     assert "Year 8 · form 8B" in env.client.get("/pupils/alice").text  # the latest look-up
     assert "Year 8 · form 8B" in env.client.get("/incidents/1").text
     assert "form 9A" in env.client.get("/pupils/bob").text
+
+
+def test_outcomes_watch_list_directory_details_and_packs_on_postgres(database_url: str) -> None:
+    """The same writes and reads on PostgreSQL: dates, upserts, the audit trail's JSON."""
+    async def scenario() -> None:
+        await upgrade(database_url)
+        writer = RecordWriter(database_url)
+        await writer.start()
+        writer.submit(flagged_search(NOW - timedelta(hours=1)))
+        await writer.close()
+        engine = create_engine(database_url)
+        try:
+            item = (await incident_store.queue(engine, incident_store.IncidentFilter(user="alice")))[0]
+            review = await mark_reviewed(engine, item.id, "dsl")
+            assert timedelta(hours=1) <= review.waited < timedelta(hours=2)
+            await record_outcome(engine, item.id, Outcome.IWF, date.today(), "reported", actor="dsl", role="dsl")
+            assert [o.outcome for o in await outcomes.outcomes(engine, item.id)] == [Outcome.IWF]
+            await pupils.watch(engine, "alice", "worried", actor="dsl", role="dsl")
+            await pupils.watch(engine, "alice", "still worried", actor="dsl", role="dsl")
+            assert (await pupils.watched(engine))["alice"].reason == "still worried"
+            await store_details(engine, {"alice": PupilDetails("Year 9", "9B")}, NOW)
+            await store_details(engine, {"alice": PupilDetails("Year 10", "10B")}, NOW)
+            assert await pupils.year_and_form(engine, "alice") == pupils.YearAndForm("Year 10", "10B")
+            pack = await referral.pupil_pack(engine, "alice", school="Test", made_by="dsl", now=NOW)
+            assert "pupil.watch" in referral.pack_csv(pack) and referral.pack_pdf(pack).startswith(b"%PDF")
+            times = await outcomes.review_times(engine, NOW - timedelta(days=1), NOW + timedelta(minutes=1))
+            assert (times.reviewed, times.waiting) == (1, 0)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
