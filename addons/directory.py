@@ -24,10 +24,10 @@ import re
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ldap3 import BASE as ONE_ENTRY
-from ldap3 import NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
@@ -42,6 +42,14 @@ class DirectoryUnavailable(OSError):
     """The directory could not be reached or would not answer: nothing can be decided."""
 
 
+@dataclass(frozen=True, slots=True)
+class PupilDetails:
+    """A pupil's year group and form as the directory gives them (`year_attribute`, `form_attribute`)."""
+
+    year_group: str | None
+    form: str | None
+
+
 class Directory:
     """Checks passwords and reads groups; implements identity.PasswordBackend."""
 
@@ -50,6 +58,8 @@ class Directory:
         self.key = f"directory:{settings.url}:{settings.user_base or settings.user_dn}"
         self.clock = clock
         self._groups: dict[str, tuple[frozenset[str], float]] = {}
+        # Year groups and forms read since the gateway last stored them (addons/pupildirectory.py).
+        self._details: dict[str, PupilDetails] = {}
         parts = urlsplit(settings.url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ValueError(f"directory url must be ldap://host[:port] or ldaps://host[:port], not {settings.url!r}")
@@ -77,6 +87,7 @@ class Directory:
                 if conn is None:
                     return None
                 groups = self._read_groups(conn, dn)
+                self._read_details(conn, user, dn)
         else:
             with self._service() as service:
                 found = self._find(service, user)
@@ -87,6 +98,7 @@ class Directory:
                     if conn is None:
                         return None
                 groups = self._read_groups(service, dn)
+                self._read_details(service, user, dn)
         self._groups[user] = (groups, self.clock() + s.cache_seconds)
         return Identity(user, Source.PROXY_BASIC, groups)
 
@@ -113,6 +125,7 @@ class Directory:
             if dn is None:
                 return None
             groups = self._read_groups(service, dn)
+            self._read_details(service, user, dn)
         self._groups[user] = (groups, self.clock() + self.settings.cache_seconds)
         return groups
 
@@ -133,7 +146,7 @@ class Directory:
                     return None
                 names: set[str] = set()
                 for dn in [*found[0]["attributes"].get("member", []), *found[0]["attributes"].get("uniqueMember", [])]:
-                    service.search(str(dn), "(objectClass=*)", ONE_ENTRY, attributes=[name])
+                    service.search(str(dn), "(objectClass=*)", BASE, attributes=[name])
                     for entry in service.response or []:
                         if entry.get("type") == "searchResEntry":
                             value = entry["attributes"].get(name)
@@ -141,6 +154,11 @@ class Directory:
         except LDAPException as e:
             raise DirectoryUnavailable(f"the directory failed: {type(e).__name__}") from e
         return tuple(sorted(names))
+
+    def take_details(self) -> dict[str, PupilDetails]:
+        """The year groups and forms read since the last call (handed over once, to be stored)."""
+        taken, self._details = self._details, {}
+        return taken
 
     # --- LDAP ------------------------------------------------------------------------
 
@@ -182,6 +200,25 @@ class Directory:
                 for name in entry["attributes"].get(s.group_name_attribute) or []:
                     names.add(str(name).lower())
         return frozenset(names)
+
+
+    def _read_details(self, conn: Connection, user: str, dn: str) -> None:
+        """The entry's year group and form, when the policy names their attributes."""
+        s = self.settings
+        wanted = [a for a in (s.year_attribute, s.form_attribute) if a]
+        if not wanted:
+            return
+        if not conn.search(dn, "(objectClass=*)", BASE, attributes=wanted):
+            return  # not readable with this binding: the pupil's page just lacks them
+        entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
+        attributes = entries[0]["attributes"] if entries else {}
+
+        def first(attribute: str) -> str | None:
+            values = attributes.get(attribute) if attribute else None
+            value = values[0] if isinstance(values, list) and values else values
+            return (str(value).strip()[:64] or None) if value else None
+
+        self._details[user] = PupilDetails(first(s.year_attribute), first(s.form_attribute))
 
 
 class _Bound:

@@ -20,6 +20,7 @@ from schoolgate.addons.logformat import LogFormat
 from schoolgate.addons.malformed import MalformedRequests
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.portal import Portal
+from schoolgate.addons.pupildirectory import PupilDirectory
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.sessions import SharedSessions
 
@@ -36,6 +37,7 @@ addons = [
     Health(policy, recorder),  # /healthz, /readyz, systemd readiness; /proxy.pac asked of the gateway itself
     Lists(policy),  # category index health in the log and metrics; first-start download of the lists
     SharedSessions(policy, identification.sessions),  # sign-in sessions shared by every worker, through the database
+    PupilDirectory(policy, identification),  # pupils' year groups and forms from the directory, for the DSL
     Accounting(policy, identification.sessions),  # [accounting]: Wi-Fi controllers say who is on which address
     Portal(policy, identification),  # [portal]: the sign-in page, answered before anything decides its host
     Connections(policy, identification, judge, recorder),

@@ -33,6 +33,40 @@ async def find_by_ref(engine: AsyncEngine, ref: str) -> list[AccessRecord]:
         return [record_from_row(row) for row in rows.mappings()]
 
 
+async def recent(
+    engine: AsyncEngine,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    verdict: str | None = None,
+    user: str | None = None,
+    client_ip: str | None = None,
+    host: str | None = None,
+    since: datetime | None = None,
+    before: datetime | None = None,
+) -> list[AccessRecord]:
+    """The latest records matching every filter given, newest first, skipping `offset` (paging).
+
+    `host` also matches its subdomains, so "youtube.com" finds www.youtube.com."""
+    c = access_log.c
+    query = select(access_log).order_by(*_NEWEST_FIRST).limit(limit).offset(offset)
+    if verdict is not None:
+        query = query.where(c.verdict == verdict)
+    if user is not None:
+        query = query.where(c.username == user)
+    if client_ip is not None:
+        query = query.where(c.client_ip == client_ip)
+    if host is not None:
+        query = query.where(or_(c.host == host, c.host.endswith("." + host, autoescape=True)))
+    if since is not None:
+        query = query.where(c.ts >= since)
+    if before is not None:
+        query = query.where(c.ts < before)
+    async with engine.connect() as connection:
+        rows = await connection.execute(query)
+        return [record_from_row(row) for row in rows.mappings()]
+
+
 @dataclass(frozen=True, slots=True)
 class LogSearch:
     """The console's access-log search. The time range is always bounded, so every query

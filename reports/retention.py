@@ -1,9 +1,10 @@
 """Retention: personal data is deleted when the policy's [retention] says so.
 
 - access records older than `records_days`, except flagged ones;
-- flagged records older than `flagged_days`, with their incidents and notes
+- flagged records older than `flagged_days`, with their incidents, notes and outcomes
   (a safeguarding file is kept longer, but not for ever); a record of the
   illegal-content tier (rule `illegal`) is always kept that long, flagged or not;
+  notes on pupils are kept as long as flagged records;
 - access requests and console login attempts older than `records_days`;
 - console sessions that have ended or gone idle.
 
@@ -27,7 +28,17 @@ from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, sele
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
-from schoolgate.db import access_log, access_requests, console_sessions, incident_notes, incidents, login_attempts
+from schoolgate.db import (
+    access_log,
+    access_requests,
+    console_sessions,
+    incident_notes,
+    incident_outcomes,
+    incidents,
+    login_attempts,
+    pupil_directory,
+    pupil_notes,
+)
 from schoolgate.live import record_audit
 from schoolgate.policy import Policy
 
@@ -48,6 +59,9 @@ class PurgeCounts:
     flagged_records: int
     incidents: int
     incident_notes: int
+    incident_outcomes: int
+    pupil_notes: int
+    pupil_directory: int
     access_requests: int
     login_attempts: int
     sessions: int
@@ -69,6 +83,9 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     expired_flagged = and_(kept_long, c.ts < flagged_before)
     expired_records = and_(not_(kept_long), c.ts < records_before)
     others: list[tuple[str, Delete]] = [
+        ("pupil_notes", delete(pupil_notes).where(pupil_notes.c.ts < flagged_before)),
+        # Year groups and forms of pupils the directory has not been asked about for a while.
+        ("pupil_directory", delete(pupil_directory).where(pupil_directory.c.updated_at < records_before)),
         ("access_requests", delete(access_requests).where(access_requests.c.created_at < records_before)),
         ("login_attempts", delete(login_attempts).where(login_attempts.c.ts < records_before)),
         ("sessions", delete(console_sessions).where(console_sessions.c.last_seen < now - SESSION_KEEP)),
@@ -78,6 +95,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
         async with engine.connect() as conn:
             expired_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(select(c.id).where(expired_flagged)))
             counted["incident_notes"] = await _count(conn, incident_notes, incident_notes.c.incident_id.in_(expired_incidents))
+            counted["incident_outcomes"] = await _count(conn, incident_outcomes,
+                                                        incident_outcomes.c.incident_id.in_(expired_incidents))
             counted["incidents"] = await _count(conn, incidents, incidents.c.id.in_(expired_incidents))
             counted["flagged_records"] = await _count(conn, access_log, expired_flagged)
             counted["records"] = await _count(conn, access_log, expired_records)
@@ -85,7 +104,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
                 counted[name] = await _count(conn, statement.table, statement.whereclause)  # type: ignore[arg-type]
     else:
         flagged = await _delete_records(engine, expired_flagged, batch_rows, with_incidents=True)
-        counted.update(incident_notes=flagged[2], incidents=flagged[1], flagged_records=flagged[0])
+        counted.update(incident_outcomes=flagged[3], incident_notes=flagged[2], incidents=flagged[1],
+                       flagged_records=flagged[0])
         counted["records"] = (await _delete_records(engine, expired_records, batch_rows, with_incidents=False))[0]
         async with engine.begin() as conn:
             for name, statement in others:
@@ -103,11 +123,12 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
 
 
 async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], batch_rows: int, *,
-                          with_incidents: bool) -> tuple[int, int, int]:
+                          with_incidents: bool) -> tuple[int, int, int, int]:
     """Delete the access records matching `expired`, oldest first, one short transaction per batch
-    (with their incidents and notes when asked); returns records, incidents and notes deleted."""
+    (with their incidents, notes and outcomes when asked); returns records, incidents, notes and
+    outcomes deleted."""
     c = access_log.c
-    deleted = [0, 0, 0]
+    deleted = [0, 0, 0, 0]
     after: tuple[datetime, int] | None = None  # the last row of the previous batch, so kept rows are read once
     while True:
         query = select(c.ts, c.id).where(expired).order_by(c.ts, c.id).limit(batch_rows)
@@ -122,6 +143,8 @@ async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], bat
                 their_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(ids))
                 deleted[2] += await _rowcount(conn, delete(incident_notes).where(
                     incident_notes.c.incident_id.in_(their_incidents)))
+                deleted[3] += await _rowcount(conn, delete(incident_outcomes).where(
+                    incident_outcomes.c.incident_id.in_(their_incidents)))
                 deleted[1] += await _rowcount(conn, delete(incidents).where(incidents.c.record_id.in_(ids)))
             deleted[0] += await _rowcount(conn, delete(access_log).where(c.id.in_(ids)))
         after = (rows[-1].ts, rows[-1].id)
@@ -130,7 +153,7 @@ async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], bat
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         if len(rows) < batch_rows:
             break
-    return deleted[0], deleted[1], deleted[2]
+    return deleted[0], deleted[1], deleted[2], deleted[3]
 
 
 async def _rowcount(conn: AsyncConnection, statement: Delete) -> int:

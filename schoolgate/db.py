@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     Index,
@@ -290,6 +291,9 @@ incidents = Table(
     Column("opened_at", UtcDateTime()),  # first opened by a DSL: until then it counts as unread (0007_itconsole)
     Column("reminded_at", UtcDateTime()),  # the last reminder that it is still new (0007_itconsole)
     Column("reminders_sent", Integer()),
+    # The first time a DSL opened or changed it: time to first review is this less the record's time.
+    Column("first_reviewed_at", UtcDateTime()),
+    Column("first_reviewed_by", String()),
     Index("ix_incidents_status", "status"),
 )
 
@@ -304,6 +308,53 @@ incident_notes = Table(
     Column("status_from", String()),
     Column("status_to", String()),  # set when the note went with a status change
     Index("ix_incident_notes_incident_id", "incident_id"),
+)
+
+# What a DSL did about an incident, from fixed categories (reports/outcomes.py), each with the
+# day it happened; purged with the incident.
+incident_outcomes = Table(
+    "incident_outcomes",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("incident_id", BigInteger(), nullable=False),
+    Column("outcome", String(), nullable=False),  # no-concern | spoke-to-pupil | parents-contacted | ...
+    Column("outcome_date", Date(), nullable=False),
+    Column("note", Text(), nullable=False),
+    Column("author", String(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Index("ix_incident_outcomes_incident_id", "incident_id"),
+)
+
+# A DSL's notes on a pupil (not on one incident), and the pupils a DSL watches.
+pupil_notes = Table(
+    "pupil_notes",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("username", String(), nullable=False),
+    Column("author", String(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    Column("text", Text(), nullable=False),
+    Index("ix_pupil_notes_username", "username"),
+)
+
+# A pupil's year group and form as the directory last gave them (`[directory] year_attribute`,
+# `form_attribute`), written by the gateway when it looks a user up.
+pupil_directory = Table(
+    "pupil_directory",
+    metadata,
+    Column("username", String(), primary_key=True),
+    Column("year_group", String()),
+    Column("form", String()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+watch_list = Table(
+    "watch_list",
+    metadata,
+    Column("username", String(), primary_key=True),
+    Column("reason", Text(), nullable=False),
+    Column("added_by", String(), nullable=False),
+    Column("added_at", UtcDateTime(), nullable=False),
 )
 
 login_attempts = Table(

@@ -19,6 +19,8 @@ from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS, Severity
 CIRCUMVENTION = "circumvention"
 # Categories whose purpose is getting round the filter, whatever their UKSIC heading.
 CIRCUMVENTION_CATEGORIES = frozenset({"vpn-proxy", "doh"})
+# Every risk a record can be flagged with (what the queue's risk filter offers).
+RISK_NAMES = tuple(sorted({*RISKS, *HEADINGS, CIRCUMVENTION}))
 
 
 @dataclass(frozen=True, slots=True)

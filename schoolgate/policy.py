@@ -623,6 +623,9 @@ class DirectorySettings:
     group_name_attribute: str = "cn"
     cache_seconds: int = 300  # how long a password check and group memberships are trusted
     timeout_seconds: int = 5
+    # The entry's attributes holding a pupil's year group and form, shown to the DSL ("": not read).
+    year_attribute: str = ""  # e.g. departmentNumber, or the attribute your MIS sync writes
+    form_attribute: str = ""  # e.g. businessCategory
 
     @property
     def enabled(self) -> bool:

@@ -145,7 +145,7 @@ def test_dsl_teacher_and_throttling_in_a_real_browser(filled_by_gateway, browser
         shoot(page, "queue")
 
         # Its context: the same pupil's other requests in the minutes around it.
-        row.get_by_role("link").click()
+        row.get_by_role("link").first.click()  # the time links to the incident; the who column to the device
         playwright_api.expect(page.get_by_role("heading", level=1)).to_contain_text("Self-harm")
         context = page.locator("section", has_text="Context:")
         for seen in ("history homework tudors", "www.bbc.co.uk/bitesize", "www.pornhub.com", "minecraft"):

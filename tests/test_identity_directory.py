@@ -1,6 +1,7 @@
 """Directory sign-in against a real OpenLDAP server (slapd) started for these tests:
 search then bind and bind as the user, over LDAP, StartTLS and LDAPS; groups and OUs;
-injection attempts; group changes picked up after the cache time, without a restart."""
+injection attempts; group changes picked up after the cache time, without a restart; pupils'
+year groups and forms read when the policy names their attributes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from schoolgate.addons.directory import Directory, DirectoryUnavailable
+from schoolgate.addons.directory import Directory, DirectoryUnavailable, PupilDetails
 from schoolgate.addons.identity import BadCredentials, ProxyLogin
 from schoolgate.identities import Source
 from schoolgate.policy import DirectorySettings
@@ -171,3 +172,23 @@ networks = ["10.0.0.0/8"]
     assert capsys.readouterr().out.splitlines() == ["class teachers: 2 members", "class year7: 1 members"]
     assert main(["classes", "sync", "year9", "--policy", str(policy)]) == 1
     assert "the directory has no group 'year9' with members" in capsys.readouterr().err
+def test_year_group_and_form_are_read_when_the_policy_names_their_attributes(search_then_bind, slapd):
+    slapd.modify(f"dn: {user_dn('amy.b')}\nchangetype: modify\nadd: departmentNumber\ndepartmentNumber: Year 7\n-\n"
+                 "add: businessCategory\nbusinessCategory: 7B\n")
+    plain = Directory(search_then_bind)
+    assert plain.check("amy.b", "amy-pw") is not None and plain.take_details() == {}  # not asked for: not read
+    named = dataclasses.replace(search_then_bind, year_attribute="departmentNumber", form_attribute="businessCategory")
+    directory = Directory(named)
+    assert directory.check("amy.b", "amy-pw") is not None
+    assert directory.take_details() == {"amy.b": PupilDetails("Year 7", "7B")}
+    assert directory.take_details() == {}  # handed over once
+    assert directory.check("amy.b", "wrong") is None and directory.take_details() == {}
+    # Read too when another source named the user (the service account looks them up), and when
+    # the gateway binds as the user; an attribute the entry lacks is None.
+    looked_up = Directory(named)
+    assert looked_up.groups_of("amy.b") is not None
+    assert looked_up.take_details() == {"amy.b": PupilDetails("Year 7", "7B")}
+    as_user = Directory(DirectorySettings(url=slapd.url, user_dn="uid={user},ou=Year7,ou=Pupils," + BASE,
+                                          year_attribute="departmentNumber", form_attribute="roomNumber"))
+    assert as_user.check("amy.b", "amy-pw") is not None
+    assert as_user.take_details() == {"amy.b": PupilDetails("Year 7", None)}

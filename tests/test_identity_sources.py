@@ -76,6 +76,28 @@ def test_directory_passwords_and_groups_pick_the_policy_group(gateway_factory, u
     assert [r[1:] for r in recorded[3:]] == [("pupils", "network", "block")] * 2  # refused sign-ins, by network
 
 
+@pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+def test_the_gateway_keeps_pupils_year_groups_and_forms_from_the_directory(gateway_factory, upstream, tmp_path_factory):
+    slapd = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    try:
+        slapd.modify(f"dn: uid=amy.b,ou=Year7,ou=Pupils,{BASE}\nchangetype: modify\nadd: departmentNumber\n"
+                     "departmentNumber: Year 7\n-\nadd: businessCategory\nbusinessCategory: 7B\n")
+        policy = (DIRECTORY_POLICY.replace("group_base =", 'year_attribute = "departmentNumber"\n'
+                                           'form_attribute = "businessCategory"\ngroup_base =')
+                  .replace("URL", slapd.url).replace("SERVICE_DN", SERVICE_DN)
+                  .replace("PASSWORD_FILE", str(slapd.service_password_file)).replace("BASE", BASE))
+        gateway = gateway_factory(policy)
+        assert curl(gateway, "http://games.test/", user="amy.b", password="amy-pw").status == 403
+        assert curl(gateway, "http://games.test/", user="mr.smith", password="smith-pw").status == 200
+        gateway.stop()  # stores what is still waiting
+    finally:
+        slapd.stop()
+    with sqlite3.connect(gateway.db_path) as db:
+        stored = db.execute("SELECT username, year_group, form FROM pupil_directory ORDER BY username").fetchall()
+    assert stored == [("amy.b", "Year 7", "7B"), ("mr.smith", None, None)]
+    assert "7B" not in gateway.log_text()
+
+
 UNKNOWN_POLICY = """\
 [categories]
 pornography = "block"

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from schoolgate.db import create_engine, upgrade
 from schoolgate.policy import Policy
-from schoolgate.reports.console import it_views, live_views, views
+from schoolgate.reports.console import it_views, live_views, pupil_views, views
 from schoolgate.reports.console.pages import Console, error
 from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
 from schoolgate.reports.reminders import remind_periodically
@@ -51,6 +51,15 @@ ROUTES = [
     Route("/incidents.csv", views.queue_csv),
     Route("/incidents/{key}", views.incident, methods=["GET", "POST"]),
     Route("/incidents/{key}/export.csv", views.incident_csv),
+    Route("/incidents/{key}/outcomes", pupil_views.record_outcome, methods=["POST"]),
+    Route("/incidents/{key}/referral.pdf", pupil_views.incident_referral),
+    Route("/incidents/{key}/referral.csv", pupil_views.incident_referral),
+    Route("/pupils/{user}", pupil_views.pupil_page),
+    Route("/pupils/{user}/notes", pupil_views.pupil_note, methods=["POST"]),
+    Route("/pupils/{user}/watch", pupil_views.pupil_watch, methods=["POST"]),
+    Route("/pupils/{user}/referral.pdf", pupil_views.pupil_referral),
+    Route("/pupils/{user}/referral.csv", pupil_views.pupil_referral),
+    Route("/devices/{ip}", pupil_views.device_page),
     Route("/report", views.report_page),
     Route("/report.csv", views.report_download),
     Route("/exceptions", live_views.exceptions_page),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from schoolgate.categories.taxonomy import Severity
-from schoolgate.reports import incidents
+from schoolgate.flags import RISK_NAMES
+from schoolgate.reports import incidents, outcomes, pupils
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.pages import BADGES, audit, console, error, form_text, home_for, page, render
 from schoolgate.reports.console.security import (
@@ -85,9 +87,19 @@ def _local_day(text: str) -> datetime | None:
     return datetime.combine(date.fromisoformat(text), time()).astimezone().astimezone(UTC)
 
 
+QUEUE_FILTERS = ("from", "to", "severity", "risk", "group", "user", "device", "status")
+
+
+def queue_query(text: str) -> str:
+    """The queue's filter carried through an incident page (`?back=`) so its back link returns to
+    the same filtered queue: only the filter's own fields, re-encoded."""
+    params = QueryParams(text)
+    return urlencode([(k, v) for k, v in params.multi_items() if k in QUEUE_FILTERS and v])
+
+
 def _filter(params: QueryParams) -> tuple[IncidentFilter, dict[str, str]]:
     """The queue's filter from the query string, and the values to show back in the form."""
-    shown = {k: params.get(k, "").strip() for k in ("from", "to", "severity", "risk", "group", "user", "device")}
+    shown = {k: params.get(k, "").strip() for k in QUEUE_FILTERS if k != "status"}
     shown["status"] = params.get("status", "open")
     end = _local_day(shown["to"])
     statuses = OPEN if shown["status"] == "open" else () if shown["status"] == "all" else (Status(shown["status"]),)
@@ -109,7 +121,8 @@ async def queue(request: Request, account: Account) -> Response:
     items = await incidents.queue(console(request).engine, wanted)
     await audit(request, account, "view.queue", "incident", None, {"filter": wanted.describe(), "shown": len(items)})
     return render(request, "incidents.html", account=account, items=items, shown=shown,
-                  query=str(request.query_params), statuses=list(Status),
+                  query=queue_query(str(request.query_params)), statuses=list(Status), risks=RISK_NAMES,
+                  watched=await pupils.watched(console(request).engine),
                   severities=[s.name.lower() for s in Severity if s > Severity.NONE],
                   groups=list(console(request).policy.groups))
 
@@ -160,18 +173,30 @@ async def incident(request: Request, account: Account) -> Response:
         item = None
     if item is None:
         return error(request, 404, "No such incident", "It may have passed its retention period.", account)
+    back = queue_query(request.query_params.get("back", ""))
+    review = await outcomes.mark_reviewed(engine, item.id, account.username)
     if request.method == "POST":
-        return await _change(request, account, item)
+        return await _change(request, account, item, back)
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
     await incidents.mark_opened(engine, item.id)
     request.state.badges["/incidents"] = await unread_incidents(request, account)  # this one is read now
     await audit(request, account, "view.incident", "incident", item.id, {"context_records": len(context)})
     return render(request, "incident.html", account=account, item=item, context=context,
                   notes=await incidents.notes(engine, item.id), statuses=list(Status), minutes=CONTEXT_MINUTES,
-                  message=request.query_params.get("message", ""))
+                  message=request.query_params.get("message", ""), back=back, review=review,
+                  outcomes=await outcomes.outcomes(engine, item.id), outcome_choices=list(outcomes.Outcome),
+                  watched=await pupils.watched(engine), today=date.today().isoformat(),
+                  people=sorted({c.user or "" for _, c in context}),
+                  year_and_form=await pupils.year_and_form(engine, item.record.user))
 
 
-async def _change(request: Request, account: Account, item: incidents.Incident) -> Response:
+def incident_path(incident_id: int, back: str, message: str = "") -> str:
+    """An incident's page, keeping the queue's filter for its back link (and a message, if any)."""
+    query = urlencode([(k, v) for k, v in (("back", back), ("message", message)) if v])
+    return f"/incidents/{incident_id}" + (f"?{query}" if query else "")
+
+
+async def _change(request: Request, account: Account, item: incidents.Incident, back: str) -> Response:
     status_text = await form_text(request, "status", 20)
     assigned = await form_text(request, "assigned", 128)
     try:
@@ -180,9 +205,9 @@ async def _change(request: Request, account: Account, item: incidents.Incident) 
             status=Status(status_text) if status_text else None, note=await form_text(request, "note", 10_000),
             assigned=assigned if assigned != (item.assigned or "") else None)
     except ValueError:
-        return RedirectResponse(f"/incidents/{item.id}?message=Change+the+status+or+the+assignee,+or+write+a+note.",
+        return RedirectResponse(incident_path(item.id, back, "Change the status or the assignee, or write a note."),
                                 status_code=303)
-    return RedirectResponse(f"/incidents/{item.id}#notes", status_code=303)
+    return RedirectResponse(incident_path(item.id, back) + "#notes", status_code=303)
 
 
 @page(DSL)
