@@ -277,9 +277,16 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
         insert = f"INSERT INTO access_log ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         while not stop.is_set():
             started = time.perf_counter()
-            connection.execute("BEGIN IMMEDIATE")  # the wait for the write lock is here
-            connection.execute(insert, row)
-            connection.execute("COMMIT")
+            while True:  # as the gateway's writer does, keep trying: the wait is until the record is in
+                try:
+                    connection.execute("BEGIN IMMEDIATE")  # the wait for the write lock is here
+                    break
+                except sqlite3.OperationalError:  # locked for longer than the 60 s busy timeout
+                    if stop.is_set():
+                        break
+            if connection.in_transaction:
+                connection.execute(insert, row)
+                connection.execute("COMMIT")
             waits.append(time.perf_counter() - started)
             time.sleep(0.02)
         connection.close()

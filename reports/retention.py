@@ -48,9 +48,12 @@ SESSION_KEEP = timedelta(days=1)  # ended or idle sessions are only kept to expl
 PURGE_EVERY = timedelta(days=1)
 
 
-# Rows deleted per transaction: each holds SQLite's write lock for well under a second
-# (the gateway's writer waits at most that long), and the WAL stays a few megabytes.
-BATCH_ROWS = 5000
+# Rows deleted per transaction: each holds SQLite's write lock for a fraction of a second
+# (the gateway's writer waits at most that long), and the WAL stays tens of megabytes.
+BATCH_ROWS = 2000
+# SQLite's page cache for a batch (KiB): a batch dirties pages of every index, and a
+# smaller cache would spill them to the WAL mid-transaction, again and again.
+BATCH_CACHE_KIB = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +117,9 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
                                {**asdict(PurgeCounts(**counted)), "records_days": policy.retention.records_days,
                                 "flagged_days": policy.retention.flagged_days})
         if engine.dialect.name == "sqlite":
-            async with engine.connect() as conn:  # give the disk back: the WAL held the deleted pages
+            async with engine.connect() as conn:  # give the disk and memory back
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                await conn.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's default
     counts = PurgeCounts(**counted)
     log.info("%s: %s", "retention dry run, would delete" if dry_run else "retention purge deleted",
              ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in asdict(counts).items()))
@@ -135,6 +139,8 @@ async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], bat
         if after is not None:
             query = query.where(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
         async with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql(f"PRAGMA cache_size = -{BATCH_CACHE_KIB}")
             rows = (await conn.execute(query)).all()
             if not rows:
                 break
