@@ -23,7 +23,15 @@ from sqlalchemy import delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
-from schoolgate.db import access_log, access_requests, console_sessions, incident_notes, incidents, login_attempts
+from schoolgate.db import (
+    access_log,
+    access_requests,
+    console_sessions,
+    incident_notes,
+    incident_records,
+    incidents,
+    login_attempts,
+)
 from schoolgate.live import record_audit
 from schoolgate.policy import Policy
 
@@ -39,6 +47,7 @@ class PurgeCounts:
     flagged_records: int
     incidents: int
     incident_notes: int
+    incident_records: int
     access_requests: int
     login_attempts: int
     sessions: int
@@ -57,6 +66,7 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     # Notes before incidents before records: each step finds its rows through the next.
     steps: list[tuple[str, Delete]] = [
         ("incident_notes", delete(incident_notes).where(incident_notes.c.incident_id.in_(expired_incidents))),
+        ("incident_records", delete(incident_records).where(incident_records.c.incident_id.in_(expired_incidents))),
         ("incidents", delete(incidents).where(incidents.c.record_id.in_(expired_flagged))),
         ("flagged_records", delete(access_log).where(kept_long, c.ts < flagged_before)),
         ("records", delete(access_log).where(not_(kept_long), c.ts < records_before)),

@@ -15,6 +15,7 @@ PURE = [
     "schoolgate.policy",
     "schoolgate.urls",
     "schoolgate.flags",
+    "schoolgate.episodes",
     "schoolgate.grants",
     "schoolgate.decide",
     "schoolgate.engine",

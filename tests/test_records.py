@@ -157,7 +157,8 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
     asyncio.run(db.upgrade(sqlite_url(path)))
 
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        heads = ScriptDirectory.from_config(db.alembic_config()).get_heads()
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(heads[0],)]
 
 
 def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
