@@ -104,7 +104,7 @@ def _backfill(bind: sa.Connection) -> None:
             if episode.id is None:
                 episode.id = bind.execute(sa.insert(_incidents).values(
                     status=Status.NEW.value, updated_at=now, subject_kind=episode.subject_kind.value,
-                    subject=episode.subject, flag=episode.flag, **values)).inserted_primary_key[0]
+                    subject=episode.subject, flag=episode.flag, **values).returning(i.id)).scalar_one()
                 open_episodes.append(episode)
             else:
                 bind.execute(sa.update(_incidents).where(i.id == episode.id).values(**values))
