@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from test_console import ConsoleServer, cli, create_accounts, flagged_search, store, write_policy
 from test_console import PASSWORDS as CONSOLE_PASSWORDS
+from test_console import ConsoleServer, cli, create_accounts, flagged_search, store, write_policy
 from test_records import make_record
 
 from schoolgate.policy import load_policy

@@ -115,7 +115,7 @@ async def queue(request: Request, account: Account) -> Response:
                   severities=[s.name.lower() for s in Severity if s > Severity.NONE],
                   groups=list(console(request).policy.groups), dsls=await _dsl_names(request),
                   lost=await lost_records(engine, datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS,
-                  message=request.query_params.get("message", ""), day=timedelta(hours=12))
+                  message=request.query_params.get("message", ""))
 
 
 async def _dsl_names(request: Request) -> list[str]:
