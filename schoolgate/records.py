@@ -40,7 +40,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, distinct, func, insert, select, update
+from sqlalchemy import Connection, bindparam, distinct, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -871,6 +871,7 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
                      for row in connection.execute(candidates) if (row.subject_kind, row.subject, row.flag) in keys]
     now = datetime.now(UTC)
     links: list[dict[str, int]] = []
+    extended: list[dict[str, Any]] = []
     for episode in group_attempts(open_episodes, attempts, window):
         values = dict(record_id=episode.record_id, ref=episode.ref, severity=episode.severity,
                       first_seen=episode.first_seen, last_seen=episode.last_seen, attempts=episode.attempts)
@@ -881,9 +882,12 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
             assert primary_key is not None
             episode.id = primary_key[0]
         else:
-            connection.execute(update(incidents).where(i.id == episode.id).values(**values))
+            extended.append({"incident": episode.id, **values})
         incident_id: int = episode.id
         links.extend(dict(incident_id=incident_id, record_id=record_id) for record_id in episode.added)
+    if extended:  # one executemany for every episode extended
+        connection.execute(update(incidents).where(i.id == bindparam("incident")).values(
+            {name: bindparam(name) for name in extended[0] if name != "incident"}), extended)
     connection.execute(insert(incident_records), links)
 
 
