@@ -453,6 +453,7 @@ def test_csv_export_is_valid_audited_and_safe_for_spreadsheets(env: Env) -> None
     assert rows[0]["search_term"] == "how to kill myself" and rows[0]["risk"] == "self-harm"
     assert rows[0]["severity"] == "critical" and rows[0]["reference"] == "SG-AAAA-BBBB"
     assert rows[1]["search_term"].startswith("'=")  # a formula a spreadsheet would otherwise run
+    assert rows[0]["attempts"] == "1" and rows[0]["first_seen_utc"] == rows[0]["time_utc"]  # the episode's
 
     one = list(csv.DictReader(io.StringIO(env.client.get("/incidents/1/export.csv").content.decode("utf-8-sig"))))
     assert len(one) == 1 and one[0]["incident"] == "1"
