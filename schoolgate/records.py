@@ -847,17 +847,17 @@ class RecordWriter:
 def store_incidents(connection: Connection, records: list[AccessRecord], window: timedelta) -> None:
     """Extend or start the incidents (episodes) of flagged records just inserted in this transaction."""
     c, i = access_log.c, incidents.c
-    stored: dict[tuple[str, int, datetime], int] = {}
+    # Their ids: the newest row of each (instance, seq), as only records not stored before are inserted.
+    stored: dict[tuple[str, int], int] = {}
     for instance in {r.instance for r in records}:
         seqs = [r.seq for r in records if r.instance == instance]
-        for row in connection.execute(select(c.id, c.seq, c.ts).where(c.instance == instance, c.seq.in_(seqs))):
-            key = (instance, row.seq, row.ts)
-            stored[key] = max(row.id, stored.get(key, 0))
+        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs))):
+            stored[(instance, row.seq)] = max(row.id, stored.get((instance, row.seq), 0))
     attempts = []
     for r in records:
         kind, subject = subject_of(r.user, r.client_ip)
         assert r.flag_severity is not None
-        attempts.append(Attempt(stored[(r.instance, r.seq, r.ts)], r.ts.astimezone(UTC), kind, subject, r.flag or "",
+        attempts.append(Attempt(stored[(r.instance, r.seq)], r.ts.astimezone(UTC), kind, subject, r.flag or "",
                                 r.flag_severity, r.ref))
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_INCIDENT_LOCK_KEY})")
