@@ -24,7 +24,7 @@ from schoolgate.records import AccessRecord, RecordWriter, record_as_json, seq_g
 from schoolgate.reports import incidents as triage
 from schoolgate.reports.incidents import IncidentFilter, Status
 
-from support.postgres import database_url, postgres, postgres_bin  # noqa: F401  (fixtures)
+from support.postgres import postgres_bin
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=30)
