@@ -1,7 +1,8 @@
 """The review console end to end in headless Chromium (Debian's /usr/bin/chromium driven by
 Playwright) over a database filled by a real gateway run: the DSL triages a flagged self-harm
 search, a teacher is kept out of the flagged queue, wrong passwords are refused then throttled,
-and the CSV export downloads. With SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
+and the CSV export downloads; the queue puts the worst first, counts an episode's attempts,
+closes a selection at once, says when records were lost and fits a phone. With SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
 
 from __future__ import annotations
 

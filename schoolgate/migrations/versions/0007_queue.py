@@ -78,19 +78,26 @@ def _backfill(bind: sa.Connection) -> None:
                         a.flag_severity, a.ref)
               .select_from(_incidents.outerjoin(_access_log, a.id == i.record_id)))
     open_episodes: list[Episode] = []
+    facts: list[dict[str, Any]] = []
+    links: list[dict[str, Any]] = []
     for row in bind.execute(joined).all():
         if row.record_id is None:  # the record is gone (purged by hand): keep the incident, facts unknown
             when = _aware(row.updated_at)
-            values = dict(subject_kind="device", subject="", flag="", severity=0, first_seen=when, last_seen=when, attempts=1)
-        else:
-            attempt = _attempt(row)
-            values = dict(subject_kind=attempt.subject_kind.value, subject=attempt.subject, flag=attempt.flag,
-                          severity=attempt.severity, first_seen=attempt.ts, last_seen=attempt.ts, attempts=1)
-            bind.execute(sa.insert(_incident_records).values(incident_id=row.id, record_id=row.record_id))
-            if row.status != Status.CLOSED:
-                open_episodes.append(Episode(row.id, attempt.subject_kind, attempt.subject, attempt.flag, attempt.ts,
-                                             attempt.ts, 1, attempt.severity, attempt.record_id, attempt.ref))
-        bind.execute(sa.update(_incidents).where(i.id == row.id).values(**values))
+            facts.append(dict(incident=row.id, subject_kind="device", subject="", flag="", severity=0,
+                              first_seen=when, last_seen=when))
+            continue
+        attempt = _attempt(row)
+        facts.append(dict(incident=row.id, subject_kind=attempt.subject_kind.value, subject=attempt.subject,
+                          flag=attempt.flag, severity=attempt.severity, first_seen=attempt.ts, last_seen=attempt.ts))
+        links.append(dict(incident_id=row.id, record_id=row.record_id))
+        if row.status != Status.CLOSED:
+            open_episodes.append(Episode(row.id, attempt.subject_kind, attempt.subject, attempt.flag, attempt.ts,
+                                         attempt.ts, 1, attempt.severity, attempt.record_id, attempt.ref))
+    if facts:  # one executemany each, not a statement per incident
+        bind.execute(sa.update(_incidents).where(i.id == sa.bindparam("incident")).values(
+            attempts=1, **{name: sa.bindparam(name) for name in facts[0] if name != "incident"}), facts)
+    if links:
+        bind.execute(sa.insert(_incident_records), links)
     # Flagged records without an incident, in time order, a batch at a time.
     missing = (sa.select(a.id, a.ts, a.client_ip, a.username, a.flag, a.flag_severity, a.ref)
                .where(a.flag_severity.is_not(None), ~sa.exists().where(i.record_id == a.id))
