@@ -2,7 +2,8 @@
 Playwright) over a database filled by a real gateway run: the DSL triages a flagged self-harm
 search, a teacher is kept out of the flagged queue, wrong passwords are refused then throttled,
 and the CSV export downloads; the queue puts the worst first, counts an episode's attempts,
-closes a selection at once, says when records were lost and fits a phone. With SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
+closes a selection at once, says when records were lost and fits a phone. With
+SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
 
 from __future__ import annotations
 
