@@ -40,7 +40,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, distinct, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -869,26 +869,30 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
     open_episodes = [Episode(row.id, SubjectKind(row.subject_kind), row.subject, row.flag, row.first_seen, row.last_seen,
                              row.attempts, row.severity, row.record_id, row.ref)
                      for row in connection.execute(candidates) if (row.subject_kind, row.subject, row.flag) in keys]
+    episodes = group_attempts(open_episodes, attempts, window)
+    started = [e for e in episodes if e.id is None]
+    extended = [e for e in episodes if e.id is not None]
     now = datetime.now(UTC)
-    links: list[dict[str, int]] = []
-    extended: list[dict[str, Any]] = []
-    for episode in group_attempts(open_episodes, attempts, window):
-        values = dict(record_id=episode.record_id, ref=episode.ref, severity=episode.severity,
-                      first_seen=episode.first_seen, last_seen=episode.last_seen, attempts=episode.attempts)
-        if episode.id is None:
-            primary_key = connection.execute(insert(incidents).values(
-                status=Status.NEW.value, updated_at=now, subject_kind=episode.subject_kind.value,
-                subject=episode.subject, flag=episode.flag, **values)).inserted_primary_key
-            assert primary_key is not None
-            episode.id = primary_key[0]
-        else:
-            extended.append({"incident": episode.id, **values})
-        incident_id: int = episode.id
-        links.extend(dict(incident_id=incident_id, record_id=record_id) for record_id in episode.added)
-    if extended:  # one executemany for every episode extended
+
+    def facts(e: Episode) -> dict[str, Any]:
+        return dict(record_id=e.record_id, ref=e.ref, severity=e.severity, first_seen=e.first_seen,
+                    last_seen=e.last_seen, attempts=e.attempts)
+
+    # A few statements per batch whatever its size: executemany, then the new ids by their
+    # record (unique: a record is the attempt of one episode).
+    if started:
+        connection.execute(insert(incidents), [
+            dict(status=Status.NEW.value, updated_at=now, subject_kind=e.subject_kind.value, subject=e.subject,
+                 flag=e.flag, **facts(e)) for e in started])
+        rows = connection.execute(select(i.record_id, i.id).where(i.record_id.in_([e.record_id for e in started])))
+        ids = {record_id: incident_id for record_id, incident_id in rows}
+        for e in started:
+            e.id = ids[e.record_id]
+    if extended:
         connection.execute(update(incidents).where(i.id == bindparam("incident")).values(
-            {name: bindparam(name) for name in extended[0] if name != "incident"}), extended)
-    connection.execute(insert(incident_records), links)
+            {name: bindparam(name) for name in facts(extended[0])}), [{"incident": e.id, **facts(e)} for e in extended])
+    connection.execute(insert(incident_records), [
+        dict(incident_id=e.id, record_id=record_id) for e in episodes for record_id in e.added])
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,7 +910,7 @@ async def seq_gaps(connection: AsyncConnection, since: datetime, instances: set[
     """Gaps in `seq` among records since `since`, oldest first: one GROUP BY over the time index,
     then, for an instance with records missing, where they are."""
     c = access_log.c
-    totals = select(c.instance, func.min(c.seq), func.max(c.seq), func.count(distinct(c.seq))).where(c.ts >= since)
+    totals = select(c.instance, func.min(c.seq), func.max(c.seq), func.count()).where(c.ts >= since)
     if instances is not None:
         totals = totals.where(c.instance.in_(instances))
     gappy = [instance for instance, low, high, count in await connection.execute(totals.group_by(c.instance))

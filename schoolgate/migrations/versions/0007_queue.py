@@ -105,18 +105,31 @@ def _backfill(bind: sa.Connection) -> None:
     now = datetime.now(UTC)
     rows = bind.execute(missing).all()
     for start in range(0, len(rows), _BATCH):
-        for episode in group_attempts(open_episodes, [_attempt(r) for r in rows[start:start + _BATCH]], _WINDOW):
-            values = dict(record_id=episode.record_id, ref=episode.ref, severity=episode.severity,
-                          first_seen=episode.first_seen, last_seen=episode.last_seen, attempts=episode.attempts)
-            if episode.id is None:
-                episode.id = bind.execute(sa.insert(_incidents).values(
-                    status=Status.NEW.value, updated_at=now, subject_kind=episode.subject_kind.value,
-                    subject=episode.subject, flag=episode.flag, **values).returning(i.id)).scalar_one()
-                open_episodes.append(episode)
-            else:
-                bind.execute(sa.update(_incidents).where(i.id == episode.id).values(**values))
-            bind.execute(sa.insert(_incident_records), [dict(incident_id=episode.id, record_id=r) for r in episode.added])
-            episode.added.clear()
+        episodes = group_attempts(open_episodes, [_attempt(r) for r in rows[start:start + _BATCH]], _WINDOW)
+        started = [e for e in episodes if e.id is None]
+        extended = [e for e in episodes if e.id is not None]
+        if started:  # executemany, then the new ids by their record (unique)
+            bind.execute(sa.insert(_incidents), [
+                dict(status=Status.NEW.value, updated_at=now, subject_kind=e.subject_kind.value, subject=e.subject,
+                     flag=e.flag, **_facts(e)) for e in started])
+            ids = {record_id: incident_id for record_id, incident_id in bind.execute(
+                sa.select(i.record_id, i.id).where(i.record_id.in_([e.record_id for e in started])))}
+            for e in started:
+                e.id = ids[e.record_id]
+            open_episodes.extend(started)
+        if extended:
+            bind.execute(sa.update(_incidents).where(i.id == sa.bindparam("incident")).values(
+                {name: sa.bindparam(name) for name in _facts(extended[0])}),
+                [{"incident": e.id, **_facts(e)} for e in extended])
+        bind.execute(sa.insert(_incident_records),
+                     [dict(incident_id=e.id, record_id=r) for e in episodes for r in e.added])
+        for e in episodes:
+            e.added.clear()
+
+
+def _facts(e: Episode) -> dict[str, Any]:
+    return dict(record_id=e.record_id, ref=e.ref, severity=e.severity, first_seen=e.first_seen,
+                last_seen=e.last_seen, attempts=e.attempts)
 
 
 def downgrade() -> None:
