@@ -578,7 +578,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
     store(env.policy, make_record(ts=old, host="old.example"), flagged_search(old, user="gina"),
           flagged_search(older, user="hana"), make_record(ts=older, host="older.example"))
     env.login("dsl")
-    page = env.client.get("/incidents?status=all")  # opens incidents for the new flagged records
+    page = env.client.get("/incidents?status=all")
     hana = next(i for i in re.findall(r'href="/incidents/(\d+)"', page.text)
                 if "hana" in env.client.get(f"/incidents/{i}").text)
     env.client.post(f"/incidents/{hana}", data={"note": "old case", "csrf": env.csrf(f"/incidents/{hana}")})
@@ -591,7 +591,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
 
     caplog.clear()
     assert cli(env.policy, "purge", monkeypatch=monkeypatch) == 0
-    assert "purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes" in caplog.text
+    assert "purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes, 1 incident records" in caplog.text
     assert "alice" not in caplog.text and "10.1.2.3" not in caplog.text  # counts only, never who
     with env.db() as db:
         hosts = {h for (h,) in db.execute("SELECT coalesce(username, '') || '@' || host FROM access_log")}
@@ -599,6 +599,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
         assert "gina@www.bing.com" in hosts and "hana@www.bing.com" not in hosts  # flagged: kept 365 days
         assert db.execute("SELECT count(*) FROM incidents WHERE id = ?", (hana,)).fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM incident_notes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM incident_records WHERE incident_id = ?", (hana,)).fetchone() == (0,)
         purge_row = db.execute("SELECT actor, after FROM audit_log WHERE action = 'retention.purge'").fetchone()
     assert purge_row[0] == "schoolgate" and json.loads(purge_row[1])["records"] == 2
     caplog.clear()
