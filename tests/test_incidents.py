@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, text
 from test_records import make_record, metric, sqlite_url
 
 from schoolgate import db
-from schoolgate.db import incident_records, incidents
+from schoolgate.db import access_log, incident_records, incidents
 from schoolgate.episodes import Attempt, Episode, SubjectKind, group_attempts
 from schoolgate.records import AccessRecord, RecordWriter, record_as_json, seq_gaps
 from schoolgate.reports import incidents as triage
@@ -193,27 +192,35 @@ def test_reading_the_queue_and_an_incident_never_writes(tmp_path: Path) -> None:
         lock.close()
 
 
-def test_the_migration_backfills_old_flagged_records_into_episodes(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
-    engine = create_sync_engine(f"sqlite:///{path}")
-    with engine.begin() as connection:
+def test_the_migration_backfills_old_flagged_records_into_episodes(url: str) -> None:
+    def to_0006(connection) -> None:
         config = db.alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "0006")
-    engine.dispose()
-    with sqlite3.connect(path) as conn:
-        for n, (minutes, severity, user) in enumerate([(0, 3, "alice"), (1, 4, "alice"), (2, 3, "alice"),
-                                                       (3, 3, "bob"), (90, 3, "alice")], start=1):
-            ts = (T0 + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S.%f")
-            conn.execute("INSERT INTO access_log (ts, instance, seq, client_ip, username, group_name, method, scheme, "
-                         "host, categories, verdict, rule, reason, flag, flag_severity, ref) VALUES "
-                         "(?, 'gw1', ?, '10.1.2.3', ?, 'pupils', 'GET', 'https', 'x.example', '', 'allow', 'r', 'r', "
-                         "'self-harm', ?, ?)", (ts, n, user, severity, f"SG-000{n}-TEST"))
-        # The first record already had an incident, made when the console was read, and was closed.
-        conn.execute("INSERT INTO incidents (record_id, ref, status, updated_at) VALUES "
-                     "(1, 'SG-0001-TEST', 'closed', '2026-11-23 11:00:00.000000')")
-    asyncio.run(db.upgrade(sqlite_url(path)))
-    assert incident_rows(sqlite_url(path)) == [
+
+    async def as_before() -> None:
+        engine = db.create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(to_0006)
+                for n, (minutes, severity, user) in enumerate([(0, 3, "alice"), (1, 4, "alice"), (2, 3, "alice"),
+                                                               (3, 3, "bob"), (90, 3, "alice")], start=1):
+                    record = flagged(minutes, user=user, severity=severity, seq=n)
+                    await conn.execute(insert(access_log).values(
+                        id=n, ts=record.ts, instance=record.instance, seq=n, client_ip=record.client_ip,
+                        username=user, group_name="pupils", method="GET", scheme="https", host="x.example",
+                        categories="", verdict="allow", rule="r", reason="r", flag=record.flag,
+                        flag_severity=severity, ref=record.ref))
+                # The first record already had an incident, made when the console was read, and was closed.
+                await conn.execute(text("INSERT INTO incidents (record_id, ref, status, updated_at) "
+                                        "VALUES (1, 'SG-0000-TEST', 'closed', :at)")
+                                   .bindparams(bindparam("at", type_=db.UtcDateTime())), {"at": T0 + timedelta(hours=1)})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(as_before())
+    asyncio.run(db.upgrade(url))
+    assert incident_rows(url) == [
         ("user", "alice", "self-harm", 3, 1, 1, 0 * M, 0 * M, "closed"),  # kept as it was: one attempt
         ("user", "alice", "self-harm", 4, 2, 2, 1 * M, 2 * M, "new"),
         ("user", "bob", "self-harm", 3, 1, 1, 3 * M, 3 * M, "new"),
