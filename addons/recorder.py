@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mitmproxy import ctx, dns, http, tcp, udp
@@ -58,9 +58,16 @@ class Recorder:
             engine.policy.gateway.database,
             spool_path=default_spool_path(engine.policy.gateway.database, ctx.options.schoolgate_instance, spool_dir),
             max_spool_bytes=ctx.options.schoolgate_spool_max_mb << 20,
+            instance=ctx.options.schoolgate_instance,
+            episode_window=self._episode_window,
         )
         if engine.policy.alerts.enabled:
             self.alerts = AlertDispatcher(engine.policy.alerts)
+
+    def _episode_window(self) -> timedelta:
+        engine = self.policy.engine
+        assert engine is not None
+        return timedelta(minutes=engine.policy.monitoring.episode_minutes)
 
     async def running(self) -> None:
         assert self.writer is not None

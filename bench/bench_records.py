@@ -4,6 +4,7 @@
     ./dev bench bench_records.py --rate 80000 --seconds 5
     ./dev bench bench_records.py --postgres            # a throwaway PostgreSQL server (tests/support/postgres.py)
     ./dev bench bench_records.py --database postgresql+asyncpg://...
+    ./dev bench bench_records.py --flagged 2           # 2 % of records flagged: incidents made as they are written
 
 Prints the configuration, then: records offered and stored per second (stored = the
 database had every record by the end), the event loop's stalls while recording (p50,
@@ -29,23 +30,27 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from schoolgate.db import access_log, create_engine
+from schoolgate.db import access_log, create_engine, incidents
 from schoolgate.records import AccessRecord, RecordWriter
 
 TICK = 0.005  # records are offered in bursts this often, as requests finish
 
 
-def make_record(n: int) -> AccessRecord:
+def make_record(n: int, flagged_percent: float) -> AccessRecord:
+    """Every so often a flagged one, from one of 300 pupils: episodes that grow and episodes that start."""
+    flagged = flagged_percent > 0 and n % round(100 / flagged_percent) == 0
     return AccessRecord(
         ts=datetime.now(UTC), instance="bench", seq=0, client_ip=f"10.1.{n % 250}.{n % 200}", user=f"pupil{n % 300}",
         group="pupils-secondary", method="GET", scheme="https", host=f"www.site{n % 5000}.example",
         port=443, url=f"https://www.site{n % 5000}.example/page/{n}?q=1", categories=("news",), verdict="allow",
-        rule="default", reason="allowed by default", status=200, bytes_in=0, bytes_out=18_000, ref=None,
-        decision_us=12,
+        rule="default", reason="allowed by default", status=200, bytes_in=0, bytes_out=18_000,
+        decision_us=12, flag="self-harm" if flagged else None, flag_severity=(3 + n % 2) if flagged else None,
+        flag_detail="bench" if flagged else None, ref="SG-BENC-H000" if flagged else None,
     )
 
 
-async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float, batch_size: int) -> dict[str, float]:
+async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float, batch_size: int,
+                  flagged_percent: float) -> dict[str, float]:
     writer = RecordWriter(database_url, spool_path=spool_dir / "bench.unwritten.jsonl", batch_size=batch_size)
     await writer.start()
     lateness: list[float] = []
@@ -58,7 +63,7 @@ async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float,
             lateness.append(time.perf_counter() - before - 0.001)
 
     watcher = asyncio.create_task(monitor())
-    records = [make_record(n) for n in range(min(rate, 100_000))]  # built up front: the bench measures the writer
+    records = [make_record(n, flagged_percent) for n in range(min(rate, 100_000))]  # built up front: the bench measures the writer
     offered = 0
     max_queue = 0
     went_to_journal = False
@@ -83,11 +88,14 @@ async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float,
     engine = create_engine(database_url)
     async with engine.connect() as connection:
         stored = (await connection.execute(select(func.count()).select_from(access_log))).scalar_one()
+        made = (await connection.execute(select(func.count(), func.sum(incidents.c.attempts)))).one()
     await engine.dispose()
     lateness.sort()
     return {
         "offered_per_s": offered / offering_took,
         "stored": stored,
+        "incidents": made[0],
+        "attempts": made[1] or 0,
         "offered": offered,
         "stored_per_s": stored / took,
         "close_s": took - offering_took,
@@ -105,6 +113,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=50_000, help="records offered per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--flagged", type=float, default=0.0, help="percentage of records flagged for the DSL")
     parser.add_argument("--database", help="SQLAlchemy URL (default: SQLite in a temporary directory)")
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL server")
     args = parser.parse_args()
@@ -121,10 +130,10 @@ def main() -> int:
         else:
             database_url = args.database or f"sqlite+aiosqlite:///{workdir}/bench.db"
         print(f"configuration: {database_url.split('@')[-1]}, {args.rate} records/s offered for {args.seconds:g} s "
-              f"in {TICK * 1e3:g} ms bursts, batch {args.batch_size}, journal in {workdir}; "
+              f"in {TICK * 1e3:g} ms bursts, batch {args.batch_size}, {args.flagged:g} % flagged, journal in {workdir}; "
               f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
               f"(load {os.getloadavg()[0]:.1f})")
-        result = asyncio.run(measure(database_url, workdir, args.rate, args.seconds, args.batch_size))
+        result = asyncio.run(measure(database_url, workdir, args.rate, args.seconds, args.batch_size, args.flagged))
     finally:
         if server is not None:
             server.stop("immediate")
@@ -132,6 +141,9 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"offered {result['offered_per_s']:,.0f} records/s; stored {result['stored']:,} of {result['offered']:,} "
           f"({result['stored_per_s']:,.0f}/s including {result['close_s']:.2f} s to finish at close)")
+    if args.flagged:
+        print(f"incidents made as records were written: {result['incidents']:,} holding {result['attempts']:,} "
+              "flagged attempts")
     print(f"event-loop stall: p50 {result['stall_p50_ms']:.2f} ms, p99 {result['stall_p99_ms']:.2f} ms, "
           f"max {result['stall_max_ms']:.1f} ms; deepest queue {result['max_queue']:,}; "
           f"fell back to the journal: {'yes' if result['journal'] else 'no'}")

@@ -14,7 +14,7 @@ into rows by the record writer's own code, so they look exactly like the gateway
 SQLite: the access_log indexes are dropped, rows go in with executemany in 200,000-row
 transactions and the indexes are rebuilt at the end (that is what keeps 10 M rows to
 minutes). PostgreSQL: the same with COPY. The flagged records then get their incidents
-(reports.incidents.open_missing, as the console would), most of the older ones closed.
+(grouped into episodes as the 0007_queue migration groups old records), most of the older ones closed.
 The file goes wherever you say, never into the repository: it holds made-up personal data
 at the size a real one would.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import random
 import sqlite3
 import sys
@@ -30,12 +31,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 from sqlalchemy.engine import make_url
 
 from schoolgate.db import create_engine, is_sqlite, upgrade
+from schoolgate.migrations import versions
 from schoolgate.records import _INSERT_COLUMNS, AccessRecord, _row_values, new_reference
-from schoolgate.reports.incidents import open_missing
 
 TOP_SITES = Path("/work/shared/data/top-sites/tranco_top100k.txt")
 UT1 = Path("/work/shared/data/ut1")
@@ -213,11 +215,13 @@ async def fill_postgres(url: str, records: Iterator[AccessRecord]) -> int:
 
 
 async def open_incidents(url: str, now: datetime) -> None:
-    """Incidents for the flagged records, as the console makes them; the DSL has closed most older ones."""
+    """Incidents for the flagged records, grouped into episodes as the gateway's writer groups
+    them (the bulk load bypasses it: the 0007_queue migration's backfill does the same for
+    records stored before incidents were made at write); the DSL has closed most older ones."""
     engine = create_engine(url)
     try:
         async with engine.begin() as conn:
-            await open_missing(conn)
+            await conn.run_sync(_migration("0007_queue")._backfill)
             cutoff = (now - timedelta(days=7)).astimezone(UTC)
             ts = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f") if is_sqlite(url) else cutoff
             await conn.exec_driver_sql(
@@ -227,6 +231,14 @@ async def open_incidents(url: str, now: datetime) -> None:
             await conn.exec_driver_sql("UPDATE incidents SET status = 'reviewing' WHERE status = 'new' AND id % 4 = 0")
     finally:
         await engine.dispose()
+
+
+def _migration(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, Path(versions.__file__).parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> int:

@@ -1,36 +1,28 @@
 """Incidents: the DSL's triage of flagged access records.
 
-Every flagged record (flag_severity set by the gateway) is one incident. They are
-created lazily: each read of the queue, an incident or a report first inserts the
-incidents missing for flagged records, in one INSERT ... SELECT, so the gateway's
-write path stays untouched and nothing is ever missed. Status changes and notes
-are kept with who and when, and written to the audit trail in the same transaction.
+An incident is an episode (schoolgate.episodes): one pupil's flagged attempts on one
+risk, created and extended by the gateway's record writer in the transaction that
+stores the records (schoolgate.records.store_incidents), so reading the queue, an
+incident or a report never writes them. Status changes and notes are kept with who
+and when, and written to the audit trail in the same transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, insert, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schoolgate.db import access_log, incident_notes, incidents
+from schoolgate.db import access_log, incident_notes, incident_records, incidents
+from schoolgate.episodes import OPEN, Status, SubjectKind
 from schoolgate.live import record_audit
 from schoolgate.records import AccessRecord, record_from_row
 
-
-class Status(StrEnum):
-    NEW = "new"
-    REVIEWING = "reviewing"
-    ESCALATED = "escalated"
-    CLOSED = "closed"
-
-
-OPEN = (Status.NEW, Status.REVIEWING, Status.ESCALATED)
+__all__ = ["OPEN", "Incident", "IncidentFilter", "IncidentNotFound", "Note", "Status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +32,14 @@ class Incident:
     assigned: str | None
     updated_at: datetime
     updated_by: str | None
-    record_id: int
+    subject_kind: SubjectKind  # who the attempts are put down to: a user, or a device nobody signed in on
+    subject: str
+    flag: str
+    severity: int  # the worst attempt's
+    first_seen: datetime
+    last_seen: datetime
+    attempts: int
+    record_id: int  # the first attempt at the worst severity
     record: AccessRecord
 
 
@@ -80,75 +79,74 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def open_missing(conn: AsyncConnection) -> None:
-    """Create the incidents of flagged records that do not have one yet.
-
-    Two readers at once (two DSLs, the reminders) may both find a record missing; the
-    second insert then skips it (ON CONFLICT DO NOTHING) rather than failing."""
-    c = access_log.c
-    missing = select(c.id, c.ref, literal(Status.NEW.value), literal(_now(), incidents.c.updated_at.type)).where(
-        c.flag_severity.is_not(None), ~exists().where(incidents.c.record_id == c.id))
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    await conn.execute(dialect_insert(incidents).from_select(["record_id", "ref", "status", "updated_at"], missing)
-                       .on_conflict_do_nothing(index_elements=["record_id"]))
-
-
 def _joined() -> Select[Any]:
     return select(incidents, access_log).join(access_log, access_log.c.id == incidents.c.record_id)
 
 
 def _incident(row: Any) -> Incident:
     values = row._mapping
-    return Incident(id=values[incidents.c.id], status=Status(values[incidents.c.status]),
-                    assigned=values[incidents.c.assigned], updated_at=values[incidents.c.updated_at],
-                    updated_by=values[incidents.c.updated_by], record_id=values[incidents.c.record_id],
+    i = incidents.c
+    return Incident(id=values[i.id], status=Status(values[i.status]), assigned=values[i.assigned],
+                    updated_at=values[i.updated_at], updated_by=values[i.updated_by],
+                    subject_kind=SubjectKind(values[i.subject_kind]), subject=values[i.subject], flag=values[i.flag],
+                    severity=values[i.severity], first_seen=values[i.first_seen], last_seen=values[i.last_seen],
+                    attempts=values[i.attempts], record_id=values[i.record_id],
                     record=record_from_row({col.name: values[col] for col in access_log.c}))
 
 
 def _filtered(query: Select[Any], f: IncidentFilter) -> Select[Any]:
-    c = access_log.c
-    if f.start is not None:
-        query = query.where(c.ts >= f.start)
+    c, i = access_log.c, incidents.c
+    if f.start is not None:  # episodes that overlap the period
+        query = query.where(i.last_seen >= f.start)
     if f.end is not None:
-        query = query.where(c.ts < f.end)
+        query = query.where(i.first_seen < f.end)
     if f.min_severity is not None:
-        query = query.where(c.flag_severity >= f.min_severity)
+        query = query.where(i.severity >= f.min_severity)
     if f.flag is not None:
-        query = query.where(c.flag == f.flag)
+        query = query.where(i.flag == f.flag)
     if f.group is not None:
         query = query.where(c.group_name == f.group)
     if f.user is not None:
-        query = query.where(c.username == f.user)
+        query = query.where(i.subject_kind == SubjectKind.USER.value, i.subject == f.user)
     if f.device is not None:
-        query = query.where(c.client_ip == f.device)
+        query = query.where(or_(and_(i.subject_kind == SubjectKind.DEVICE.value, i.subject == f.device),
+                                c.client_ip == f.device))
     if f.statuses:
         query = query.where(incidents.c.status.in_([s.value for s in f.statuses]))
     return query
 
 
 async def queue(engine: AsyncEngine, f: IncidentFilter, limit: int = 500) -> list[Incident]:
-    """Incidents matching the filter, newest record first."""
-    async with engine.begin() as conn:
-        await open_missing(conn)
-        query = _filtered(_joined(), f).order_by(access_log.c.ts.desc(), access_log.c.id.desc()).limit(limit)
+    """Incidents matching the filter, worst first, then the most recently seen."""
+    i = incidents.c
+    query = _filtered(_joined(), f).order_by(i.severity.desc(), i.last_seen.desc(), i.id.desc()).limit(limit)
+    async with engine.connect() as conn:
         return [_incident(row) for row in (await conn.execute(query)).all()]
 
 
 async def get(engine: AsyncEngine, incident_id: int) -> Incident:
-    async with engine.begin() as conn:
-        await open_missing(conn)
+    async with engine.connect() as conn:
         row = (await conn.execute(_joined().where(incidents.c.id == incident_id))).first()
     if row is None:
         raise IncidentNotFound(f"no incident #{incident_id}")
     return _incident(row)
 
 
+async def attempts(engine: AsyncEngine, incident_id: int) -> list[tuple[int, AccessRecord]]:
+    """The episode's attempts (record id and record), oldest first."""
+    c = access_log.c
+    query = (select(access_log).join(incident_records, incident_records.c.record_id == c.id)
+             .where(incident_records.c.incident_id == incident_id).order_by(c.ts, c.id))
+    async with engine.connect() as conn:
+        return [(row.id, record_from_row(row._mapping)) for row in (await conn.execute(query)).all()]
+
+
 async def ids_for_ref(engine: AsyncEngine, ref: str) -> list[int]:
-    """Incidents whose record carries a block-page reference (what alert links name)."""
-    async with engine.begin() as conn:
-        await open_missing(conn)
-        rows = await conn.execute(select(incidents.c.id).where(incidents.c.ref == ref).order_by(incidents.c.id.desc()))
-        return list(rows.scalars())
+    """Incidents with an attempt carrying a block-page reference (what alert links name), newest first."""
+    query = (select(incident_records.c.incident_id).join(access_log, access_log.c.id == incident_records.c.record_id)
+             .where(access_log.c.ref == ref).order_by(incident_records.c.incident_id.desc()))
+    async with engine.connect() as conn:
+        return list((await conn.execute(query)).scalars())
 
 
 async def notes(engine: AsyncEngine, incident_id: int) -> list[Note]:
@@ -163,30 +161,48 @@ async def update_incident(engine: AsyncEngine, incident_id: int, *, actor: str, 
     """Change the status, the assignee (None: unchanged, "": nobody) and/or add a note.
 
     Audited as incident.<new status>, or incident.note / incident.assign when the status stays."""
-    note = note.strip()
     async with engine.begin() as conn:
-        row = (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
-        if row is None:
-            raise IncidentNotFound(f"no incident #{incident_id}")
-        changed = status is not None and status.value != row.status
-        reassigned = assigned is not None and (assigned or None) != row.assigned
-        if not changed and not note and not reassigned:
+        if not await _apply(conn, incident_id, actor=actor, role=role, status=status, note=note.strip(),
+                            assigned=assigned):
             raise ValueError("change the status or the assignee, or write a note")
-        now = _now()
-        after: dict[str, Any] = {"status": status.value if status is not None and changed else row.status}
-        values: dict[str, Any] = dict(updated_at=now, updated_by=actor, status=after["status"])
-        if reassigned:
-            values["assigned"] = after["assigned"] = assigned or None
-        await conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
-        if note or changed:
-            await conn.execute(insert(incident_notes).values(
-                incident_id=incident_id, author=actor, ts=now, text=note,
-                status_from=row.status if changed else None, status_to=after["status"] if changed else None))
-        action = f"incident.{after['status']}" if changed else "incident.note" if note else "incident.assign"
-        # Only that a note was written: its text is kept with the incident and purged with it,
-        # while the audit trail is kept for good.
-        await record_audit(conn, actor, role, action, "incident", incident_id,
-                           {"status": row.status, "assigned": row.assigned}, {**after, "note_added": bool(note)})
+
+
+async def update_many(engine: AsyncEngine, incident_ids: Iterable[int], *, actor: str, role: str,
+                      status: Status | None, assigned: str | None = None) -> int:
+    """The queue's bulk action on a selection: one transaction, one audit row per incident changed.
+
+    Incidents already in that state are left alone; returns how many changed."""
+    async with engine.begin() as conn:
+        return sum([await _apply(conn, incident_id, actor=actor, role=role, status=status, note="", assigned=assigned)
+                    for incident_id in sorted(set(incident_ids))])
+
+
+async def _apply(conn: AsyncConnection, incident_id: int, *, actor: str, role: str, status: Status | None,
+                 note: str, assigned: str | None) -> bool:
+    """Change one incident and audit it; False when there was nothing to change."""
+    row = (await conn.execute(select(incidents).where(incidents.c.id == incident_id))).first()
+    if row is None:
+        raise IncidentNotFound(f"no incident #{incident_id}")
+    changed = status is not None and status.value != row.status
+    reassigned = assigned is not None and (assigned or None) != row.assigned
+    if not changed and not note and not reassigned:
+        return False
+    now = _now()
+    after: dict[str, Any] = {"status": status.value if status is not None and changed else row.status}
+    values: dict[str, Any] = dict(updated_at=now, updated_by=actor, status=after["status"])
+    if reassigned:
+        values["assigned"] = after["assigned"] = assigned or None
+    await conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
+    if note or changed:
+        await conn.execute(insert(incident_notes).values(
+            incident_id=incident_id, author=actor, ts=now, text=note,
+            status_from=row.status if changed else None, status_to=after["status"] if changed else None))
+    action = f"incident.{after['status']}" if changed else "incident.note" if note else "incident.assign"
+    # Only that a note was written: its text is kept with the incident and purged with it,
+    # while the audit trail is kept for good.
+    await record_audit(conn, actor, role, action, "incident", incident_id,
+                       {"status": row.status, "assigned": row.assigned}, {**after, "note_added": bool(note)})
+    return True
 
 
 async def mark_opened(engine: AsyncEngine, incident_id: int) -> None:
@@ -197,12 +213,8 @@ async def mark_opened(engine: AsyncEngine, incident_id: int) -> None:
 
 
 async def unread_count(engine: AsyncEngine, min_severity: int) -> int:
-    """Flagged records at `min_severity` or above that no DSL has opened yet, read-only: a
-    record whose incident is not made yet counts too, so the badge needs no write per page."""
-    c = access_log.c
-    query = (select(func.count()).select_from(access_log.outerjoin(incidents, incidents.c.record_id == c.id))
-             .where(c.flag_severity >= min_severity,
-                    or_(incidents.c.id.is_(None), and_(incidents.c.status == Status.NEW.value,
-                                                       incidents.c.opened_at.is_(None)))))
+    """New incidents at `min_severity` or above that no DSL has opened yet (read-only)."""
+    query = select(func.count()).select_from(incidents).where(
+        incidents.c.severity >= min_severity, incidents.c.status == Status.NEW.value, incidents.c.opened_at.is_(None))
     async with engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())

@@ -15,9 +15,9 @@ from enum import StrEnum
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schoolgate.db import access_log, incident_outcomes, incidents
+from schoolgate.db import incident_outcomes, incidents
 from schoolgate.live import record_audit
-from schoolgate.reports.incidents import IncidentNotFound, open_missing
+from schoolgate.reports.incidents import IncidentNotFound
 
 
 class Outcome(StrEnum):
@@ -125,23 +125,20 @@ async def first_review(engine: AsyncEngine, incident_id: int) -> FirstReview | N
 
 
 async def _first_review(conn: AsyncConnection, incident_id: int) -> FirstReview | None:
-    row = (await conn.execute(
-        select(incidents.c.first_reviewed_at, incidents.c.first_reviewed_by, access_log.c.ts)
-        .join(access_log, access_log.c.id == incidents.c.record_id).where(incidents.c.id == incident_id))).first()
+    row = (await conn.execute(select(incidents.c.first_reviewed_at, incidents.c.first_reviewed_by, incidents.c.first_seen)
+                              .where(incidents.c.id == incident_id))).first()
     if row is None or row.first_reviewed_at is None:
         return None
-    return FirstReview(at=row.first_reviewed_at, by=row.first_reviewed_by, waited=row.first_reviewed_at - row.ts)
+    return FirstReview(at=row.first_reviewed_at, by=row.first_reviewed_by, waited=row.first_reviewed_at - row.first_seen)
 
 
 async def review_times(engine: AsyncEngine, start: datetime, end: datetime) -> ReviewTimes:
-    """Median and worst time to first review of the incidents whose flagged record falls in
-    [start, end), for the period report; those nobody has opened yet are counted apart."""
+    """Median and worst time to first review of the incidents that arose (their first attempt)
+    in [start, end), for the period report; those nobody has opened yet are counted apart."""
     now = _now()
-    async with engine.begin() as conn:
-        await open_missing(conn)
+    async with engine.connect() as conn:
         rows = (await conn.execute(
-            select(access_log.c.ts, incidents.c.first_reviewed_at)
-            .join(access_log, access_log.c.id == incidents.c.record_id)
-            .where(access_log.c.ts >= start, access_log.c.ts < end))).all()
-    return summarise([r.first_reviewed_at - r.ts for r in rows if r.first_reviewed_at is not None],
-                     [now - r.ts for r in rows if r.first_reviewed_at is None])
+            select(incidents.c.first_seen, incidents.c.first_reviewed_at)
+            .where(incidents.c.first_seen >= start, incidents.c.first_seen < end))).all()
+    return summarise([r.first_reviewed_at - r.first_seen for r in rows if r.first_reviewed_at is not None],
+                     [now - r.first_seen for r in rows if r.first_reviewed_at is None])

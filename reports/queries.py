@@ -10,9 +10,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import access_log, audit_log
-from schoolgate.records import AccessRecord, record_from_row
+from schoolgate.records import AccessRecord, SeqGap, record_from_row, seq_gaps
 
 _NEWEST_FIRST = (access_log.c.ts.desc(), access_log.c.id.desc())
+LOST_RECORDS_DAYS = 3  # how far back the console looks for records a gateway lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +147,9 @@ async def list_changes(engine: AsyncEngine, limit: int = 100) -> list[Any]:
              .order_by(audit_log.c.ts.desc(), audit_log.c.id.desc()).limit(limit))
     async with engine.connect() as connection:
         return list((await connection.execute(query)).all())
+
+
+async def lost_records(engine: AsyncEngine, now: datetime, days: int = LOST_RECORDS_DAYS) -> list[SeqGap]:
+    """Records gateways lost (a kill -9, a power cut) over the last days: gaps in each one's `seq`, read only."""
+    async with engine.connect() as connection:
+        return await seq_gaps(connection, now - timedelta(days=days))

@@ -23,7 +23,7 @@ from schoolgate.categories.taxonomy import Severity
 from schoolgate.db import access_log, incidents
 from schoolgate.flags import risk_title
 from schoolgate.policy import Policy
-from schoolgate.reports.incidents import Status, open_missing
+from schoolgate.reports.incidents import Status
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 60.0
@@ -37,17 +37,16 @@ async def send_due(engine: AsyncEngine, policy: Policy, dispatcher: AlertDispatc
         return 0
     now = now or datetime.now(UTC)
     sent = func.coalesce(incidents.c.reminders_sent, 0)
-    first_due = and_(incidents.c.reminded_at.is_(None), access_log.c.ts <= now - timedelta(minutes=settings.after_minutes))
+    first_due = and_(incidents.c.reminded_at.is_(None), incidents.c.first_seen <= now - timedelta(minutes=settings.after_minutes))
     again_due = incidents.c.reminded_at <= now - timedelta(minutes=settings.every_minutes)
-    query = (select(incidents.c.id, incidents.c.ref, sent.label("sent"), access_log.c.ts, access_log.c.flag,
-                    access_log.c.flag_severity, access_log.c.group_name)
+    query = (select(incidents.c.id, incidents.c.ref, sent.label("sent"), incidents.c.first_seen.label("ts"),
+                    incidents.c.flag, incidents.c.severity.label("flag_severity"), access_log.c.group_name)
              .join(access_log, access_log.c.id == incidents.c.record_id)
-             .where(incidents.c.status == Status.NEW.value, access_log.c.flag_severity >= int(settings.min_severity),
+             .where(incidents.c.status == Status.NEW.value, incidents.c.severity >= int(settings.min_severity),
                     sent < settings.max_reminders, or_(first_due, again_due))
-             .order_by(access_log.c.ts))
+             .order_by(incidents.c.first_seen))
     queued = 0
     async with engine.begin() as conn:
-        await open_missing(conn)
         due = (await conn.execute(query)).all()
         for row in due:
             claimed = await conn.execute(update(incidents).where(incidents.c.id == row.id, sent == row.sent)

@@ -185,7 +185,8 @@ def render_html(report: PeriodReport, *, school: str, with_identities: bool) -> 
 # --- CSV ------------------------------------------------------------------------------
 
 INCIDENT_COLUMNS = ("incident", "status", "time_utc", "severity", "risk", "detail", "user", "device", "group",
-                    "search_engine", "search_term", "verdict", "host", "url", "categories", "reference")
+                    "search_engine", "search_term", "verdict", "host", "url", "categories", "reference",
+                    "attempts", "first_seen_utc", "last_seen_utc")
 
 
 def _cell(value: object) -> str:
@@ -206,7 +207,8 @@ def incidents_csv(items: Iterable[Incident]) -> str:
         r = i.record
         return [i.id, i.status.value, r.ts.isoformat(timespec="seconds"), templating.severity_name(r.flag_severity),
                 r.flag, r.flag_detail, r.user, r.client_ip, r.group, r.search_engine, r.search_term, r.verdict, r.host,
-                r.url, " ".join(r.categories), r.ref]
+                r.url, " ".join(r.categories), r.ref, i.attempts, i.first_seen.isoformat(timespec="seconds"),
+                i.last_seen.isoformat(timespec="seconds")]
 
     return _csv([INCIDENT_COLUMNS, *(row(i) for i in items)])
 

@@ -34,6 +34,7 @@ from schoolgate.db import (
     console_sessions,
     incident_notes,
     incident_outcomes,
+    incident_records,
     incidents,
     login_attempts,
     pupil_directory,
@@ -63,6 +64,7 @@ class PurgeCounts:
     incidents: int
     incident_notes: int
     incident_outcomes: int
+    incident_records: int
     pupil_notes: int
     pupil_directory: int
     access_requests: int
@@ -100,6 +102,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
             counted["incident_notes"] = await _count(conn, incident_notes, incident_notes.c.incident_id.in_(expired_incidents))
             counted["incident_outcomes"] = await _count(conn, incident_outcomes,
                                                         incident_outcomes.c.incident_id.in_(expired_incidents))
+            counted["incident_records"] = await _count(conn, incident_records,
+                                                       incident_records.c.incident_id.in_(expired_incidents))
             counted["incidents"] = await _count(conn, incidents, incidents.c.id.in_(expired_incidents))
             counted["flagged_records"] = await _count(conn, access_log, expired_flagged)
             counted["records"] = await _count(conn, access_log, expired_records)
@@ -107,8 +111,8 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
                 counted[name] = await _count(conn, statement.table, statement.whereclause)  # type: ignore[arg-type]
     else:
         flagged = await _delete_records(engine, expired_flagged, batch_rows, with_incidents=True)
-        counted.update(incident_outcomes=flagged[3], incident_notes=flagged[2], incidents=flagged[1],
-                       flagged_records=flagged[0])
+        counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
+                       incidents=flagged[1], flagged_records=flagged[0])
         counted["records"] = (await _delete_records(engine, expired_records, batch_rows, with_incidents=False))[0]
         async with engine.begin() as conn:
             for name, statement in others:
@@ -127,12 +131,12 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
 
 
 async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], batch_rows: int, *,
-                          with_incidents: bool) -> tuple[int, int, int, int]:
+                          with_incidents: bool) -> tuple[int, int, int, int, int]:
     """Delete the access records matching `expired`, oldest first, one short transaction per batch
-    (with their incidents, notes and outcomes when asked); returns records, incidents, notes and
-    outcomes deleted."""
+    (with their incidents, notes, outcomes and attempt links when asked); returns records, incidents,
+    notes, outcomes and links deleted."""
     c = access_log.c
-    deleted = [0, 0, 0, 0]
+    deleted = [0, 0, 0, 0, 0]
     after: tuple[datetime, int] | None = None  # the last row of the previous batch, so kept rows are read once
     while True:
         query = select(c.ts, c.id).where(expired).order_by(c.ts, c.id).limit(batch_rows)
@@ -151,6 +155,8 @@ async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], bat
                     incident_notes.c.incident_id.in_(their_incidents)))
                 deleted[3] += await _rowcount(conn, delete(incident_outcomes).where(
                     incident_outcomes.c.incident_id.in_(their_incidents)))
+                deleted[4] += await _rowcount(conn, delete(incident_records).where(
+                    incident_records.c.incident_id.in_(their_incidents)))
                 deleted[1] += await _rowcount(conn, delete(incidents).where(incidents.c.record_id.in_(ids)))
             deleted[0] += await _rowcount(conn, delete(access_log).where(c.id.in_(ids)))
         after = (rows[-1].ts, rows[-1].id)
@@ -159,7 +165,7 @@ async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], bat
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         if len(rows) < batch_rows:
             break
-    return deleted[0], deleted[1], deleted[2], deleted[3]
+    return deleted[0], deleted[1], deleted[2], deleted[3], deleted[4]
 
 
 async def _rowcount(conn: AsyncConnection, statement: Delete) -> int:

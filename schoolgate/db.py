@@ -276,14 +276,15 @@ console_accounts = Table(
     Column("disabled_at", UtcDateTime()),
 )
 
-# One per flagged access_log row, created lazily when the queue or a report is read.
+# One per episode (schoolgate.episodes): a pupil's flagged attempts on one risk, created
+# by the record writer in the transaction that stores them (0007_queue).
 # No foreign key: access records are purged on their own schedule (reports.retention).
 incidents = Table(
     "incidents",
     metadata,
     Column("id", _BIG_ID, primary_key=True, autoincrement=True),
-    Column("record_id", BigInteger(), nullable=False, unique=True),
-    Column("ref", String()),
+    Column("record_id", BigInteger(), nullable=False, unique=True),  # the first attempt at the worst severity
+    Column("ref", String()),  # that record's block-page reference
     Column("status", String(), nullable=False),  # new | reviewing | closed | escalated
     Column("assigned", String()),
     Column("updated_at", UtcDateTime(), nullable=False),
@@ -291,10 +292,28 @@ incidents = Table(
     Column("opened_at", UtcDateTime()),  # first opened by a DSL: until then it counts as unread (0007_itconsole)
     Column("reminded_at", UtcDateTime()),  # the last reminder that it is still new (0007_itconsole)
     Column("reminders_sent", Integer()),
-    # The first time a DSL opened or changed it: time to first review is this less the record's time.
+    # The first time a DSL opened or changed it: time to first review is this less first_seen.
     Column("first_reviewed_at", UtcDateTime()),
     Column("first_reviewed_by", String()),
+    Column("subject_kind", String(), nullable=False),  # user | device (nobody signed in: the client address)
+    Column("subject", String(), nullable=False),
+    Column("flag", String(), nullable=False),
+    Column("severity", Integer(), nullable=False),  # the worst seen
+    Column("first_seen", UtcDateTime(), nullable=False),
+    Column("last_seen", UtcDateTime(), nullable=False),
+    Column("attempts", Integer(), nullable=False),
     Index("ix_incidents_status", "status"),
+    Index("ix_incidents_severity_last_seen", "severity", "last_seen"),  # the queue, worst first
+    Index("ix_incidents_subject_flag_last_seen", "subject", "flag", "last_seen"),  # the open episode to extend
+)
+
+# Which access records are an incident's attempts.
+incident_records = Table(
+    "incident_records",
+    metadata,
+    Column("incident_id", BigInteger(), primary_key=True),
+    Column("record_id", BigInteger(), primary_key=True),
+    Index("ix_incident_records_record_id", "record_id"),
 )
 
 incident_notes = Table(

@@ -404,6 +404,12 @@ class MonitoringSettings:
     flag_min_severity: Severity = Severity.MEDIUM
     block_searches_at: Severity | None = setting(Severity.CRITICAL, never="never")
     console_url: str = ""  # the link alerts carry
+    # a pupil's flagged attempts on one risk no further apart than this are one incident
+    episode_minutes: int = 30
+
+    def problems(self) -> Findings:
+        if self.episode_minutes < 1:
+            yield "episode_minutes must be at least 1", "episode_minutes"
 
 
 @dataclass(frozen=True)

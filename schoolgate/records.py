@@ -33,16 +33,17 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate import commaset
 
@@ -50,7 +51,17 @@ from schoolgate import commaset
 from schoolgate.accessrecord import AccessRecord, record_from_json
 from schoolgate.accessrecord import record_as_json as record_as_json
 from schoolgate.accessrecord import record_from_row as record_from_row
-from schoolgate.db import access_log, create_engine, dispose_within, is_sqlite, upgrade
+from schoolgate.db import (
+    UtcDateTime,
+    access_log,
+    create_engine,
+    dispose_within,
+    incident_records,
+    incidents,
+    is_sqlite,
+    upgrade,
+)
+from schoolgate.episodes import Attempt, Episode, Status, SubjectKind, group_attempts, subject_of
 from schoolgate.metrics import (
     RECORD_QUEUE_DEPTH,
     RECORD_SEQ_MISSING,
@@ -128,6 +139,9 @@ _FIRST_RETRY_SECONDS = 0.1
 _MAX_RETRY_SECONDS = 5.0
 _SPOOL_LOG_SECONDS = 30.0  # at most one "journal is growing" line this often
 _SEQ_GAP_WINDOW_HOURS = 24  # how far back start-up looks for gaps in this instance's seq
+DEFAULT_EPISODE_WINDOW = timedelta(minutes=30)  # [monitoring] episode_minutes
+# Any fixed number: writers of several gateways take turns at extending incidents (PostgreSQL).
+_INCIDENT_LOCK_KEY = 0x5C0016C1D
 
 
 def is_transient(error: BaseException) -> bool:
@@ -331,8 +345,12 @@ class RecordWriter:
         max_backlog: int = 10_000,
         max_spool_bytes: int = 1 << 30,
         sync_seconds: float = 0.1,
+        instance: str | None = None,  # this gateway's name, whose gaps in seq the metric counts
+        episode_window: Callable[[], timedelta] = lambda: DEFAULT_EPISODE_WINDOW,  # asked per batch: the live policy
     ):
         self._database_url = database_url
+        self._instance = instance
+        self._episode_window = episode_window
         self._sqlite = is_sqlite(database_url)
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -712,6 +730,7 @@ class RecordWriter:
         assert self._engine is not None
         started = time.perf_counter()
         rows = [_row_values(record, self._sqlite) for record in records]
+        flagged = [record for record in records if record.flag_severity is not None]
         async with self._engine.begin() as connection:
             if self._sqlite:
                 await connection.exec_driver_sql(_SQLITE_INSERT, rows)
@@ -719,6 +738,9 @@ class RecordWriter:
                 raw = await connection.get_raw_connection()
                 assert raw.driver_connection is not None
                 await raw.driver_connection.copy_records_to_table("access_log", records=rows, columns=_INSERT_COLUMNS)
+            if flagged:
+                # In the same transaction: a flagged record is never stored without its incident.
+                await connection.run_sync(store_incidents, flagged, self._episode_window())
         RECORD_WRITE_SECONDS.observe(time.perf_counter() - started)
         RECORDS_WRITTEN.inc(len(records))
 
@@ -734,20 +756,17 @@ class RecordWriter:
         return [r for r in records if (r.instance, r.seq, r.ts) not in stored]
 
     async def _update_seq_gaps(self) -> None:
-        """Count records missing from this writer's instances over the last day (gaps in `seq`): lost records."""
-        if not self._instances and not self._last_seq:
+        """Count records missing from this gateway's instance over the last day (gaps in `seq`): lost records.
+
+        Only its own: other gateways sharing the database count theirs."""
+        instances = {self._instance} if self._instance else self._instances
+        if not instances:
             return
         assert self._engine is not None
-        c = access_log.c
         since = datetime.now(UTC) - timedelta(hours=_SEQ_GAP_WINDOW_HOURS)
-        instances = self._instances or set(self._last_seq)
         try:
             async with self._engine.connect() as connection:
-                rows = await connection.execute(
-                    select(func.min(c.seq), func.max(c.seq), func.count())
-                    .where(c.instance.in_(instances), c.ts >= since).group_by(c.instance)
-                )
-                missing = sum(high - low + 1 - count for low, high, count in rows)
+                missing = sum(gap.missing for gap in await seq_gaps(connection, since, instances))
         except Exception as e:
             log.warning("cannot count gaps in the access records: %s", _first_line(e))
             return
@@ -776,6 +795,87 @@ class RecordWriter:
             RECORDS_DROPPED.inc()
             log.critical("LOST access record %s#%d: the database rejected it and %s cannot be written",
                          record.instance, record.seq, self._rejected_path, exc_info=True)
+
+
+def store_incidents(connection: Connection, records: list[AccessRecord], window: timedelta) -> None:
+    """Extend or start the incidents (episodes) of flagged records just inserted in this transaction."""
+    c, i = access_log.c, incidents.c
+    # Their ids: the newest row of each (instance, seq), as only records not stored before are inserted.
+    stored: dict[tuple[str, int], int] = {}
+    for instance in {r.instance for r in records}:
+        seqs = [r.seq for r in records if r.instance == instance]
+        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs))):
+            stored[(instance, row.seq)] = max(row.id, stored.get((instance, row.seq), 0))
+    attempts = []
+    for r in records:
+        kind, subject = subject_of(r.user, r.client_ip)
+        assert r.flag_severity is not None
+        attempts.append(Attempt(stored[(r.instance, r.seq)], r.ts.astimezone(UTC), kind, subject, r.flag or "",
+                                r.flag_severity, r.ref))
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_INCIDENT_LOCK_KEY})")
+    keys = {a.key for a in attempts}
+    candidates = (select(incidents)
+                  .where(i.subject.in_({a.subject for a in attempts}), i.flag.in_({a.flag for a in attempts}),
+                         i.last_seen >= min(a.ts for a in attempts) - window, i.status != Status.CLOSED.value)
+                  .with_for_update())  # a DSL closing one waits until its new attempts are in
+    open_episodes = [Episode(row.id, SubjectKind(row.subject_kind), row.subject, row.flag, row.first_seen, row.last_seen,
+                             row.attempts, row.severity, row.record_id, row.ref)
+                     for row in connection.execute(candidates) if (row.subject_kind, row.subject, row.flag) in keys]
+    episodes = group_attempts(open_episodes, attempts, window)
+    started = [e for e in episodes if e.id is None]
+    extended = [e for e in episodes if e.id is not None]
+    now = datetime.now(UTC)
+
+    def facts(e: Episode) -> dict[str, Any]:
+        return dict(record_id=e.record_id, ref=e.ref, severity=e.severity, first_seen=e.first_seen,
+                    last_seen=e.last_seen, attempts=e.attempts)
+
+    # A few statements per batch whatever its size: executemany, then the new ids by their
+    # record (unique: a record is the attempt of one episode).
+    if started:
+        connection.execute(insert(incidents), [
+            dict(status=Status.NEW.value, updated_at=now, subject_kind=e.subject_kind.value, subject=e.subject,
+                 flag=e.flag, **facts(e)) for e in started])
+        rows = connection.execute(select(i.record_id, i.id).where(i.record_id.in_([e.record_id for e in started])))
+        ids = {record_id: incident_id for record_id, incident_id in rows}
+        for e in started:
+            e.id = ids[e.record_id]
+    if extended:
+        connection.execute(update(incidents).where(i.id == bindparam("incident")).values(
+            {name: bindparam(name) for name in facts(extended[0])}), [{"incident": e.id, **facts(e)} for e in extended])
+    connection.execute(insert(incident_records), [
+        dict(incident_id=e.id, record_id=record_id) for e in episodes for record_id in e.added])
+
+
+@dataclass(frozen=True, slots=True)
+class SeqGap:
+    """Records of one gateway that never reached the database: seq `after_seq`+1 onwards."""
+
+    instance: str
+    missing: int
+    after_seq: int
+    after: datetime  # the last record stored before the gap
+    before: datetime  # the first stored after it
+
+
+async def seq_gaps(connection: AsyncConnection, since: datetime, instances: set[str] | None = None) -> list[SeqGap]:
+    """Gaps in `seq` among records since `since`, oldest first: one GROUP BY over the time index,
+    then, for an instance with records missing, where they are."""
+    c = access_log.c
+    totals = select(c.instance, func.min(c.seq), func.max(c.seq), func.count()).where(c.ts >= since)
+    if instances is not None:
+        totals = totals.where(c.instance.in_(instances))
+    gappy = [instance for instance, low, high, count in await connection.execute(totals.group_by(c.instance))
+             if high - low + 1 > count]
+    gaps: list[SeqGap] = []
+    for instance in gappy:
+        steps = select(c.seq, c.ts, func.lag(c.seq).over(order_by=c.seq).label("prev_seq"),
+                       func.lag(c.ts, type_=UtcDateTime()).over(order_by=c.seq).label("prev_ts"),
+                       ).where(c.instance == instance, c.ts >= since).subquery()
+        rows = await connection.execute(select(steps).where(steps.c.seq - steps.c.prev_seq > 1))
+        gaps.extend(SeqGap(instance, row.seq - row.prev_seq - 1, row.prev_seq, row.prev_ts, row.ts) for row in rows)
+    return sorted(gaps, key=lambda gap: gap.after)
 
 
 _SQLITE_INSERT = f"INSERT INTO access_log ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"

@@ -332,7 +332,7 @@ def test_throttling_by_address_covers_guessed_user_names(env: Env) -> None:
 def test_posts_without_the_csrf_token_are_refused(env: Env) -> None:
     assert env.client.post("/login", data={"username": "dsl", "password": PASSWORDS["dsl"]}).status_code == 403
     env.login("dsl")
-    env.client.get("/incidents")  # the flagged record becomes incident #1
+    env.client.get("/incidents")  # the flagged record is incident #1, made when it was written
     for token in (None, "forged"):
         data = {"status": "closed", "note": "forged"} | ({"csrf": token} if token else {})
         assert env.client.post("/incidents/1", data=data).status_code == 403
@@ -394,6 +394,54 @@ def test_queue_filters(env: Env) -> None:
     assert env.client.get("/incidents?severity=bogus").status_code == 400
 
 
+def test_bulk_actions_are_checked_and_audited_once_per_incident_changed(env: Env, monkeypatch) -> None:
+    store(env.policy, flagged_search(NOW - timedelta(minutes=20), user="erin"),
+          flagged_search(NOW - timedelta(minutes=10), user="fred"))
+    assert cli(env.policy, "accounts", "add", "deputy", "--role", "dsl", stdin="deputy password 1\n",
+               monkeypatch=monkeypatch) == 0
+
+    def assigned_and_status() -> list[tuple]:
+        with env.db() as db:
+            return db.execute("SELECT id, assigned, status FROM incidents ORDER BY id").fetchall()
+
+    env.login("it")
+    assert env.client.post("/incidents/bulk", data={"incident": ["1"], "action": "close",
+                                                    "csrf": env.csrf("/settings")}).status_code == 403
+    env.client.post("/logout", data={"csrf": env.csrf("/settings")})
+    env.login("dsl")
+    assert env.client.post("/incidents/bulk", data={"incident": ["1"], "action": "close"}).status_code == 403
+    token = env.csrf("/incidents")
+    refused = env.client.post("/incidents/bulk", data={"incident": ["1", "2"], "action": "assign", "assignee": "it",
+                                                       "csrf": token})
+    assert "Choose an action" in refused.text  # only a DSL account can be given incidents
+    assert assigned_and_status() == [(1, None, "new"), (2, None, "new"), (3, None, "new")]
+
+    assigned = env.client.post("/incidents/bulk?status=open", data={"incident": ["1", "2"], "action": "assign",
+                                                                    "assignee": "deputy", "csrf": token})
+    assert "Assigned to deputy: 2 incidents." in assigned.text and assigned.url.params["status"] == "open"
+    closed = env.client.post("/incidents/bulk", data={"incident": ["1", "2", "3"], "action": "close", "csrf": token})
+    assert "Closed 3 incidents." in closed.text and "No flagged records match." in closed.text
+    again = env.client.post("/incidents/bulk", data={"incident": ["1"], "action": "close", "csrf": token})
+    assert "Closed 0 incidents." in again.text  # nothing changed, nothing audited
+    assert assigned_and_status() == [(1, "deputy", "closed"), (2, "deputy", "closed"), (3, None, "closed")]
+    changes = [(a, object_id) for a, object_id in env.db().execute(
+        "SELECT action, object_id FROM audit_log WHERE actor = 'dsl' AND action LIKE 'incident.%' ORDER BY id")]
+    assert changes == [("incident.assign", 1), ("incident.assign", 2),
+                       ("incident.closed", 1), ("incident.closed", 2), ("incident.closed", 3)]
+    assert env.client.post("/incidents/bulk", data={"incident": ["1x"], "action": "close",
+                                                    "csrf": token}).status_code == 400
+
+
+def test_lost_records_are_shown_to_the_dsl_and_it(env: Env) -> None:
+    store(env.policy, *[make_record(ts=NOW - timedelta(minutes=30 - n), instance="gw-hall", seq=n) for n in (1, 2, 5)])
+    banner = re.compile(r"2 access records lost from gateway gw-hall between \d\d \w+ \d{4} [\d:]+ and ")
+    env.login("dsl")
+    assert banner.search(re.sub(r"\s+", " ", env.client.get("/incidents").text))
+    env.client.post("/logout", data={"csrf": env.csrf("/incidents")})
+    env.login("it")
+    assert banner.search(re.sub(r"\s+", " ", env.client.get("/settings").text))
+
+
 def test_csv_export_is_valid_audited_and_safe_for_spreadsheets(env: Env) -> None:
     store(env.policy, flagged_search(NOW - timedelta(minutes=30), user="erin", term="=HYPERLINK(\"x\") suicide"))
     env.login("dsl")
@@ -405,6 +453,7 @@ def test_csv_export_is_valid_audited_and_safe_for_spreadsheets(env: Env) -> None
     assert rows[0]["search_term"] == "how to kill myself" and rows[0]["risk"] == "self-harm"
     assert rows[0]["severity"] == "critical" and rows[0]["reference"] == "SG-AAAA-BBBB"
     assert rows[1]["search_term"].startswith("'=")  # a formula a spreadsheet would otherwise run
+    assert rows[0]["attempts"] == "1" and rows[0]["first_seen_utc"] == rows[0]["time_utc"]  # the episode's
 
     one = list(csv.DictReader(io.StringIO(env.client.get("/incidents/1/export.csv").content.decode("utf-8-sig"))))
     assert len(one) == 1 and one[0]["incident"] == "1"
@@ -611,7 +660,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
     store(env.policy, make_record(ts=old, host="old.example"), flagged_search(old, user="gina"),
           flagged_search(older, user="hana"), make_record(ts=older, host="older.example"))
     env.login("dsl")
-    page = env.client.get("/incidents?status=all")  # opens incidents for the new flagged records
+    page = env.client.get("/incidents?status=all")
     hana = next(i for i in re.findall(r'href="/incidents/(\d+)[?"]', page.text)
                 if "hana" in env.client.get(f"/incidents/{i}").text)
     env.client.post(f"/incidents/{hana}", data={"note": "old case", "csrf": env.csrf(f"/incidents/{hana}")})
@@ -624,7 +673,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
 
     caplog.clear()
     assert cli(env.policy, "purge", monkeypatch=monkeypatch) == 0
-    assert "purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes" in caplog.text
+    assert "purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes, 1 incident records" in caplog.text
     assert "alice" not in caplog.text and "10.1.2.3" not in caplog.text  # counts only, never who
     with env.db() as db:
         hosts = {h for (h,) in db.execute("SELECT coalesce(username, '') || '@' || host FROM access_log")}
@@ -632,6 +681,7 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
         assert "gina@www.bing.com" in hosts and "hana@www.bing.com" not in hosts  # flagged: kept 365 days
         assert db.execute("SELECT count(*) FROM incidents WHERE id = ?", (hana,)).fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM incident_notes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM incident_records WHERE incident_id = ?", (hana,)).fetchone() == (0,)
         purge_row = db.execute("SELECT actor, after FROM audit_log WHERE action = 'retention.purge'").fetchone()
     assert purge_row[0] == "schoolgate" and json.loads(purge_row[1])["records"] == 2
     caplog.clear()

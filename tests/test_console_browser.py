@@ -1,7 +1,9 @@
 """The review console end to end in headless Chromium (Debian's /usr/bin/chromium driven by
 Playwright) over a database filled by a real gateway run: the DSL triages a flagged self-harm
 search, a teacher is kept out of the flagged queue, wrong passwords are refused then throttled,
-and the CSV export downloads. With SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
+and the CSV export downloads; the queue puts the worst first, counts an episode's attempts,
+closes a selection at once, says when records were lost and fits a phone. With
+SCHOOLGATE_SCREENSHOTS=1 the main pages are saved to docs/screenshots/."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from test_console import ConsoleServer, cli
+from test_console import PASSWORDS as CONSOLE_PASSWORDS
+from test_console import ConsoleServer, cli, create_accounts, flagged_search, store, write_policy
+from test_records import make_record
 
 from schoolgate.policy import load_policy
 
@@ -142,7 +146,6 @@ def test_dsl_teacher_and_throttling_in_a_real_browser(filled_by_gateway, browser
         playwright_api.expect(row).to_contain_text("self-harm")
         playwright_api.expect(row).to_contain_text("critical")
         playwright_api.expect(page.get_by_role("row").filter(has_text="history homework")).to_have_count(0)
-        shoot(page, "queue")
 
         # Its context: the same pupil's other requests in the minutes around it.
         row.get_by_role("link").first.click()  # the time links to the incident; the who column to the device
@@ -311,3 +314,66 @@ def test_a_pupils_request_approved_for_their_class_in_a_real_browser(school_with
         teacher.goto(f"{base}/requests")
         assert teacher.evaluate("document.documentElement.scrollWidth") <= 375
         context.close()
+
+
+@pytest.fixture
+def crowded_queue(tmp_path, monkeypatch):
+    """Records through the real writer into SQLite, as a busy morning leaves them (before the browser starts:
+    Playwright's sync API runs an event loop of its own)."""
+    policy = write_policy(tmp_path)
+    create_accounts(policy, monkeypatch)
+    now = datetime.now(UTC).replace(microsecond=0)
+    porn = dict(flag="pornography", flag_severity=3, flag_detail="category pornography", verdict="block",
+                categories=("pornography",), host="www.pornhub.com", url="https://www.pornhub.com/")
+    store(policy,
+          # The critical search came first; fifteen pornography page loads on other devices after it.
+          flagged_search(now - timedelta(minutes=50), user="alice"),
+          *[make_record(ts=now - timedelta(minutes=40 - n), user=None, client_ip=f"10.1.0.{n}", **porn)
+            for n in range(1, 16)],
+          # One page load that raised three flagged requests: one incident, three attempts.
+          *[make_record(ts=now - timedelta(minutes=5, seconds=-n), user="bob", **porn) for n in range(3)],
+          # A gateway killed mid-run: seq 3 and 4 never reached the database.
+          *[make_record(ts=now - timedelta(minutes=30 - n), instance="gw-hall", seq=n) for n in (1, 2, 5)])
+    return policy
+
+
+def test_the_queue_is_worst_first_with_episodes_bulk_close_and_lost_records(crowded_queue, browser) -> None:
+    policy = crowded_queue
+    with ConsoleServer(policy) as server:
+        base = server.url
+        page = browser.new_page()
+        sign_in(page, base, "dsl", CONSOLE_PASSWORDS["dsl"])
+        page.wait_for_url(f"{base}/incidents")
+        rows = page.locator("table.data tbody tr")
+        playwright_api.expect(rows).to_have_count(17)
+        playwright_api.expect(rows.nth(0)).to_contain_text("how to kill myself")  # row 1, not row 17
+        playwright_api.expect(rows.nth(0)).to_contain_text("critical")
+        playwright_api.expect(rows.nth(1)).to_contain_text("bob")  # then the most recently seen
+        playwright_api.expect(rows.nth(1).locator(".attempts")).to_have_text("3")
+        playwright_api.expect(page.get_by_role("alert")).to_contain_text(
+            "2 access records lost from gateway gw-hall between")
+        shoot(page, "queue")
+
+        # On a phone the queue reads down the page, never sideways.
+        page.set_viewport_size({"width": 375, "height": 740})
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+        # The episode's attempts are listed on its incident, which fits a phone too.
+        rows.nth(1).get_by_role("link").click()
+        playwright_api.expect(page.locator("#attempts tbody tr")).to_have_count(3)
+        page.set_viewport_size({"width": 375, "height": 740})
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.go_back()
+
+        # Bulk close: tick three pornography incidents, close them in one go.
+        for n in (2, 3, 4):
+            rows.nth(n).get_by_role("checkbox").check()
+        page.get_by_label("With the incidents ticked").select_option("close")
+        page.get_by_role("button", name="Apply").click()
+        playwright_api.expect(page.get_by_role("status")).to_have_text("Closed 3 incidents.")
+        playwright_api.expect(rows).to_have_count(14)
+        playwright_api.expect(rows.nth(0)).to_contain_text("how to kill myself")
+    closed = [a for actor, _, a in audit_actions(policy) if actor == "dsl" and a.startswith("incident.")]
+    assert closed == ["incident.closed"] * 3

@@ -16,6 +16,7 @@ PURE = [
     "schoolgate.accessrecord",
     "schoolgate.urls",
     "schoolgate.flags",
+    "schoolgate.episodes",
     "schoolgate.grants",
     "schoolgate.decide",
     "schoolgate.engine",

@@ -49,6 +49,7 @@ ROUTES = [
     Route("/logout", views.logout, methods=["POST"]),
     Route("/incidents", views.queue),
     Route("/incidents.csv", views.queue_csv),
+    Route("/incidents/bulk", views.queue_bulk, methods=["POST"]),
     Route("/incidents/{key}", views.incident, methods=["GET", "POST"]),
     Route("/incidents/{key}/export.csv", views.incident_csv),
     Route("/incidents/{key}/outcomes", pupil_views.record_outcome, methods=["POST"]),

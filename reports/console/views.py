@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.flags import RISK_NAMES
 from schoolgate.reports import incidents, outcomes, pupils
-from schoolgate.reports.accounts import Account, ConsoleRole
+from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import BADGES, audit, console, error, form_text, home_for, page, render
 from schoolgate.reports.console.security import (
     client_address,
@@ -24,7 +24,7 @@ from schoolgate.reports.console.security import (
     start_session,
 )
 from schoolgate.reports.incidents import OPEN, IncidentFilter, IncidentNotFound, Status
-from schoolgate.reports.queries import surrounding
+from schoolgate.reports.queries import LOST_RECORDS_DAYS, lost_records, surrounding
 from schoolgate.reports.report import build_report, incidents_csv, report_csv, trend_svg
 
 DSL = ConsoleRole.DSL
@@ -118,13 +118,52 @@ async def queue(request: Request, account: Account) -> Response:
     except (ValueError, KeyError):
         return error(request, 400, "Filter not understood",
                      "Dates are written 2026-11-23; severity is low, medium, high or critical.", account)
-    items = await incidents.queue(console(request).engine, wanted)
+    engine = console(request).engine
+    items = await incidents.queue(engine, wanted)
     await audit(request, account, "view.queue", "incident", None, {"filter": wanted.describe(), "shown": len(items)})
     return render(request, "incidents.html", account=account, items=items, shown=shown,
                   query=queue_query(str(request.query_params)), statuses=list(Status), risks=RISK_NAMES,
                   watched=await pupils.watched(console(request).engine),
                   severities=[s.name.lower() for s in Severity if s > Severity.NONE],
-                  groups=list(console(request).policy.groups))
+                  groups=list(console(request).policy.groups), dsls=await _dsl_names(request),
+                  lost=await lost_records(engine, datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS,
+                  message=request.query_params.get("message", ""))
+
+
+async def _dsl_names(request: Request) -> list[str]:
+    """Whom incidents can be assigned to: the active DSL accounts."""
+    return [a.username for a in await list_accounts(console(request).engine) if a.role is DSL and a.active]
+
+
+@page(DSL)
+async def queue_bulk(request: Request, account: Account) -> Response:
+    """Close, or assign to a DSL, the incidents ticked in the queue."""
+    form = await request.form()
+    chosen = [value for value in form.getlist("incident") if isinstance(value, str)]
+    if not all(v.isascii() and v.isdigit() and len(v) <= MAX_ID_DIGITS for v in chosen):
+        return error(request, 400, "Selection not understood", "Go back to the queue and tick the incidents again.",
+                     account)
+    action, assignee = await form_text(request, "action", 20), await form_text(request, "assignee", 128)
+    if action == "close":
+        status, assigned, done = Status.CLOSED, None, "Closed"
+    elif action == "assign" and assignee in await _dsl_names(request):
+        status, assigned, done = None, assignee, f"Assigned to {assignee}:"
+    else:
+        return _back_to_queue(request, "Choose an action (and, to assign, a safeguarding lead).")
+    if not chosen:
+        return _back_to_queue(request, "Tick the incidents to change first.")
+    try:
+        changed = await incidents.update_many(console(request).engine, map(int, chosen), actor=account.username,
+                                              role=account.role, status=status, assigned=assigned)
+    except IncidentNotFound:
+        return _back_to_queue(request, "An incident ticked is no longer there (past its retention); nothing changed.")
+    return _back_to_queue(request, f"{done} {changed} incident{'' if changed == 1 else 's'}.")
+
+
+def _back_to_queue(request: Request, message: str) -> RedirectResponse:
+    """Back to the queue as it was filtered, with what happened."""
+    params = [(k, v) for k, v in QueryParams(request.url.query).multi_items() if k != "message"]
+    return RedirectResponse(f"/incidents?{urlencode([*params, ('message', message)])}", status_code=303)
 
 
 @page(DSL)
@@ -180,8 +219,10 @@ async def incident(request: Request, account: Account) -> Response:
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
     await incidents.mark_opened(engine, item.id)
     request.state.badges["/incidents"] = await unread_incidents(request, account)  # this one is read now
-    await audit(request, account, "view.incident", "incident", item.id, {"context_records": len(context)})
-    return render(request, "incident.html", account=account, item=item, context=context,
+    attempts = await incidents.attempts(engine, item.id)
+    await audit(request, account, "view.incident", "incident", item.id,
+                {"context_records": len(context), "attempts": len(attempts)})
+    return render(request, "incident.html", account=account, item=item, context=context, attempts=attempts,
                   notes=await incidents.notes(engine, item.id), statuses=list(Status), minutes=CONTEXT_MINUTES,
                   message=request.query_params.get("message", ""), back=back, review=review,
                   outcomes=await outcomes.outcomes(engine, item.id), outcome_choices=list(outcomes.Outcome),

@@ -1,0 +1,255 @@
+"""Incidents made as flagged records are written (SQLite and PostgreSQL): episodes merged
+and split at the window and after closing, records replayed from the journal, reads that
+never write, the migration's backfill, and gaps in seq (lost records) per gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import bindparam, insert, select, text
+from test_records import make_record, metric, sqlite_url
+
+from schoolgate import db
+from schoolgate.db import access_log, incident_records, incidents
+from schoolgate.episodes import Attempt, Episode, SubjectKind, group_attempts
+from schoolgate.records import AccessRecord, RecordWriter, record_as_json, seq_gaps
+from schoolgate.reports import incidents as triage
+from schoolgate.reports.incidents import IncidentFilter, Status
+
+from support.postgres import postgres_bin
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+WINDOW = timedelta(minutes=30)
+
+
+def flagged(minutes: float, *, user: str | None = "alice", flag: str = "self-harm", severity: int = 3,
+            client_ip: str = "10.1.2.3", **changes: object) -> AccessRecord:
+    return make_record(ts=T0 + timedelta(minutes=minutes), user=user, client_ip=client_ip, flag=flag,
+                       flag_severity=severity, flag_detail="test", ref=f"SG-{int(minutes * 10):04d}-TEST", **changes)
+
+
+# --- the decision: plain Python ------------------------------------------------------------
+
+def attempt(record_id: int, minutes: float, severity: int = 3, subject: str = "alice", flag: str = "self-harm") -> Attempt:
+    return Attempt(record_id, T0 + timedelta(minutes=minutes), SubjectKind.USER, subject, flag, severity, None)
+
+
+def test_attempts_within_the_window_are_one_episode_and_a_longer_pause_starts_another() -> None:
+    episodes = group_attempts([], [attempt(3, 29), attempt(1, 0), attempt(2, 1, severity=4), attempt(4, 60)], WINDOW)
+    assert [(e.id, e.attempts, e.severity, e.record_id, sorted(e.added)) for e in episodes] == [
+        (None, 3, 4, 2, [1, 2, 3]), (None, 1, 3, 4, [4])]
+    assert (episodes[0].first_seen, episodes[0].last_seen) == (T0, T0 + timedelta(minutes=29))
+
+
+def test_other_pupils_and_other_risks_are_other_episodes() -> None:
+    episodes = group_attempts([], [attempt(1, 0), attempt(2, 1, subject="bob"), attempt(3, 2, flag="pornography")],
+                              WINDOW)
+    assert len(episodes) == 3
+
+
+def test_only_the_open_episodes_offered_are_extended() -> None:
+    open_one = Episode(7, SubjectKind.USER, "alice", "self-harm", T0, T0, 2, 3, 100, None)
+    touched = group_attempts([open_one], [attempt(1, 10), attempt(2, 11, subject="bob")], WINDOW)
+    assert touched[0] is open_one and (open_one.attempts, open_one.added) == (3, [1])
+    assert touched[1].id is None
+
+
+# --- at write time, on both databases -------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "log.db")
+        return
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
+    yield request.getfixturevalue("database_url")
+
+
+def write(url: str, *records: AccessRecord, spool: Path | None = None, **options: object) -> None:
+    async def run() -> None:
+        writer = RecordWriter(url, spool_path=spool, **options)  # type: ignore[arg-type]
+        await writer.start()
+        for record in records:
+            writer.submit(record)
+        await writer.close()
+
+    asyncio.run(run())
+
+
+def incident_rows(url: str) -> list[tuple]:
+    async def read() -> list[tuple]:
+        engine = db.create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                i = incidents.c
+                rows = (await conn.execute(select(i.id, i.subject_kind, i.subject, i.flag, i.severity, i.attempts,
+                                                  i.first_seen, i.last_seen, i.status).order_by(i.id))).all()
+                links = (await conn.execute(select(incident_records))).all()
+        finally:
+            await engine.dispose()
+        attempts = {row.id: sum(1 for link in links if link.incident_id == row.id) for row in rows}
+        return [(r.subject_kind, r.subject, r.flag, r.severity, r.attempts, attempts[r.id],
+                 r.first_seen - T0, r.last_seen - T0, r.status) for r in rows]
+
+    return asyncio.run(read())
+
+
+M = timedelta(minutes=1)
+
+
+def test_a_batch_of_flagged_records_makes_episodes_as_it_is_written(url: str, tmp_path: Path) -> None:
+    write(url,
+          flagged(0), flagged(0.1, severity=4), flagged(0.2),  # one page load, three flagged requests
+          make_record(ts=T0, user="alice"),  # not flagged: no incident
+          flagged(25),  # within 30 minutes of the last: the same episode
+          flagged(70),  # 45 minutes later: a new one
+          flagged(1, user=None, client_ip="10.9.9.9", flag="pornography", severity=2),  # nobody signed in
+          spool=tmp_path / "journal.jsonl")
+    assert incident_rows(url) == [
+        ("user", "alice", "self-harm", 4, 4, 4, 0 * M, 25 * M, "new"),
+        ("device", "10.9.9.9", "pornography", 2, 1, 1, 1 * M, 1 * M, "new"),
+        ("user", "alice", "self-harm", 3, 1, 1, 70 * M, 70 * M, "new"),
+    ]
+    # A later batch extends the open episode it belongs to, and the worst attempt is the one shown.
+    write(url, flagged(80, severity=5), spool=tmp_path / "journal.jsonl")
+    assert incident_rows(url)[2] == ("user", "alice", "self-harm", 5, 2, 2, 70 * M, 80 * M, "new")
+
+    async def shown() -> tuple[triage.Incident, list[int]]:
+        engine = db.create_engine(url)
+        try:
+            item = await triage.get(engine, 3)
+            return item, [record.flag_severity for _, record in await triage.attempts(engine, 3)]
+        finally:
+            await engine.dispose()
+
+    item, severities = asyncio.run(shown())
+    assert item.record.flag_severity == 5 and item.record_id != 0 and severities == [3, 5]
+
+
+def test_an_attempt_after_closing_starts_a_new_episode(url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "journal.jsonl"
+    write(url, flagged(0), flagged(5), spool=spool)
+
+    async def close() -> None:
+        engine = db.create_engine(url)
+        try:
+            await triage.update_incident(engine, 1, actor="dsl", role="dsl", status=Status.CLOSED, note="spoke to her")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(close())
+    write(url, flagged(10), spool=spool)  # well within the window, but the first is closed
+    assert incident_rows(url) == [
+        ("user", "alice", "self-harm", 3, 2, 2, 0 * M, 5 * M, "closed"),
+        ("user", "alice", "self-harm", 3, 1, 1, 10 * M, 10 * M, "new"),
+    ]
+
+
+def test_records_replayed_from_the_journal_make_their_incidents_once(url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "journal.jsonl"
+    records = [flagged(n, seq=n + 1) for n in range(4)]
+    write(url, *records[:2], spool=spool)
+    # As if a previous run stored the first two, then died before emptying its journal.
+    spool.write_text("".join(json.dumps(record_as_json(r)) + "\n" for r in records))
+    write(url, spool=spool)
+    assert incident_rows(url) == [("user", "alice", "self-harm", 3, 4, 4, 0 * M, 3 * M, "new")]
+
+
+def test_the_window_is_the_policy_s(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "log.db")
+    write(url, flagged(0), flagged(8), episode_window=lambda: timedelta(minutes=5))
+    assert [row[4] for row in incident_rows(url)] == [1, 1]
+
+
+def test_reading_the_queue_and_an_incident_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    write(sqlite_url(path), flagged(0), flagged(1, severity=5, user="bob"), make_record(ts=T0))
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # as the gateway's writer holds it, mid-batch
+
+    async def read() -> tuple[list[int], int]:
+        engine = db.create_engine(sqlite_url(path))
+        try:
+            # Queue reads used to INSERT the missing incidents first: "database is locked" here.
+            items = await triage.queue(engine, IncidentFilter())
+            one = await triage.get(engine, items[0].id)
+            return [i.severity for i in items], len(await triage.attempts(engine, one.id))
+        finally:
+            await engine.dispose()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(read(), 3)) == ([5, 3], 1)  # worst first
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+
+def test_the_migration_backfills_old_flagged_records_into_episodes(url: str) -> None:
+    def to_0006(connection) -> None:
+        config = db.alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+
+    async def as_before() -> None:
+        engine = db.create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(to_0006)
+                for n, (minutes, severity, user) in enumerate([(0, 3, "alice"), (1, 4, "alice"), (2, 3, "alice"),
+                                                               (3, 3, "bob"), (90, 3, "alice")], start=1):
+                    record = flagged(minutes, user=user, severity=severity, seq=n)
+                    await conn.execute(insert(access_log).values(
+                        id=n, ts=record.ts, instance=record.instance, seq=n, client_ip=record.client_ip,
+                        username=user, group_name="pupils", method="GET", scheme="https", host="x.example",
+                        categories="", verdict="allow", rule="r", reason="r", flag=record.flag,
+                        flag_severity=severity, ref=record.ref))
+                # The first record already had an incident, made when the console was read, and was closed.
+                await conn.execute(text("INSERT INTO incidents (record_id, ref, status, updated_at) "
+                                        "VALUES (1, 'SG-0000-TEST', 'closed', :at)")
+                                   .bindparams(bindparam("at", type_=db.UtcDateTime())), {"at": T0 + timedelta(hours=1)})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(as_before())
+    asyncio.run(db.upgrade(url))
+    assert incident_rows(url) == [
+        ("user", "alice", "self-harm", 3, 1, 1, 0 * M, 0 * M, "closed"),  # kept as it was: one attempt
+        ("user", "alice", "self-harm", 4, 2, 2, 1 * M, 2 * M, "new"),
+        ("user", "bob", "self-harm", 3, 1, 1, 3 * M, 3 * M, "new"),
+        ("user", "alice", "self-harm", 3, 1, 1, 90 * M, 90 * M, "new"),
+    ]
+
+
+# --- lost records: gaps in seq ----------------------------------------------------------
+
+def test_gaps_are_found_per_gateway_and_the_metric_counts_only_its_own(url: str, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    write(url, *[make_record(ts=now - timedelta(minutes=10 - n), instance="gw-other", seq=n) for n in (1, 2, 6, 7)],
+          spool=tmp_path / "other.jsonl")
+    write(url, *[make_record(ts=now - timedelta(minutes=5 - n), instance="gw-own", seq=n) for n in (1, 2, 3)],
+          spool=tmp_path / "own.jsonl", instance="gw-own")
+    assert metric("schoolgate_record_seq_missing") == 0  # gw-other's three lost records are not this gateway's
+
+    async def gaps() -> list:
+        engine = db.create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await seq_gaps(conn, now - timedelta(hours=1))
+        finally:
+            await engine.dispose()
+
+    [gap] = asyncio.run(gaps())
+    assert (gap.instance, gap.missing, gap.after_seq) == ("gw-other", 3, 2)
+    assert (gap.after, gap.before) == (now - timedelta(minutes=8), now - timedelta(minutes=4))
+
+    write(url, make_record(ts=now, instance="gw-own", seq=9), spool=tmp_path / "own.jsonl", instance="gw-own")
+    write(url, spool=tmp_path / "own.jsonl", instance="gw-own")  # the next start counts again
+    assert metric("schoolgate_record_seq_missing") == 5
