@@ -190,18 +190,44 @@ class AlertDispatcher:
         log.error("alert %s by %s abandoned after %d attempts", alert.record_ref, channel, self.settings.max_attempts)
 
     def _send_email(self, message: EmailMessage) -> None:
-        email = self.settings.email
-        with smtplib.SMTP(email.host, email.port, timeout=self.settings.send_timeout_s) as smtp:
-            if email.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if email.user:
-                smtp.login(email.user, email.password)
-            smtp.send_message(message)
+        send_email(self.settings, message)
 
     async def _post_webhook(self, alert: Alert) -> None:
         assert self._client is not None
         response = await self._client.post(self.settings.webhook.url, json=alert_fields(alert, self.settings.console_url))
         response.raise_for_status()
+
+
+def send_email(settings: AlertSettings, message: EmailMessage) -> None:
+    email = settings.email
+    with smtplib.SMTP(email.host, email.port, timeout=settings.send_timeout_s) as smtp:
+        if email.starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if email.user:
+            smtp.login(email.user, email.password)
+        smtp.send_message(message)
+
+
+async def send_once(alert: Alert, settings: AlertSettings) -> list[tuple[str, str]]:
+    """Send one alert on every configured channel, once, without retrying (the self-check's
+    test alert): each channel with "" when it was accepted, else why not (no secrets)."""
+    results: list[tuple[str, str]] = []
+    if settings.email.host and settings.email.to:
+        try:
+            await asyncio.to_thread(send_email, settings, email_message(alert, settings))
+            results.append((f"email to {', '.join(settings.email.to)}", ""))
+        except (OSError, smtplib.SMTPException) as error:
+            results.append((f"email to {', '.join(settings.email.to)}", _describe(error)))
+    if settings.webhook.url:
+        channel = f"webhook {redact_url(settings.webhook.url)}"
+        try:
+            async with httpx.AsyncClient(timeout=settings.send_timeout_s) as client:
+                response = await client.post(settings.webhook.url, json=alert_fields(alert, settings.console_url))
+                response.raise_for_status()
+            results.append((channel, ""))
+        except httpx.HTTPError as error:
+            results.append((channel, _describe(error)))
+    return results
 
 
 def _describe(error: Exception) -> str:

@@ -452,6 +452,14 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class SelfCheckSettings:
+    """[selfcheck]: where `schoolgate selfcheck` and the console's self-check send their probes."""
+
+    proxy: str = "http://127.0.0.1:8080"  # the gateway as clients use it
+    source_address: str = ""  # a local address to probe from (one on a pupils' network); "" lets the system choose
+
+
+@dataclass(frozen=True)
 class ConsoleSettings:
     """[console]: the review console (`schoolgate console`)."""
 
@@ -785,6 +793,7 @@ SECTIONS: dict[str, type] = {
     "monitoring": MonitoringSettings,
     "alerts": AlertSettings,
     "retention": RetentionSettings,
+    "selfcheck": SelfCheckSettings,
     "console": ConsoleSettings,
     "content": ContentSettings,
     "directory": DirectorySettings,
@@ -812,6 +821,7 @@ class Policy:
     monitoring: MonitoringSettings = MonitoringSettings()
     alerts: AlertSettings = AlertSettings()
     retention: RetentionSettings = RetentionSettings()
+    selfcheck: SelfCheckSettings = SelfCheckSettings()
     console: ConsoleSettings = ConsoleSettings()
     content: ContentSettings = ContentSettings()
     directory: DirectorySettings = DirectorySettings()

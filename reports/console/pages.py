@@ -27,6 +27,7 @@ NAVIGATION = (
     ("/exceptions", "Exceptions", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER}),
     ("/lists", "Allow and block lists", {ConsoleRole.IT_ADMIN}),
     ("/report", "Report", {ConsoleRole.DSL, ConsoleRole.IT_ADMIN}),
+    ("/selfcheck", "Self-check", {ConsoleRole.DSL, ConsoleRole.IT_ADMIN}),
     ("/settings", "Settings", {ConsoleRole.IT_ADMIN}),
 )
 

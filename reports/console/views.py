@@ -1,7 +1,8 @@
-"""Sign-in, the flagged queue, incidents, exports and the period report."""
+"""Sign-in, the flagged queue, incidents, exports, the period report and the self-check."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from schoolgate.categories.taxonomy import Severity
-from schoolgate.reports import incidents
+from schoolgate.reports import incidents, selfcheck
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.pages import audit, console, error, form_text, home_for, page, render
 from schoolgate.reports.console.security import (
@@ -229,3 +230,21 @@ async def report_download(request: Request, account: Account) -> Response:
         return built
     report, shown = built
     return _csv_download(report_csv(report), f"report-{shown['from']}-to-{shown['to']}.csv")
+
+
+# --- the self-check -------------------------------------------------------------------
+
+@page(DSL, ConsoleRole.IT_ADMIN)
+async def selfcheck_page(request: Request, account: Account) -> Response:
+    """GET judges the configuration and probes the gateway; POST (the button) also sends a test alert."""
+    from schoolgate.reports import probes  # the probes' HTTP client loads only for this page
+
+    policy = console(request).policy
+    engine = await asyncio.to_thread(probes.load_engine, policy.path)
+    send_alert = request.method == "POST"
+    facts = await probes.gather(engine, console(request).engine, probe=True, send_alert=send_alert)
+    items = selfcheck.assess(facts)
+    await audit(request, account, "view.selfcheck", "selfcheck", None,
+                {"test_alert": send_alert, **{s.value: n for s, n in selfcheck.counts(items).items()}})
+    return render(request, "selfcheck.html", account=account, items=items, probes=probes.summary(facts.probes),
+                  counts=selfcheck.counts(items), checked_at=datetime.now(UTC))
