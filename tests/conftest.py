@@ -5,12 +5,15 @@ Deliberately imports nothing from schoolgate, so the harness works while the add
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from support.alerts import WebhookReceiver
 from support.gateway import REPO, Gateway, GatewayError, GatewayFactory, OptionValue
 from support.upstream import Upstream
 
@@ -97,3 +100,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for gateway in item.stash.get(_GATEWAYS, []):
             report.sections.append((f"mitmdump log: {gateway.log_path}", gateway.log_text()))
     return report
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on loopback, served from its own thread so sync tests and gateways can post to it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
+    yield receiver
+    asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)

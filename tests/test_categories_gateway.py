@@ -5,16 +5,12 @@ loopback upstream, SQLite, webhook receiver."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
-import threading
 from pathlib import Path
 
 import httpx
-import pytest
 
-from support.alerts import WebhookReceiver
 from support.clients import curl
 from support.waiting import wait_for
 
@@ -106,18 +102,6 @@ def test_a_corrupt_or_truncated_index_under_a_running_gateway_keeps_the_last_goo
     wait_for(lambda: metric(gw, "schoolgate_category_index_ok", problem="truncated") == 0)
     assert curl(gw, "http://casino.example/").status == 403
     assert gw.running
-
-
-@pytest.fixture
-def webhook():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
-    yield receiver
-    asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
 
 
 def write_tier(root: Path) -> Path:
