@@ -208,7 +208,9 @@ def _up_to_date(facts: Facts) -> Item:
 def _differentiated(facts: Facts) -> list[Item]:
     groups = list(facts.policy.groups.values())
     profiles = {tuple(sorted((c, a.value) for c, a in g.categories.items())) + (g.default_action.value,) for g in groups}
-    evidence = f"{len(groups)} groups ({', '.join(g.name for g in groups)}), {len(profiles)} different filtering profiles"
+    pupils = ", ".join(g.name for g in pupil_groups(facts.policy))
+    evidence = (f"{len(groups)} groups ({', '.join(g.name for g in groups)}), {len(profiles)} different filtering "
+                f"profiles; judged as pupils' groups below (raw tunnels blocked): {pupils}")
     if len(profiles) >= 2:
         status, action = Status.MET, ""
     else:

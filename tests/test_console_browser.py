@@ -208,3 +208,72 @@ def test_dsl_teacher_and_throttling_in_a_real_browser(filled_by_gateway, browser
         it_actions = [a for actor, _, a in audit_actions(policy) if actor == "it.office"]
         assert it_actions == ["login.failed"] * 5 + ["login.throttled"]
 
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core's WCAG 2 A/AA rules over the page as shown: each violation with the elements it found."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
+    return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
+
+
+@pytest.fixture
+def probed_gateway(gateway_factory, upstream, monkeypatch):
+    """A running gateway and the console's policy, whose self-check probes that gateway (accounts made first:
+    the CLI runs its own event loop, which cannot start inside Playwright's)."""
+    import dataclasses
+
+    from schoolgate.policy import SelfCheckSettings
+
+    gw = gateway_factory(POLICY, options={"schoolgate_lists_fetch": False})
+    policy = dataclasses.replace(load_policy(gw.policy_path), selfcheck=SelfCheckSettings(proxy=gw.proxy_url))
+    for name, (role, password) in ACCOUNTS.items():
+        groups = ["--groups", "pupils"] if role == "teacher" else []
+        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
+                   monkeypatch=monkeypatch) == 0
+    return policy
+
+
+def test_the_selfcheck_page_probes_the_gateway_for_it_and_the_dsl(probed_gateway, browser) -> None:
+    policy = probed_gateway
+    with ConsoleServer(policy) as server:
+        base = server.url
+        page = browser.new_page()
+        sign_in(page, base, "it.office", ACCOUNTS["it.office"][1])
+        page.wait_for_url(f"{base}/requests")
+        page.get_by_role("link", name="Self-check").click()
+        playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("Filtering and monitoring self-check")
+        def result(title: str) -> object:
+            return page.get_by_role("row").filter(has=page.get_by_role("cell", name=title, exact=True)).locator(".check")
+
+        playwright_api.expect(result("Pornography")).to_have_text("met")
+        playwright_api.expect(page.get_by_role("row").filter(has_text="Pornography")).to_contain_text("blocked as group pupils")
+        # This policy leaves SafeSearch off for staff, which counts as a pupils' group (raw tunnels blocked) ...
+        playwright_api.expect(result("Safe search")).to_have_text("not met")
+        playwright_api.expect(page.get_by_role("row").filter(has_text="Safe search")).to_contain_text(
+            "set safe_search = true for staff")
+        # ... and does not block VPN sites: the probe got through, so circumvention is not met.
+        probes = page.locator("section", has_text="Probes")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="adult-site")).to_contain_text("passed")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="safesearch")).to_contain_text("passed")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="vpn-proxy")).to_contain_text("failed")
+        playwright_api.expect(result("Circumvention")).to_have_text("not met")
+        ctiru = "Integrate the police assessed list of unlawful terrorist content (CTIRU)"
+        playwright_api.expect(result(ctiru)).to_have_text("not met")  # no CTIRU list in this gateway
+        assert axe_violations(page) == []
+        shoot(page, "selfcheck")
+        page.set_viewport_size({"width": 375, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+        page.get_by_role("button", name="Check again and send a test alert").click()
+        probe = page.locator("section", has_text="Probes").get_by_role("row").filter(has_text="test-alert")
+        playwright_api.expect(probe).to_contain_text("no alert channel configured")
+        assert [a for actor, _, a in audit_actions(policy) if actor == "it.office"].count("view.selfcheck") == 2
+        sign_out(page)
+
+        sign_in(page, base, "m.patel", ACCOUNTS["m.patel"][1])
+        page.wait_for_url(f"{base}/requests")
+        response = page.goto(f"{base}/selfcheck")
+        assert response is not None and response.status == 403

@@ -242,7 +242,8 @@ async def selfcheck_page(request: Request, account: Account) -> Response:
     policy = console(request).policy
     engine = await asyncio.to_thread(probes.load_engine, policy.path)
     send_alert = request.method == "POST"
-    facts = await probes.gather(engine, console(request).engine, probe=True, send_alert=send_alert)
+    facts = await probes.gather(engine, console(request).engine, probe=True, send_alert=send_alert,
+                                proxy=policy.selfcheck.proxy, source_address=policy.selfcheck.source_address)
     items = selfcheck.assess(facts)
     await audit(request, account, "view.selfcheck", "selfcheck", None,
                 {"test_alert": send_alert, **{s.value: n for s, n in selfcheck.counts(items).items()}})
