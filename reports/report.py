@@ -18,12 +18,12 @@ from typing import Any
 
 from markupsafe import Markup, escape
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate import commaset
 from schoolgate.categories.suffixes import registrable_domain
 from schoolgate.categories.taxonomy import CATEGORIES
-from schoolgate.db import access_log
+from schoolgate.db import access_log, access_requests, exceptions, list_entries
 from schoolgate.reports.console import templating
 from schoolgate.reports.incidents import OPEN, Incident, IncidentFilter, queue
 
@@ -53,6 +53,23 @@ class PeriodReport:
     top_blocked: list[tuple[str, int]]  # registrable domain (a site, with its subdomains), blocked attempts
     days: list[Day]
     open_incidents: list[Incident]
+    previous: tuple[int, int, int]  # requests, blocked, flagged in the period of equal length just before
+    bandwidth_by_group: list[tuple[str, int]]  # group, bytes both ways
+    bandwidth_by_site: list[tuple[str, int]]  # registrable domain, bytes both ways (the top ones)
+    exceptions_opened: list[tuple[str, str, str, int]]  # what was opened, for whom, by which role, how many times
+    requests_by_status: list[tuple[str, int]]  # pupils' access requests asked in the period, by status now
+    list_changes: list[tuple[datetime, str, str, str]]  # when, change ("block added"), entry, by whom (staff)
+
+    @property
+    def previous_start(self) -> datetime:
+        return self.start - (self.end - self.start)
+
+    def change(self, now: int, before: int) -> str:
+        """How a figure moved against the previous period, as people read it."""
+        if not before:
+            return "new" if now else "no change"
+        percent = round(100 * (now - before) / before)
+        return "no change" if percent == 0 else f"{percent:+d}%"
 
     @property
     def last_day(self) -> datetime:
@@ -67,28 +84,38 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
     """Counts over [start, end): a handful of GROUP BY queries, whatever the size of the log."""
     c = access_log.c
     in_period = (c.ts >= start, c.ts < end)
+    flagged = c.flag_severity.is_not(None)
+    transferred = func.coalesce(c.bytes_in, 0) + func.coalesce(c.bytes_out, 0)
+    blocked = c.verdict.in_(BLOCKED)
     async with engine.connect() as conn:
         per_group_rows = (await conn.execute(
-            select(c.group_name, c.verdict, c.flag_severity.is_not(None), func.count())
-            .where(*in_period).group_by(c.group_name, c.verdict, c.flag_severity.is_not(None)))).all()
+            select(c.group_name, c.verdict, flagged, func.count(), func.sum(transferred))
+            .where(*in_period).group_by(c.group_name, c.verdict, flagged))).all()
+        before = (await conn.execute(
+            select(blocked, flagged, func.count()).where(c.ts >= start - (end - start), c.ts < start)
+            .group_by(blocked, flagged))).all()
         per_categories = (await conn.execute(
             select(c.categories, c.verdict, func.count()).where(*in_period).group_by(c.categories, c.verdict))).all()
         per_severity = (await conn.execute(
             select(c.flag_severity, c.flag, func.count()).where(*in_period, c.flag_severity.is_not(None))
             .group_by(c.flag_severity, c.flag))).all()
-        top_blocked = (await conn.execute(
-            select(c.host, func.count().label("n")).where(*in_period, c.verdict.in_(BLOCKED))
-            .group_by(c.host))).all()
+        per_host = (await conn.execute(
+            select(c.host, blocked, func.count(), func.sum(transferred)).where(*in_period)
+            .group_by(c.host, blocked))).all()
         per_day = (await conn.execute(
             select(func.date(c.ts), c.verdict, c.flag_severity.is_not(None), func.count())
             .where(*in_period).group_by(func.date(c.ts), c.verdict, c.flag_severity.is_not(None)))).all()
+        live = await _live_changes(conn, start, end)
     open_incidents = await queue(engine, IncidentFilter(start=start, end=end, statuses=OPEN))
+    # Time to review and incident outcomes join here once the incident lane's period function lands.
 
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for group, verdict, flagged, n in per_group_rows:
+    group_bytes: Counter[str] = Counter()
+    for group, verdict, was_flagged, n, volume in per_group_rows:
         groups[group][0] += n
         groups[group][1] += n if verdict in BLOCKED else 0
-        groups[group][2] += n if flagged else 0
+        groups[group][2] += n if was_flagged else 0
+        group_bytes[group] += int(volume or 0)
     categories: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for listed, verdict, n in per_categories:
         for category in commaset.decode(listed):
@@ -109,15 +136,52 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
         by_group=sorted(((k, *v) for k, v in groups.items()), key=lambda r: r[0]),  # type: ignore[misc]
         by_severity=[(templating.severity_name(s), severities[s]) for s in sorted(severities, reverse=True)],
         by_risk=risks.most_common(),
-        top_blocked=_by_site(top_blocked),
+        top_blocked=_by_site((host, n) for host, was_blocked, n, _ in per_host if was_blocked),
         days=_days(start, end, per_day),
         open_incidents=open_incidents,
+        previous=(sum(n for _, _, n in before), sum(n for was_blocked, _, n in before if was_blocked),
+                  sum(n for _, was_flagged, n in before if was_flagged)),
+        bandwidth_by_group=sorted(group_bytes.items(), key=lambda kv: (-kv[1], kv[0])),
+        bandwidth_by_site=_by_site((host, int(volume or 0)) for host, _, _, volume in per_host),
+        **live,
     )
 
 
+async def _live_changes(conn: AsyncConnection, start: datetime, end: datetime) -> dict[str, Any]:
+    """Unblocks (exceptions granted), pupils' access requests and managed-list changes in the period.
+
+    No pupil is named: an exception for one pupil reads "a pupil", one for a list of users "some pupils"."""
+    e = exceptions.c
+    opened = (await conn.execute(
+        select(e.kind, e.host, e.path, e.category, e.scope_kind, e.scope, e.granted_role, func.count())
+        .where(e.created_at >= start, e.created_at < end)
+        .group_by(e.kind, e.host, e.path, e.category, e.scope_kind, e.scope, e.granted_role))).all()
+    scopes = {"user": "a pupil", "users": "some pupils"}
+    exceptions_opened: Counter[tuple[str, str, str]] = Counter()
+    for kind, host, path, category, scope_kind, scope, role, n in opened:
+        what = f"category {category}" if kind == "category" else f"{host}{path or ''}"
+        whom = scopes.get(scope_kind) or f"{scope_kind} {scope}"
+        exceptions_opened[(what, whom, role)] += n
+    r = access_requests.c
+    requests = (await conn.execute(
+        select(r.status, func.count()).where(r.created_at >= start, r.created_at < end).group_by(r.status))).all()
+    entries = list_entries.c
+    added = (await conn.execute(select(entries.added_at, entries.action, entries.entry, entries.added_by)
+                                .where(entries.added_at >= start, entries.added_at < end))).all()
+    removed = (await conn.execute(select(entries.removed_at, entries.action, entries.entry, entries.removed_by)
+                                  .where(entries.removed_at >= start, entries.removed_at < end))).all()
+    changes = [(ts, f"{action} added", entry, by) for ts, action, entry, by in added]
+    changes += [(ts, f"{action} removed", entry, by) for ts, action, entry, by in removed]
+    return {
+        "exceptions_opened": sorted(((*k, n) for k, n in exceptions_opened.items()), key=lambda r: (-r[3], r[0])),
+        "requests_by_status": sorted(((status, n) for status, n in requests), key=lambda kv: kv[0]),
+        "list_changes": sorted(changes, key=lambda ch: ch[0]),
+    }
+
+
 def _by_site(per_host: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Blocked attempts per site: www.x.com, cdn.x.com and x.com are one site, x.co.uk
-    and y.co.uk two (the public suffix list says where a site's own name starts)."""
+    """A figure (blocked attempts, bytes) per site: www.x.com, cdn.x.com and x.com are one site,
+    x.co.uk and y.co.uk two (the public suffix list says where a site's own name starts)."""
     sites: Counter[str] = Counter()
     for host, n in per_host:
         sites[registrable_domain(host)] += n
@@ -223,4 +287,12 @@ def report_csv(report: PeriodReport) -> str:
     rows += [["top blocked site", host, "", n, ""] for host, n in report.top_blocked]
     rows += [["day", d.day.isoformat(), d.requests, d.blocked, d.flagged] for d in report.days]
     rows += [["open incident", f"#{i.id} {i.status.value} {i.record.flag}", "", "", 1] for i in report.open_incidents]
+    rows.append(["previous period", f"{report.previous_start.isoformat()} to {report.start.isoformat()}",
+                 *report.previous])
+    rows += [["bytes by group", group, volume, "", ""] for group, volume in report.bandwidth_by_group]
+    rows += [["bytes by site", site, volume, "", ""] for site, volume in report.bandwidth_by_site]
+    rows += [["exception", f"{what} for {whom} by {role}", n, "", ""] for what, whom, role, n in report.exceptions_opened]
+    rows += [["access requests", status, n, "", ""] for status, n in report.requests_by_status]
+    rows += [["list change", f"{ts.isoformat(timespec='seconds')} {change} {entry} by {by}", "", "", ""]
+             for ts, change, entry, by in report.list_changes]
     return _csv(rows)

@@ -25,12 +25,23 @@ def severity_name(value: int | None) -> str:
         return str(value)
 
 
+def human_bytes(value: int) -> str:
+    """1234567 -> "1.2 MB" (decimal units, as network figures are read)."""
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 @cache
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("schoolgate.reports.console", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["local_time"] = local_time
     env.filters["severity"] = severity_name
+    env.filters["bytes"] = human_bytes
     return env
 
 
