@@ -1,4 +1,5 @@
-"""`schoolgate lookup`, `log`, `db upgrade`, `console`, `accounts`, `report`, `selfcheck` and `purge`.
+"""`schoolgate lookup`, `log`, `db upgrade`, `console`, `accounts`, `report`, `send-report`, `selfcheck`
+and `purge`.
 
 Access records are personal data about pupils and staff: these commands are
 for IT staff on the server itself, print plain text, and send nothing anywhere.
@@ -90,6 +91,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="name pupils in the open-incident list (for the DSL's own copy)")
     add_policy_option(report)
     report.set_defaults(func=report_command)
+
+    send = subparsers.add_parser("send-report", help="email the period report when the policy's [reports] schedule "
+                                                     "says it is due today (run daily by schoolgate-report.timer)")
+    send.add_argument("--now", action="store_true", help="send the report due by the schedule's period now, "
+                                                         "whatever the day (the last 7 days, or last month)")
+    add_policy_option(send)
+    send.set_defaults(func=send_report_command)
 
     selfcheck = subparsers.add_parser(
         "selfcheck", help="the filtering and monitoring self-check for the annual review (DfE standards, UKSIC "
@@ -362,6 +370,31 @@ def report_command(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text, encoding="utf-8", newline="")
         print(f"report for {args.start} to {args.end} written to {args.output}")
+    return 0
+
+
+def send_report_command(args: argparse.Namespace) -> int:
+    import smtplib
+
+    from schoolgate.reports.delivery import send_report
+
+    policy = load_policy_or_exit(args.policy)
+    settings = policy.reports
+    if not settings.schedule:
+        print("schoolgate: no report schedule ([reports] schedule is off)", file=sys.stderr)
+        return 2
+    due = settings.period_due(date.today(), now=args.now)
+    if due is None:
+        print(f"no report due today ({settings.schedule}, on {settings.day})")
+        return 0
+    first, last = due
+    start, end = _local_midnight(first), _local_midnight(last + timedelta(days=1))
+    try:
+        sent = _with_engine(policy, lambda e: send_report(e, policy, first, last, start, end))
+    except (OSError, smtplib.SMTPException) as e:
+        print(f"schoolgate: the report was not sent: {type(e).__name__} {e}", file=sys.stderr)
+        return 1
+    print(f"report for {first} to {last} sent to {len(sent)} recipient(s)")
     return 0
 
 

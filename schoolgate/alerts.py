@@ -30,7 +30,7 @@ import httpx
 
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.flags import risk_title
-from schoolgate.policy import AlertSettings
+from schoolgate.policy import AlertSettings, EmailSettings
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class AlertDispatcher:
         log.error("alert %s by %s abandoned after %d attempts", alert.record_ref, channel, self.settings.max_attempts)
 
     def _send_email(self, message: EmailMessage) -> None:
-        send_email(self.settings, message)
+        send_email(self.settings.email, message, self.settings.send_timeout_s)
 
     async def _post_webhook(self, alert: Alert) -> None:
         assert self._client is not None
@@ -198,9 +198,9 @@ class AlertDispatcher:
         response.raise_for_status()
 
 
-def send_email(settings: AlertSettings, message: EmailMessage) -> None:
-    email = settings.email
-    with smtplib.SMTP(email.host, email.port, timeout=settings.send_timeout_s) as smtp:
+def send_email(email: EmailSettings, message: EmailMessage, timeout_s: float) -> None:
+    """One message through the SMTP server `email` names (STARTTLS and sign-in as it says)."""
+    with smtplib.SMTP(email.host, email.port, timeout=timeout_s) as smtp:
         if email.starttls:
             smtp.starttls(context=ssl.create_default_context())
         if email.user:
@@ -214,7 +214,7 @@ async def send_once(alert: Alert, settings: AlertSettings) -> list[tuple[str, st
     results: list[tuple[str, str]] = []
     if settings.email.host and settings.email.to:
         try:
-            await asyncio.to_thread(send_email, settings, email_message(alert, settings))
+            await asyncio.to_thread(send_email, settings.email, email_message(alert, settings), settings.send_timeout_s)
             results.append((f"email to {', '.join(settings.email.to)}", ""))
         except (OSError, smtplib.SMTPException) as error:
             results.append((f"email to {', '.join(settings.email.to)}", _describe(error)))

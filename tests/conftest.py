@@ -6,6 +6,7 @@ Deliberately imports nothing from schoolgate, so the harness works while the add
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.alerts import WebhookReceiver
+from support.alerts import SmtpSink, WebhookReceiver
 from support.gateway import REPO, Gateway, GatewayError, GatewayFactory, OptionValue
 from support.upstream import Upstream
 
@@ -102,14 +103,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    """A webhook receiver on loopback, served from its own thread so sync tests and gateways can post to it."""
+@contextlib.contextmanager
+def _served_from_a_thread[R: (SmtpSink, WebhookReceiver)](receiver: R) -> Iterator[R]:
+    """An asyncio loopback receiver served from its own thread, so sync tests, CLIs and gateways can reach it."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
-    yield receiver
-    asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    started = asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
+    try:
+        yield started
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    with _served_from_a_thread(WebhookReceiver()) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with _served_from_a_thread(SmtpSink()) as sink:
+        yield sink
