@@ -243,6 +243,41 @@ live_version = Table(
     Column("version", BigInteger(), nullable=False),
 )
 
+# --- the period report's per-day summaries (0007_reports): counts only, no identities ---
+
+report_days = Table(
+    "report_days",
+    metadata,
+    Column("day", UtcDateTime(), primary_key=True),  # the UTC day's midnight
+    Column("records", BigInteger(), nullable=False),  # access_log rows that day when folded; a change refolds it
+    Column("folded_at", UtcDateTime(), nullable=False),
+)
+
+report_day_totals = Table(
+    "report_day_totals",
+    metadata,
+    Column("day", UtcDateTime(), nullable=False),
+    Column("group_name", String(), nullable=False),
+    Column("verdict", String(), nullable=False),
+    Column("categories", Text(), nullable=False),
+    Column("flag_severity", Integer()),
+    Column("flag", String()),
+    Column("requests", BigInteger(), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Index("ix_report_day_totals_day", "day"),
+)
+
+report_day_sites = Table(
+    "report_day_sites",
+    metadata,
+    Column("day", UtcDateTime(), nullable=False),
+    Column("host", String(), nullable=False),
+    Column("blocked", Boolean(), nullable=False),
+    Column("requests", BigInteger(), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Index("ix_report_day_sites_day", "day"),
+)
+
 # --- review console (reports/console): accounts, incidents, login throttling, sessions ---
 
 console_accounts = Table(

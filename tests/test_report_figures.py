@@ -5,6 +5,7 @@ changes, over records and changes written the way the gateway and the console wr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
@@ -96,3 +97,55 @@ def test_report_figures_match_raw_counts(tmp_path):
     text = report_csv(live_report)
     assert "alice" not in text and "bob" not in text and "carol" not in text
     assert "list change" in text and "block added games.example by it" in text
+
+
+def test_whole_days_come_from_summaries_that_follow_late_records(tmp_path):
+    """The first report folds each complete day; the next reads the summaries and agrees; a record
+    written late into a folded day (a gateway replaying its journal) is counted at the next report."""
+    policy = write_policy(tmp_path)
+    database = policy.gateway.database
+    asyncio.run(upgrade(database))
+    store(policy, *records())
+    # Local midnights, as the console and CLI ask: the edges of the week come from the log itself.
+    start, end = START + timedelta(hours=1, minutes=30), END + timedelta(hours=1, minutes=30)
+    first = asyncio.run(build_report(create_engine(database), start, end))
+    with sqlite3.connect(database.split("///", 1)[1]) as db:
+        # The whole UTC days of this week and the one before (each period's first day starts at 01:30).
+        assert db.execute("SELECT count(*) FROM report_days").fetchone()[0] == 13
+        folded = db.execute("SELECT sum(records) FROM report_days").fetchone()[0]
+        assert folded == db.execute("SELECT count(*) FROM access_log WHERE ts >= ? AND ts < ?",
+                                    ((START - timedelta(days=6)).isoformat(sep=" "), END.isoformat(sep=" "))).fetchone()[0]
+    again = asyncio.run(build_report(create_engine(database), start, end))
+    assert (again.total, again.blocked, again.flagged, again.by_group, again.by_category, again.top_blocked,
+            again.bandwidth_by_site, again.days, again.previous) == (
+        first.total, first.blocked, first.flagged, first.by_group, first.by_category, first.top_blocked,
+        first.bandwidth_by_site, first.days, first.previous)
+
+    store(policy, make_record(ts=START + timedelta(days=4, hours=5), seq=900, group="staff", host="www.pornhub.com",
+                              verdict="block", bytes_in=0, bytes_out=7))
+    late = asyncio.run(build_report(create_engine(database), start, end))
+    assert late.total == first.total + 1 and late.blocked == first.blocked + 1
+    assert dict(late.bandwidth_by_group)["staff"] == dict(first.bandwidth_by_group)["staff"] + 7
+    assert late.top_blocked == [("pornhub.com", 5)]
+
+
+def test_the_report_on_postgresql_agrees_with_sqlite(tmp_path, database_url):
+    """The same records on both databases give the same report, from summaries and from the log alike."""
+    lite = write_policy(tmp_path)
+    on_postgres = dataclasses.replace(lite, gateway=dataclasses.replace(lite.gateway, database=database_url))
+    reports = []
+    for policy in (lite, on_postgres):
+        asyncio.run(upgrade(policy.gateway.database))
+        store(policy, *records())
+
+        async def twice(database: str = policy.gateway.database) -> list:
+            engine = create_engine(database)
+            try:
+                return [await build_report(engine, START + timedelta(hours=2), END + timedelta(hours=2)) for _ in range(2)]
+            finally:
+                await engine.dispose()
+
+        reports += asyncio.run(twice())
+    figures = [(r.total, r.blocked, r.flagged, r.previous, r.by_group, r.by_category, r.top_blocked,
+                r.bandwidth_by_group, r.bandwidth_by_site) for r in reports]
+    assert figures[0][0] == 17 and all(f == figures[0] for f in figures)
