@@ -22,9 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine as sync_engine
-
-from schoolgate.db import access_log, create_engine, upgrade
+from schoolgate.db import create_engine, upgrade
 from schoolgate.reports.report import build_report
 
 GROUPS = ("pupils-primary", "pupils-secondary", "staff", "guests")
@@ -33,29 +31,27 @@ CHUNK = 50_000
 
 
 def fill(path: Path, records: int, days: int, end: datetime) -> None:
-    asyncio.run(upgrade(f"sqlite+aiosqlite:///{path}"))
-    engine = sync_engine(f"sqlite:///{path}")
+    """Rows straight through sqlite3 (as SQLAlchemy stores them: naive UTC text), for speed."""
     rng = random.Random(42)
     span = days * 86400
-    with engine.begin() as conn:
+    columns = ("ts", "instance", "seq", "client_ip", "username", "group_name", "method", "scheme", "host", "port",
+               "categories", "verdict", "rule", "reason", "status", "bytes_in", "bytes_out", "decision_us",
+               "flag", "flag_severity")
+    sql = f"INSERT INTO access_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    with sqlite3.connect(path) as db:
         for first in range(0, records, CHUNK):
             rows = []
             for n in range(first, min(first + CHUNK, records)):
                 blocked = rng.random() < 0.1
                 flagged = rng.random() < 0.01
                 site = int(rng.paretovariate(1.2)) % 5000
-                rows.append({
-                    "ts": end - timedelta(seconds=span * (records - n) / records), "instance": "bench", "seq": n,
-                    "client_ip": f"10.{n % 4}.{n % 250}.{n % 200}", "username": f"pupil{n % 1500}",
-                    "group_name": GROUPS[n % 4], "method": "GET", "scheme": "https", "host": f"www.site{site}.co.uk",
-                    "port": 443, "url": None, "categories": CATEGORIES[site % len(CATEGORIES)],
-                    "verdict": "block" if blocked else "allow", "rule": "category", "reason": "bench",
-                    "status": 403 if blocked else 200, "bytes_in": 0 if blocked else 800,
-                    "bytes_out": 2_000 if blocked else 40_000 + site, "ref": None, "decision_us": 10,
-                    "flag": "self-harm" if flagged else None, "flag_severity": 4 if flagged else None,
-                })
-            conn.execute(access_log.insert(), rows)
-    engine.dispose()
+                ts = (end - timedelta(seconds=span * (records - n) / records)).replace(tzinfo=None)
+                rows.append((ts.isoformat(sep=" ", timespec="microseconds"), "bench", n, f"10.{n % 4}.{n % 250}.{n % 200}",
+                             f"pupil{n % 1500}", GROUPS[n % 4], "GET", "https", f"www.site{site}.co.uk", 443,
+                             CATEGORIES[site % len(CATEGORIES)], "block" if blocked else "allow", "category", "bench",
+                             403 if blocked else 200, 0 if blocked else 800, 2_000 if blocked else 40_000 + site, 10,
+                             "self-harm" if flagged else None, 4 if flagged else None))
+            db.executemany(sql, rows)
 
 
 def main() -> None:
@@ -69,7 +65,9 @@ def main() -> None:
     start = end - timedelta(days=args.days)
     with tempfile.TemporaryDirectory(prefix="sg-bench-report-") as scratch:
         path = args.database or Path(scratch) / "bench.db"
-        if not path.exists():
+        fresh = not path.exists()
+        asyncio.run(upgrade(f"sqlite+aiosqlite:///{path}"))
+        if fresh:
             began = time.perf_counter()
             fill(path, args.records, args.days, end)
             print(f"filled {args.records:,} records over {args.days} days in {time.perf_counter() - began:.1f} s")
@@ -87,8 +85,11 @@ def main() -> None:
             await engine.dispose()
             return took
 
+        # The first report over a new log folds every settled day into the summaries (once per day,
+        # normally spread over the days as reports are read); the ones after read the summaries.
+        print(f"build_report, first (folds {2 * args.days} days): {asyncio.run(report()):.2f} s")
         times = sorted(asyncio.run(report()) for _ in range(args.runs))
-        print(f"build_report: best {times[0]:.2f} s, median {times[len(times) // 2]:.2f} s over {args.runs} runs")
+        print(f"build_report, then: best {times[0]:.2f} s, median {times[len(times) // 2]:.2f} s over {args.runs} runs")
 
 
 if __name__ == "__main__":
