@@ -236,16 +236,17 @@ async def report_download(request: Request, account: Account) -> Response:
 
 @page(DSL, ConsoleRole.IT_ADMIN)
 async def selfcheck_page(request: Request, account: Account) -> Response:
-    """GET judges the configuration and probes the gateway; POST (the button) also sends a test alert."""
+    """GET judges the configuration; POST (the button) also probes the gateway and sends a test alert.
+    Probes are recorded, and flagged, like any blocked attempt: they run only when asked for."""
     from schoolgate.reports import probes  # the probes' HTTP client loads only for this page
 
     policy = console(request).policy
     engine = await asyncio.to_thread(probes.load_engine, policy.path)
-    send_alert = request.method == "POST"
-    facts = await probes.gather(engine, console(request).engine, probe=True, send_alert=send_alert,
+    probing = request.method == "POST"
+    facts = await probes.gather(engine, console(request).engine, probe=probing, send_alert=probing,
                                 proxy=policy.selfcheck.proxy, source_address=policy.selfcheck.source_address)
     items = selfcheck.assess(facts)
     await audit(request, account, "view.selfcheck", "selfcheck", None,
-                {"test_alert": send_alert, **{s.value: n for s, n in selfcheck.counts(items).items()}})
+                {"probes": probing, **{s.value: n for s, n in selfcheck.counts(items).items()}})
     return render(request, "selfcheck.html", account=account, items=items, probes=probes.summary(facts.probes),
                   counts=selfcheck.counts(items), checked_at=datetime.now(UTC))
