@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from schoolgate.categories.health import Health
+from schoolgate.categories.lexicon import RISKS
 from schoolgate.policy import Action, Group, Policy
 
 DFE = "DfE filtering and monitoring standards"
@@ -365,12 +366,29 @@ def _where(database: str) -> str:
     return f"{scheme.split('+')[0]} at {host or 'the default path'}"
 
 
+def _monitoring_content(facts: Facts) -> Item:
+    p = facts.policy
+    title = "Monitoring content: self-harm and suicide, bullying, grooming, extremism, drugs, violence"
+    risks = ", ".join(RISKS.values())
+    if not p.monitoring.search_terms:
+        return Item(UKSIC_MONITORING, title, Status.NOT_MET, "search terms are not read", "set [monitoring] search_terms = true")
+    evidence = (f"searches and AI prompts read for {risks}; flagged from {p.monitoring.flag_min_severity.name.lower()}"
+                + ("; page content scored too" if p.content.enabled else "; page content NOT scored"))
+    if not p.content.enabled:
+        return Item(UKSIC_MONITORING, title, Status.PARTLY, evidence, "set [content] enabled = true")
+    return Item(UKSIC_MONITORING, title, Status.MET, evidence)
+
+
 def _by_design(facts: Facts) -> list[Item]:
     """Items the product meets by how it works; listed so the review sees every line."""
     remote = Item(UKSIC_FILTERING, "Remote devices", Status.CANNOT_TELL,
                   "school laptops off site are filtered only when they connect through the gateway's WireGuard mode",
                   "check that off-site school devices use `--mode wireguard` (deploy/README.md)")
     return [
+        Item(DFE, "3. Filters all internet feeds, including backup connections", Status.CANNOT_TELL,
+             "the gateway filters what is routed through it",
+             "check that backup links and guest Wi-Fi route through the gateway (transparent mode, or the firewall's "
+             "default-deny egress in deploy/nftables)"),
         Item(UKSIC_FILTERING, "Control: the school can allow or block quickly, with an audit trail", Status.MET,
              "managed lists and exceptions reach every gateway within a second; every change is in the audit log"),
         Item(UKSIC_FILTERING, "Reporting mechanism (wrongly blocked or allowed)", Status.MET,
@@ -387,7 +405,7 @@ def _by_design(facts: Facts) -> list[Item]:
 _ORDER = [Status.NOT_MET, Status.CANNOT_TELL, Status.PARTLY, Status.MET]
 _CHECKS: tuple[Callable[[Facts], Item | list[Item]], ...] = (
     _roles, _review, _illegal, _up_to_date, _differentiated, _inappropriate, _circumvention, _alerts,
-    _identification, _content_analysis, _safe_search, _monitoring, _by_design,
+    _identification, _content_analysis, _safe_search, _monitoring, _monitoring_content, _by_design,
 )
 
 
