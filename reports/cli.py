@@ -1,4 +1,5 @@
-"""`schoolgate lookup`, `log`, `db upgrade`, `console`, `accounts`, `report` and `purge`.
+"""`schoolgate lookup`, `log`, `db upgrade`, `console`, `accounts`, `report`, `send-report`, `selfcheck`
+and `purge`.
 
 Access records are personal data about pupils and staff: these commands are
 for IT staff on the server itself, print plain text, and send nothing anywhere.
@@ -90,6 +91,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="name pupils in the open-incident list (for the DSL's own copy)")
     add_policy_option(report)
     report.set_defaults(func=report_command)
+
+    send = subparsers.add_parser("send-report", help="email the period report when the policy's [reports] schedule "
+                                                     "says it is due today (run daily by schoolgate-report.timer)")
+    send.add_argument("--now", action="store_true", help="send the report due by the schedule's period now, "
+                                                         "whatever the day (the last 7 days, or last month)")
+    add_policy_option(send)
+    send.set_defaults(func=send_report_command)
+
+    selfcheck = subparsers.add_parser(
+        "selfcheck", help="the filtering and monitoring self-check for the annual review (DfE standards, UKSIC "
+                          "checklists): configuration plus probes through the gateway; exit 1 when an item is not met")
+    selfcheck.add_argument("--proxy", help="the gateway as clients use it (default: [selfcheck] proxy)")
+    selfcheck.add_argument("--source", help="probe from this local address, e.g. one on a pupils' network "
+                                            "(default: [selfcheck] source_address)")
+    selfcheck.add_argument("--no-probes", action="store_true", help="judge the configuration only; send nothing")
+    selfcheck.add_argument("--no-alert", action="store_true", help="probe, but send no test alert")
+    selfcheck.add_argument("--format", choices=("text", "json", "html"), default="text",
+                           help="html: one self-contained printable page")
+    add_policy_option(selfcheck)
+    selfcheck.set_defaults(func=selfcheck_command)
 
     purge_parser = subparsers.add_parser("purge", help="delete records past the policy's [retention]")
     purge_parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
@@ -351,6 +372,54 @@ def report_command(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8", newline="")
         print(f"report for {args.start} to {args.end} written to {args.output}")
     return 0
+
+
+def send_report_command(args: argparse.Namespace) -> int:
+    import smtplib
+
+    from schoolgate.reports.delivery import send_report
+
+    policy = load_policy_or_exit(args.policy)
+    settings = policy.reports
+    if not settings.schedule:
+        print("schoolgate: no report schedule ([reports] schedule is off)", file=sys.stderr)
+        return 2
+    due = settings.period_due(date.today(), now=args.now)
+    if due is None:
+        print(f"no report due today ({settings.schedule}, on {settings.day})")
+        return 0
+    first, last = due
+    start, end = _local_midnight(first), _local_midnight(last + timedelta(days=1))
+    try:
+        sent = _with_engine(policy, lambda e: send_report(e, policy, first, last, start, end))
+    except (OSError, smtplib.SMTPException) as e:
+        print(f"schoolgate: the report was not sent: {type(e).__name__} {e}", file=sys.stderr)
+        return 1
+    print(f"report for {first} to {last} sent to {len(sent)} recipient(s)")
+    return 0
+
+
+def selfcheck_command(args: argparse.Namespace) -> int:
+    from schoolgate.reports import probes, selfcheck
+
+    load_policy_or_exit(args.policy)  # its problems said the one way
+    engine = probes.load_engine(args.policy)
+    policy = engine.policy
+    facts = _with_engine(policy, lambda db: probes.gather(
+        engine, db, probe=not args.no_probes, send_alert=not args.no_alert, proxy=args.proxy, source_address=args.source))
+    items = selfcheck.assess(facts)
+    if args.format == "json":
+        json.dump({"school": policy.school.name, "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                   "counts": {s.value: n for s, n in selfcheck.counts(items).items()},
+                   "items": [i.as_dict() for i in items],
+                   "probes": [{"probe": p.name, "passed": p.passed, "evidence": p.evidence}
+                              for p in probes.summary(facts.probes)]}, sys.stdout, indent=2)
+        print()
+    elif args.format == "html":
+        sys.stdout.write(probes.render_html(items, probes.summary(facts.probes), school=policy.school.name))
+    else:
+        print("\n".join(selfcheck.text_lines(items, probes.summary(facts.probes))))
+    return 1 if any(i.status is selfcheck.Status.NOT_MET for i in items) else 0
 
 
 def purge_command(args: argparse.Namespace) -> int:

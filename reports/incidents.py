@@ -205,16 +205,11 @@ async def _apply(conn: AsyncConnection, incident_id: int, *, actor: str, role: s
     return True
 
 
-async def mark_opened(engine: AsyncEngine, incident_id: int) -> None:
-    """A DSL has opened the incident: it no longer counts as unread (the first time is kept)."""
-    async with engine.begin() as conn:
-        await conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.opened_at.is_(None))
-                           .values(opened_at=_now()))
-
-
 async def unread_count(engine: AsyncEngine, min_severity: int) -> int:
-    """New incidents at `min_severity` or above that no DSL has opened yet (read-only)."""
+    """New incidents at `min_severity` or above that no DSL has opened yet (read-only;
+    opening one is its first review, reports.outcomes.mark_reviewed)."""
     query = select(func.count()).select_from(incidents).where(
-        incidents.c.severity >= min_severity, incidents.c.status == Status.NEW.value, incidents.c.opened_at.is_(None))
+        incidents.c.severity >= min_severity, incidents.c.status == Status.NEW.value,
+        incidents.c.first_reviewed_at.is_(None))
     async with engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())

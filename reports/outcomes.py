@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schoolgate.db import incident_outcomes, incidents
@@ -142,3 +142,14 @@ async def review_times(engine: AsyncEngine, start: datetime, end: datetime) -> R
             .where(incidents.c.first_seen >= start, incidents.c.first_seen < end))).all()
     return summarise([r.first_reviewed_at - r.first_seen for r in rows if r.first_reviewed_at is not None],
                      [now - r.first_seen for r in rows if r.first_reviewed_at is None])
+
+
+async def outcome_counts(engine: AsyncEngine, start: datetime, end: datetime) -> list[tuple[Outcome, int]]:
+    """How many incidents that arose in [start, end) got each outcome, most first (the period report)."""
+    o = incident_outcomes.c
+    query = (select(o.outcome, func.count(func.distinct(o.incident_id)))
+             .join(incidents, incidents.c.id == o.incident_id)
+             .where(incidents.c.first_seen >= start, incidents.c.first_seen < end).group_by(o.outcome))
+    async with engine.connect() as conn:
+        counts = [(Outcome(outcome), n) for outcome, n in (await conn.execute(query)).all()]
+    return sorted(counts, key=lambda pair: (-pair[1], pair[0].title))

@@ -35,7 +35,7 @@ import httpx
 
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.flags import risk_title
-from schoolgate.policy import AlertSettings
+from schoolgate.policy import AlertSettings, EmailSettings
 
 log = logging.getLogger(__name__)
 
@@ -269,18 +269,44 @@ class AlertDispatcher:
         log.error("alert %s by %s abandoned after %d attempts", alert.record_ref, channel, self.settings.max_attempts)
 
     def _send_email(self, message: EmailMessage) -> None:
-        email = self.settings.email
-        with smtplib.SMTP(email.host, email.port, timeout=self.settings.send_timeout_s) as smtp:
-            if email.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if email.user:
-                smtp.login(email.user, email.password)
-            smtp.send_message(message)
+        send_email(self.settings.email, message, self.settings.send_timeout_s)
 
     async def _post_webhook(self, url: str, body: dict[str, Any]) -> None:
         assert self._client is not None
         response = await self._client.post(url, json=body)
         response.raise_for_status()
+
+
+def send_email(email: EmailSettings, message: EmailMessage, timeout_s: float) -> None:
+    """One message through the SMTP server `email` names (STARTTLS and sign-in as it says)."""
+    with smtplib.SMTP(email.host, email.port, timeout=timeout_s) as smtp:
+        if email.starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if email.user:
+            smtp.login(email.user, email.password)
+        smtp.send_message(message)
+
+
+async def send_once(alert: Alert, settings: AlertSettings) -> list[tuple[str, str]]:
+    """Send one alert on every configured channel, once, without retrying (the self-check's
+    test alert): each channel with "" when it was accepted, else why not (no secrets)."""
+    results: list[tuple[str, str]] = []
+    if settings.email.host and settings.email.to:
+        try:
+            await asyncio.to_thread(send_email, settings.email, email_message(alert, settings), settings.send_timeout_s)
+            results.append((f"email to {', '.join(settings.email.to)}", ""))
+        except (OSError, smtplib.SMTPException) as error:
+            results.append((f"email to {', '.join(settings.email.to)}", _describe(error)))
+    if settings.webhook.url:
+        channel = f"webhook {redact_url(settings.webhook.url)}"
+        try:
+            async with httpx.AsyncClient(timeout=settings.send_timeout_s) as client:
+                response = await client.post(settings.webhook.url, json=alert_fields(alert, settings.console_url))
+                response.raise_for_status()
+            results.append((channel, ""))
+        except httpx.HTTPError as error:
+            results.append((channel, _describe(error)))
+    return results
 
 
 def _describe(error: Exception) -> str:

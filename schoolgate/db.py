@@ -262,6 +262,41 @@ live_version = Table(
     Column("version", BigInteger(), nullable=False),
 )
 
+# --- the period report's per-day summaries (0007_reports): counts only, no identities ---
+
+report_days = Table(
+    "report_days",
+    metadata,
+    Column("day", UtcDateTime(), primary_key=True),  # the UTC day's midnight
+    Column("records", BigInteger(), nullable=False),  # access_log rows that day when folded; a change refolds it
+    Column("folded_at", UtcDateTime(), nullable=False),
+)
+
+report_day_totals = Table(
+    "report_day_totals",
+    metadata,
+    Column("day", UtcDateTime(), nullable=False),
+    Column("group_name", String(), nullable=False),
+    Column("verdict", String(), nullable=False),
+    Column("categories", Text(), nullable=False),
+    Column("flag_severity", Integer()),
+    Column("flag", String()),
+    Column("requests", BigInteger(), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Index("ix_report_day_totals_day", "day"),
+)
+
+report_day_sites = Table(
+    "report_day_sites",
+    metadata,
+    Column("day", UtcDateTime(), nullable=False),
+    Column("host", String(), nullable=False),
+    Column("blocked", Boolean(), nullable=False),
+    Column("requests", BigInteger(), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Index("ix_report_day_sites_day", "day"),
+)
+
 # --- review console (reports/console): accounts, incidents, login throttling, sessions ---
 
 console_accounts = Table(
@@ -289,7 +324,6 @@ incidents = Table(
     Column("assigned", String()),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("updated_by", String()),
-    Column("opened_at", UtcDateTime()),  # first opened by a DSL: until then it counts as unread (0007_itconsole)
     Column("reminded_at", UtcDateTime()),  # the last reminder that it is still new (0007_itconsole)
     Column("reminders_sent", Integer()),
     # The first time a DSL opened or changed it: time to first review is this less first_seen.

@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from enum import Enum, StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -414,7 +414,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class EmailSettings:
-    """[alerts.email]: the SMTP channel."""
+    """[alerts.email] and [reports.email]: an SMTP server and who receives its mail."""
 
     host: str = ""
     port: int = 25
@@ -495,6 +495,49 @@ class RetentionSettings:
             yield "records_days must be at least 1", "records_days"
         if self.flagged_days < self.records_days:
             yield "flagged_days must be at least records_days", "flagged_days"
+
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """[reports]: the period report by email on a schedule (`schoolgate send-report`, run daily by a timer)."""
+
+    schedule: str = ""  # "" (off), "weekly" (the 7 days before `day`) or "monthly" (the calendar month before)
+    day: str = "monday"  # weekly: the weekday it is sent; monthly: the day of the month, "1" to "28"
+    dsl_to: tuple[str, ...] = ()  # the DSL's copy, naming who is behind open incidents
+    email: EmailSettings = EmailSettings()  # the SMTP server, and `to`: the copy without names (IT, governors)
+
+    def problems(self) -> Findings:
+        if self.schedule not in ("", "weekly", "monthly"):
+            yield f"schedule must be \"weekly\", \"monthly\" or \"\" (off), not {self.schedule!r}", "schedule"
+        elif self.schedule == "weekly" and self.day.lower() not in _WEEKDAYS:
+            yield f"day must be a weekday (monday ... sunday) for a weekly schedule, not {self.day!r}", "day"
+        elif self.schedule == "monthly" and not (self.day.isdigit() and 1 <= int(self.day) <= 28):
+            yield f"day must be \"1\" to \"28\" for a monthly schedule (every month has it), not {self.day!r}", "day"
+        if self.schedule and not self.email.host:
+            yield "a report schedule needs [reports.email] host, the SMTP server", "schedule"
+        if self.schedule and not (self.email.to or self.dsl_to):
+            yield "a report schedule needs recipients: [reports.email] to, or dsl_to", "schedule"
+
+    def period_due(self, today: date, *, now: bool = False) -> tuple[date, date] | None:
+        """The days (first, last, both included) of the report due today, None when none is;
+        `now`: the schedule's period ending yesterday, whatever the day."""
+        if self.schedule == "weekly" and (now or _WEEKDAYS[today.weekday()] == self.day.lower()):
+            return today - timedelta(days=7), today - timedelta(days=1)
+        if self.schedule == "monthly" and (now or self.day.isdigit() and today.day == int(self.day)):
+            last = today.replace(day=1) - timedelta(days=1)
+            return last.replace(day=1), last
+        return None
+
+
+@dataclass(frozen=True)
+class SelfCheckSettings:
+    """[selfcheck]: where `schoolgate selfcheck` and the console's self-check send their probes."""
+
+    proxy: str = "http://127.0.0.1:8080"  # the gateway as clients use it
+    source_address: str = ""  # a local address to probe from (one on a pupils' network); "" lets the system choose
 
 
 @dataclass(frozen=True)
@@ -846,6 +889,8 @@ SECTIONS: dict[str, type] = {
     "monitoring": MonitoringSettings,
     "alerts": AlertSettings,
     "retention": RetentionSettings,
+    "reports": ReportSettings,
+    "selfcheck": SelfCheckSettings,
     "console": ConsoleSettings,
     "content": ContentSettings,
     "directory": DirectorySettings,
@@ -873,6 +918,8 @@ class Policy:
     monitoring: MonitoringSettings = MonitoringSettings()
     alerts: AlertSettings = AlertSettings()
     retention: RetentionSettings = RetentionSettings()
+    reports: ReportSettings = ReportSettings()
+    selfcheck: SelfCheckSettings = SelfCheckSettings()
     console: ConsoleSettings = ConsoleSettings()
     content: ContentSettings = ContentSettings()
     directory: DirectorySettings = DirectorySettings()
@@ -1145,13 +1192,14 @@ def _build(r: _Reader, data: Mapping[str, Any]) -> Policy:
         given = {"console_url": sections["monitoring"].console_url} if cls is AlertSettings else {}
         sections[name] = _read_section(r, cls, r.table(data, name), name, **given)
     gateway: GatewaySettings = sections["gateway"]
-    alerts: AlertSettings = sections["alerts"]
-    if alerts.email.password_file:
-        try:
-            password = alerts.email.password_file.read_text(encoding="utf-8").strip()
-            sections["alerts"] = replace(alerts, email=replace(alerts.email, password=password))
-        except OSError as e:
-            r.problem(f"cannot read the SMTP password file: {e}", "alerts", "email", "password_file")
+    for name in ("alerts", "reports"):  # both send mail: the SMTP password comes from its own file
+        mail = sections[name]
+        if mail.email.password_file:
+            try:
+                password = mail.email.password_file.read_text(encoding="utf-8").strip()
+                sections[name] = replace(mail, email=replace(mail.email, password=password))
+            except OSError as e:
+                r.problem(f"cannot read the SMTP password file: {e}", name, "email", "password_file")
 
     global_categories = _category_actions(r, data.get("categories", {}), "categories")
     groups = _groups(r, r.table(data, "groups"), global_categories, gateway.default_action)

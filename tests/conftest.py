@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from support.alerts import SmtpSink, WebhookReceiver, served_from_a_thread
 from support.gateway import REPO, Gateway, GatewayError, GatewayFactory, OptionValue
 from support.upstream import Upstream
 
@@ -97,3 +98,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for gateway in item.stash.get(_GATEWAYS, []):
             report.sections.append((f"mitmdump log: {gateway.log_path}", gateway.log_text()))
     return report
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    with served_from_a_thread(WebhookReceiver()) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with served_from_a_thread(SmtpSink()) as sink:
+        yield sink

@@ -11,9 +11,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
-
-from support.alerts import webhook_in_a_thread
 from support.clients import curl
 from support.waiting import wait_for
 
@@ -98,12 +95,6 @@ def test_a_corrupt_or_truncated_index_under_a_running_gateway_keeps_the_last_goo
     wait_for(lambda: gw.metric("schoolgate_category_index_ok", problem="truncated") == 0)
     assert curl(gw, "http://casino.example/").status == 403
     assert gw.running
-
-
-@pytest.fixture
-def webhook():
-    with webhook_in_a_thread() as receiver:
-        yield receiver
 
 
 def write_tier(root: Path) -> Path:

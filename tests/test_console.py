@@ -673,7 +673,8 @@ def test_purge_keeps_flagged_records_longer_and_is_logged(env: Env, monkeypatch,
 
     caplog.clear()
     assert cli(env.policy, "purge", monkeypatch=monkeypatch) == 0
-    assert "purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes, 1 incident records" in caplog.text
+    assert ("purge deleted: 2 records, 1 flagged records, 1 incidents, 1 incident notes, 0 incident outcomes, "
+            "1 incident records") in caplog.text
     assert "alice" not in caplog.text and "10.1.2.3" not in caplog.text  # counts only, never who
     with env.db() as db:
         hosts = {h for (h,) in db.execute("SELECT coalesce(username, '') || '@' || host FROM access_log")}

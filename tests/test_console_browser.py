@@ -25,6 +25,7 @@ from test_records import make_record
 
 from schoolgate.policy import load_policy
 
+from support.browser import axe_violations
 from support.clients import curl
 from support.gateway import REPO
 
@@ -377,3 +378,67 @@ def test_the_queue_is_worst_first_with_episodes_bulk_close_and_lost_records(crow
         playwright_api.expect(rows.nth(0)).to_contain_text("how to kill myself")
     closed = [a for actor, _, a in audit_actions(policy) if actor == "dsl" and a.startswith("incident.")]
     assert closed == ["incident.closed"] * 3
+
+
+@pytest.fixture
+def probed_gateway(gateway_factory, upstream, monkeypatch):
+    """A running gateway and the console's policy, whose self-check probes that gateway (accounts made first:
+    the CLI runs its own event loop, which cannot start inside Playwright's)."""
+    import dataclasses
+
+    from schoolgate.policy import SelfCheckSettings
+
+    gw = gateway_factory(POLICY, options={"schoolgate_lists_fetch": False})
+    policy = dataclasses.replace(load_policy(gw.policy_path), selfcheck=SelfCheckSettings(proxy=gw.proxy_url))
+    for name, (role, password) in ACCOUNTS.items():
+        groups = ["--groups", "pupils"] if role == "teacher" else []
+        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
+                   monkeypatch=monkeypatch) == 0
+    return policy
+
+
+def test_the_selfcheck_page_probes_the_gateway_for_it_and_the_dsl(probed_gateway, browser, upstream) -> None:
+    policy = probed_gateway
+    with ConsoleServer(policy) as server:
+        base = server.url
+        page = browser.new_page()
+        sign_in(page, base, "it.office", ACCOUNTS["it.office"][1])
+        page.wait_for_url(f"{base}/requests")
+        page.get_by_role("link", name="Self-check").click()
+        playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("Filtering and monitoring self-check")
+        # Opening the page judges the configuration only; the probes run when asked for.
+        playwright_api.expect(page.locator("#probes")).to_contain_text("No probes were run.")
+        assert not [r for r in upstream.requests if r.hostname == "www.google.com"]
+        page.get_by_role("button", name="Run the probes and send a test alert").click()
+        def result(title: str) -> object:
+            return page.get_by_role("row").filter(has=page.get_by_role("cell", name=title, exact=True)).locator(".check")
+
+        playwright_api.expect(result("Pornography")).to_have_text("met")
+        playwright_api.expect(page.get_by_role("row").filter(has_text="Pornography")).to_contain_text("blocked as group pupils")
+        # This policy leaves SafeSearch off for staff, which counts as a pupils' group (raw tunnels blocked) ...
+        playwright_api.expect(result("Safe search")).to_have_text("not met")
+        playwright_api.expect(page.get_by_role("row").filter(has_text="Safe search")).to_contain_text(
+            "set safe_search = true for staff")
+        # ... and does not block VPN sites: the probe got through, so circumvention is not met.
+        probes = page.locator("#probes")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="adult-site")).to_contain_text("passed")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="safesearch")).to_contain_text("passed")
+        playwright_api.expect(probes.get_by_role("row").filter(has_text="vpn-proxy")).to_contain_text("failed")
+        playwright_api.expect(result("Circumvention")).to_have_text("not met")
+        ctiru = "Integrate the police assessed list of unlawful terrorist content (CTIRU)"
+        playwright_api.expect(result(ctiru)).to_have_text("not met")  # no CTIRU list in this gateway
+        assert axe_violations(page) == []
+        shoot(page, "selfcheck")
+        page.set_viewport_size({"width": 375, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+        probe = page.locator("#probes").get_by_role("row").filter(has_text="test-alert")
+        playwright_api.expect(probe).to_contain_text("no alert channel configured")
+        assert [a for actor, _, a in audit_actions(policy) if actor == "it.office"].count("view.selfcheck") == 2
+        sign_out(page)
+
+        sign_in(page, base, "m.patel", ACCOUNTS["m.patel"][1])
+        page.wait_for_url(f"{base}/requests")
+        response = page.goto(f"{base}/selfcheck")
+        assert response is not None and response.status == 403

@@ -12,17 +12,11 @@ import pytest
 from test_console import ConsoleServer
 from test_console_browser import ACCOUNTS, audit_actions, browser, filled_by_gateway, shoot, sign_in  # noqa: F401
 
+from support.browser import axe_violations
+
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = playwright_api.expect
 PHONE = {"width": 375, "height": 812}
-
-
-def axe_violations(page) -> list[str]:
-    """axe-core's WCAG 2 A/AA rules over the page as shown: each violation with the elements it found."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
-    return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
 
 
 def fits_a_phone(page) -> None:

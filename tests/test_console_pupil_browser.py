@@ -18,19 +18,12 @@ from test_console_browser import ACCOUNTS, POLICY, SCREENSHOTS, audit_actions, b
 
 from schoolgate.policy import load_policy
 
+from support.browser import axe_violations
 from support.clients import curl
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 PHONE_WIDTH = 375
-
-
-def axe_violations(page) -> list[str]:
-    """axe-core's WCAG 2 A/AA rules over the page as shown: each violation with the elements it found."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
-    return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
 
 
 def fits_a_phone(page) -> bool:

@@ -271,9 +271,9 @@ def test_the_block_page_and_my_requests_show_what_became_of_a_request(scoped, ca
 
 
 def test_a_new_request_is_announced_to_teachers_and_it_without_the_pupils_name(gateway_factory, shared_db):
-    from support.alerts import webhook_in_a_thread
+    from support.alerts import WebhookReceiver, served_from_a_thread
 
-    with webhook_in_a_thread() as webhook:
+    with served_from_a_thread(WebhookReceiver()) as webhook:
         policy = POLICY.replace("DATABASE", f"sqlite+aiosqlite:///{shared_db}") + f"""
 [monitoring]
 console_url = "https://console.school.example/incidents/"

@@ -32,6 +32,7 @@ PURE = [
     "schoolgate.categories.suffixes",
     "schoolgate.categories.illegal",
     "schoolgate.categories.health",
+    "schoolgate.reports.selfcheck",
 ]
 # I/O libraries the core must not load: the database, HTTP clients, the proxy, the console's web stack.
 FORBIDDEN = ("sqlalchemy", "alembic", "aiosqlite", "asyncpg", "httpx", "mitmproxy", "starlette", "jinja2", "argon2",

@@ -31,13 +31,15 @@ def policy_in(tmp_path: Path) -> Policy:
 
 def records() -> list[AccessRecord]:
     """Ordinary, flagged and illegal-tier records either side of both limits, several sharing a time,
-    so batch edges fall between rows of the same second."""
+    so batch edges fall between rows of the same second. Each flagged one is a different pupil's, so
+    each is an incident of its own (one pupil's attempts within minutes would be one episode)."""
     made = []
     for n, days in enumerate([400, 400, 400, 366, 365.9, 200, 31, 31, 31, 30.1, 29.9, 29.9, 1]):
         ts = NOW - timedelta(days=days)
         made.append(make_record(ts=ts, host=f"ordinary{n}.example", seq=0))
         if n % 2 == 0:
-            made.append(make_record(ts=ts, host=f"flagged{n}.example", seq=0, flag="self-harm", flag_severity=4))
+            made.append(make_record(ts=ts, host=f"flagged{n}.example", seq=0, flag="self-harm", flag_severity=4,
+                                    user=f"pupil{n}"))
         if n % 3 == 0:
             made.append(make_record(ts=ts, host=f"illegal{n}.example", seq=0, verdict="block", rule="illegal iwf"))
     return made
@@ -72,7 +74,7 @@ def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path,
         await writer.close()
         engine = create_engine(url)
         try:
-            flagged = await queue(engine, IncidentFilter())  # opens an incident for each flagged record
+            flagged = await queue(engine, IncidentFilter())
             for item in flagged:
                 await update_incident(engine, item.id, actor="dsl", role="dsl", status=Status.REVIEWING, note="seen")
             counts = await purge(engine, policy, now=NOW, batch_rows=batch_rows)

@@ -63,6 +63,7 @@ ROUTES = [
     Route("/devices/{ip}", pupil_views.device_page),
     Route("/report", views.report_page),
     Route("/report.csv", views.report_download),
+    Route("/selfcheck", views.selfcheck_page, methods=["GET", "POST"]),
     Route("/exceptions", live_views.exceptions_page),
     Route("/exceptions/grant", live_views.grant_exception, methods=["POST"]),
     Route("/exceptions/{id:row}/revoke", live_views.revoke_exception, methods=["POST"]),

@@ -30,6 +30,7 @@ NAVIGATION = (
     ("/lists", "Allow and block lists", {ConsoleRole.IT_ADMIN}),
     ("/it", "IT tools", {ConsoleRole.IT_ADMIN, ConsoleRole.DSL}),
     ("/report", "Report", {ConsoleRole.DSL, ConsoleRole.IT_ADMIN}),
+    ("/selfcheck", "Self-check", {ConsoleRole.DSL, ConsoleRole.IT_ADMIN}),
     ("/settings", "Settings", {ConsoleRole.IT_ADMIN}),
 )
 

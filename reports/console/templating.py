@@ -55,6 +55,16 @@ def device_url(address: str) -> str:
     return "/devices/" + quote(address, safe="")
 
 
+def human_bytes(value: int) -> str:
+    """1234567 -> "1.2 MB" (decimal units, as network figures are read)."""
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 @cache
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("schoolgate.reports.console", "templates"), autoescape=True,
@@ -65,6 +75,7 @@ def environment() -> Environment:
     env.filters["identified_by"] = identified_by
     env.filters["pupil_url"] = pupil_url
     env.filters["device_url"] = device_url
+    env.filters["bytes"] = human_bytes
     return env
 
 

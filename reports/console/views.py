@@ -1,7 +1,8 @@
-"""Sign-in, the flagged queue, incidents, exports and the period report."""
+"""Sign-in, the flagged queue, incidents, exports, the period report and the self-check."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -12,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.flags import RISK_NAMES
-from schoolgate.reports import incidents, outcomes, pupils
+from schoolgate.reports import incidents, outcomes, pupils, selfcheck
 from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import BADGES, audit, console, error, form_text, home_for, page, render
 from schoolgate.reports.console.security import (
@@ -217,7 +218,6 @@ async def incident(request: Request, account: Account) -> Response:
     if request.method == "POST":
         return await _change(request, account, item, back)
     context = await surrounding(engine, item.record_id, CONTEXT_MINUTES)
-    await incidents.mark_opened(engine, item.id)
     request.state.badges["/incidents"] = await unread_incidents(request, account)  # this one is read now
     attempts = await incidents.attempts(engine, item.id)
     await audit(request, account, "view.incident", "incident", item.id,
@@ -305,3 +305,23 @@ async def report_download(request: Request, account: Account) -> Response:
         return built
     report, shown = built
     return _csv_download(report_csv(report), f"report-{shown['from']}-to-{shown['to']}.csv")
+
+
+# --- the self-check -------------------------------------------------------------------
+
+@page(DSL, ConsoleRole.IT_ADMIN)
+async def selfcheck_page(request: Request, account: Account) -> Response:
+    """GET judges the configuration; POST (the button) also probes the gateway and sends a test alert.
+    Probes are recorded, and flagged, like any blocked attempt: they run only when asked for."""
+    from schoolgate.reports import probes  # the probes' HTTP client loads only for this page
+
+    policy = console(request).policy
+    engine = await asyncio.to_thread(probes.load_engine, policy.path)
+    probing = request.method == "POST"
+    facts = await probes.gather(engine, console(request).engine, probe=probing, send_alert=probing,
+                                proxy=policy.selfcheck.proxy, source_address=policy.selfcheck.source_address)
+    items = selfcheck.assess(facts)
+    await audit(request, account, "view.selfcheck", "selfcheck", None,
+                {"probes": probing, **{s.value: n for s, n in selfcheck.counts(items).items()}})
+    return render(request, "selfcheck.html", account=account, items=items, probes=probes.summary(facts.probes),
+                  counts=selfcheck.counts(items), checked_at=datetime.now(UTC))

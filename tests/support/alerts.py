@@ -103,14 +103,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def webhook_in_a_thread() -> Iterator[WebhookReceiver]:
-    """A WebhookReceiver on its own event loop in a thread, for tests that are not async (a real gateway posts to it)."""
+def served_from_a_thread[R: (SmtpSink, WebhookReceiver)](receiver: R) -> Iterator[R]:
+    """An asyncio loopback receiver served from its own thread, so sync tests, CLIs and gateways can reach it."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    receiver = asyncio.run_coroutine_threadsafe(WebhookReceiver().start(), loop).result(10)
+    started = asyncio.run_coroutine_threadsafe(receiver.start(), loop).result(10)
     try:
-        yield receiver
+        yield started
     finally:
         asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -1,6 +1,6 @@
 """Console IT tools and reminders: an index for searching the log by group, one for the
-managed lists' history in the audit trail, and incidents remember when a DSL first
-opened them (the unread badge) and the reminders sent while they stayed new.
+managed lists' history in the audit trail, and incidents remember
+the reminders sent while they stayed new.
 
 Revision ID: 0007_itconsole
 Revises: 0007_requests
@@ -26,7 +26,6 @@ def upgrade() -> None:
     op.create_index("ix_access_log_group_name_ts", "access_log", ["group_name", "ts"])
     op.create_index("ix_audit_log_object_kind_ts", "audit_log", ["object_kind", "ts"])
     with op.batch_alter_table("incidents") as batch:
-        batch.add_column(sa.Column("opened_at", _TIME))
         batch.add_column(sa.Column("reminded_at", _TIME))
         batch.add_column(sa.Column("reminders_sent", sa.Integer()))
 
@@ -35,6 +34,5 @@ def downgrade() -> None:
     with op.batch_alter_table("incidents") as batch:
         batch.drop_column("reminders_sent")
         batch.drop_column("reminded_at")
-        batch.drop_column("opened_at")
     op.drop_index("ix_audit_log_object_kind_ts", "audit_log")
     op.drop_index("ix_access_log_group_name_ts", "access_log")
