@@ -53,6 +53,8 @@ def decryption(engine: Engine, host: str, group: Group, verdict: Verdict, *,
         return Decryption(False, "never decrypted ([tls] intercept or no_intercept_*)")
     if verdict.action is Action.BLOCK:
         return Decryption(True, "blocked: decrypted so the block page can be shown")
+    if policy.portal.enabled and host == policy.portal.host:
+        return Decryption(True, "the sign-in page, answered by the gateway itself")
     if group.require_auth and user is None:
         return Decryption(True, "not signed in: decrypted so the request can be sent to sign in")
     if group.decrypt is Decrypt.ALL:

@@ -39,6 +39,9 @@ require_auth = true
 
 [auth]
 htpasswd = "users.htpasswd"
+
+[portal]
+host = "signin.news.test"
 """
 
 
@@ -92,6 +95,7 @@ def test_user_and_passthrough(capsys, policy):
     ("https://adult.test/", "secondary", True, "block page"),
     ("https://bank.test/", "staff", False, "never decrypted"),
     ("https://news.test/", "library", True, "not signed in"),  # else a pupil could skip signing in
+    ("https://signin.news.test/", "secondary", True, "sign-in page"),  # on the allow list, but the gateway's own
 ])
 def test_says_whether_https_is_decrypted_and_why(capsys, policy, url, group, decrypted, why):
     code, out = explain(capsys, policy, url, "--group", group)
