@@ -50,7 +50,7 @@ class Connections:
         self.recorder = recorder
         # The decision on each client connection's CONNECT or TLS name, until its handshake is over.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
-        # TLS decided in next_layer to be decrypted, for tls_clienthello; connections relayed undecrypted.
+        # TLS decided in relay_undecrypted to be decrypted, for tls_clienthello; connections relayed undecrypted.
         self.hellos: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
         self.relays: weakref.WeakKeyDictionary[connection.Client, Passthrough] = weakref.WeakKeyDictionary()
 
@@ -125,7 +125,7 @@ class Connections:
         """Decide by the TLS server name (the only name there is in transparent mode, and
         one a client could set apart from its CONNECT), then decrypt or pass through.
         A blocked name is always decrypted: the pupil sees the block page (or, on a device
-        without the school CA, a failed handshake), never the site. Usually `next_layer`
+        without the school CA, a failed handshake), never the site. Usually `relay_undecrypted`
         has decided already; a connection it could not hand to a relay is passed through here,
         recorded by name without its bytes."""
         client = data.context.client
