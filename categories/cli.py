@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from schoolgate.categories.index import CategoryHit, CategoryIndex, IndexInvalid
 from schoolgate.categories.sources import parse_extra, plain_source
 from schoolgate.categories.taxonomy import CATEGORIES
 from schoolgate.categories.update import UpdateInProgress, UpdatePlan, update
+from schoolgate.commandline import add_policy_option
 from schoolgate.urls import InvalidHost, parse_target
 
 if TYPE_CHECKING:
@@ -64,10 +64,7 @@ def register(subparsers: Any) -> None:
 
 
 def _add_policy(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--policy", type=Path, default=Path(os.environ.get("SCHOOLGATE_POLICY", "policy.toml")),
-        help="policy file, read for lists settings when it exists (default: ./policy.toml or $SCHOOLGATE_POLICY)",
-    )
+    add_policy_option(parser, "policy file, read for lists settings when it exists")
 
 
 def _policy_lists(path: Path) -> ListsSettings:
@@ -121,17 +118,20 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
 
 
 def _open_index(index: Path | None, policy: Path) -> CategoryIndex:
-    path = index or _policy_lists(policy).index
+    settings = _policy_lists(policy)
+    # The built-in list as the gateway serves it: without the entries the policy leaves out.
+    builtin = lambda: builtin_index(frozenset(settings.builtin_skip))  # noqa: E731
+    path = index or settings.index
     if path is None:
         print("no compiled index given or configured; using the built-in list", file=sys.stderr)
-        return builtin_index()
+        return builtin()
     try:
         return CategoryIndex.open(path)
     except IndexInvalid as e:
         if index is not None:  # asked for by name: say so, do not answer from another list
             raise SystemExit(f"error: {e}") from None
         print(f"warning: {e}; using the built-in list, as the gateway does until it is compiled", file=sys.stderr)
-        return builtin_index()
+        return builtin()
 
 
 def cmd_lists_status(args: argparse.Namespace) -> int:

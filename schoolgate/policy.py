@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from datetime import date, datetime, time
 from enum import Enum, StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -725,7 +726,7 @@ class ScheduleSettings:
     term_dates: tuple[tuple[date, date], ...] = setting((), parse=_terms)  # "2026-09-03..2026-10-23"
     windows: Mapping[str, tuple[Span, ...]] = setting(types.MappingProxyType({}), parse=_windows)
 
-    @property
+    @cached_property  # asked for on every request of a group with time windows
     def schedule(self) -> Schedule:
         return Schedule(parse_timezone(self.timezone), self.term_dates, self.windows)
 

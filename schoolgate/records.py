@@ -409,6 +409,7 @@ class RecordWriter:
         self._sync_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._close_requested = asyncio.Event()  # wakes a write in flight, so it honours the close deadline
         self._closed = False
         self._close_deadline = math.inf
         self._failing_since: float | None = None
@@ -518,6 +519,7 @@ class RecordWriter:
         self._closing = True
         self._close_deadline = time.monotonic() + self._close_retry_seconds
         self._wake.set()
+        self._close_requested.set()
         try:
             await self._task
         finally:
@@ -704,15 +706,21 @@ class RecordWriter:
         task = asyncio.create_task(self._dedupe_and_insert(records, dedupe))
         started = time.monotonic()
         stall_at = started + self._spool_after_seconds
-        give_up_at = min(started + self._write_timeout, self._close_deadline)
-        while not task.done():
-            now = time.monotonic()
-            if now >= give_up_at:
-                break
-            wake_at = give_up_at if self._from_journal else min(stall_at, give_up_at)
-            await asyncio.wait({task}, timeout=max(wake_at - now, 0))
-            if not task.done() and not self._from_journal and time.monotonic() >= stall_at:
-                self._read_journal_instead(f"the database has not answered for {self._spool_after_seconds:.0f} s")
+        close_requested = asyncio.ensure_future(self._close_requested.wait())
+        try:
+            while not task.done():
+                now = time.monotonic()
+                # Recomputed each time: a stop asked for mid-attempt brings the deadline forward.
+                give_up_at = min(started + self._write_timeout, self._close_deadline)
+                if now >= give_up_at:
+                    break
+                wake_at = give_up_at if self._from_journal else min(stall_at, give_up_at)
+                waiting_for = {task} if close_requested.done() else {task, close_requested}
+                await asyncio.wait(waiting_for, timeout=max(wake_at - now, 0), return_when=asyncio.FIRST_COMPLETED)
+                if not task.done() and not self._from_journal and time.monotonic() >= stall_at:
+                    self._read_journal_instead(f"the database has not answered for {self._spool_after_seconds:.0f} s")
+        finally:
+            close_requested.cancel()
         if not task.done():
             # Abandon the call (its connection may be stuck for good) and start again with a fresh engine.
             task.cancel()

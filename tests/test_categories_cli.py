@@ -139,3 +139,14 @@ def test_classify_without_an_index_uses_the_builtin_list(tmp_path: Path, monkeyp
     captured = capsys.readouterr()
     assert captured.out == "https://casino.test/\tgambling\tcasino.test\t\n"
     assert "built-in list" in captured.err
+
+
+def test_classify_on_the_builtin_list_leaves_out_what_the_policy_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # As the gateway serves it: an entry the school took out of the built-in list is not classified.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policy.toml").write_text('[lists]\nbuiltin_skip = ["discord.com"]\n\n[groups.pupils]\nnetworks = ["10.0.0.0/8"]\n')
+    monkeypatch.setattr(sys, "stdin", io.StringIO("https://discord.com/\nhttps://discord.gg/\n"))
+    assert run(["classify", "--format", "tsv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[1] == "" and lines[1].split("\t")[1] == "chat", lines

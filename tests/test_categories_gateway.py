@@ -11,7 +11,6 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.alerts import WebhookReceiver
@@ -57,13 +56,6 @@ def policy_text(index: Path, sources: list[str] = (), webhook: str = "") -> str:
             .replace("WEBHOOK_URL", webhook))
 
 
-def metric(gw, name: str, **labels: str) -> float | None:
-    for line in httpx.get(gw.metrics_url).text.splitlines():
-        if line.startswith(name + ("{" if labels else " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def records(gw) -> list[dict]:
     with sqlite3.connect(gw.db_path) as db:
         db.row_factory = sqlite3.Row
@@ -79,12 +71,12 @@ def test_first_start_fetches_and_compiles_the_lists_in_the_background(gateway_fa
     log = gw.log_text()
     assert "no category index yet: downloading and compiling" in log
     assert "lists update: compiled" in log
-    wait_for(lambda: metric(gw, "schoolgate_category_index_ok", problem="none") == 1)
-    assert metric(gw, "schoolgate_category_entries", category="gambling", action="block") > 0
-    wait_for(lambda: metric(gw, "schoolgate_lists_fetches_total", result="ok") == 1)
+    wait_for(lambda: gw.metric("schoolgate_category_index_ok", problem="none") == 1)
+    assert gw.metric("schoolgate_category_entries", category="gambling", action="block") > 0
+    wait_for(lambda: gw.metric("schoolgate_lists_fetches_total", result="ok") == 1)
     # No illegal-content lists in this gateway's directory: loud, in the log and the metrics.
-    assert metric(gw, "schoolgate_illegal_tier_ok") == 0
-    assert metric(gw, "schoolgate_illegal_tier_entries", provider="iwf") == 0
+    assert gw.metric("schoolgate_illegal_tier_ok") == 0
+    assert gw.metric("schoolgate_illegal_tier_entries", provider="iwf") == 0
     assert "the IWF and CTIRU lists are not blocked" in gw.log_text()
 
 
@@ -98,12 +90,12 @@ def test_a_corrupt_or_truncated_index_under_a_running_gateway_keeps_the_last_goo
     data = bytearray(index.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content
     index.write_bytes(bytes(data))
-    wait_for(lambda: metric(gw, "schoolgate_category_index_ok", problem="corrupt") == 0)
+    wait_for(lambda: gw.metric("schoolgate_category_index_ok", problem="corrupt") == 0)
     assert curl(gw, "http://casino.example/").status == 403  # not the built-in list: the last good index
     assert "category index refused" in gw.log_text()
     with index.open("r+b") as f:  # truncated in place: a shared mapping would die of SIGBUS here
         f.truncate(100)
-    wait_for(lambda: metric(gw, "schoolgate_category_index_ok", problem="truncated") == 0)
+    wait_for(lambda: gw.metric("schoolgate_category_index_ok", problem="truncated") == 0)
     assert curl(gw, "http://casino.example/").status == 403
     assert gw.running
 
@@ -146,9 +138,9 @@ def test_the_illegal_tier_blocks_whatever_the_policy_says_and_alerts_the_dsl(gat
     assert ("iwf-listed.example", "/about") in seen
     assert not [path for host, path in seen if path.startswith(("/gallery", "/video/42"))]
     wait_for(lambda: len(webhook.requests) >= 1)
-    assert metric(gw, "schoolgate_illegal_tier_entries", provider="iwf") == 1
-    assert metric(gw, "schoolgate_illegal_tier_entries", provider="ctiru") == 1
-    assert metric(gw, "schoolgate_illegal_tier_ok") == 1
+    assert gw.metric("schoolgate_illegal_tier_entries", provider="iwf") == 1
+    assert gw.metric("schoolgate_illegal_tier_entries", provider="ctiru") == 1
+    assert gw.metric("schoolgate_illegal_tier_ok") == 1
     gw.stop()
     blocked = [r for r in records(gw) if r["verdict"] == "block"]
     assert [(r["host"], r["rule"]) for r in blocked] == [

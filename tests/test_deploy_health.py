@@ -86,8 +86,9 @@ def test_ready_is_told_to_systemd_over_its_notify_socket(gateway_factory, tmp_pa
     assert any(m.startswith("STATUS=ready") for m in messages), messages
 
 
-def test_a_database_outage_keeps_the_gateway_ready_while_records_spool(gateway_factory, postgres, tmp_path) -> None:
-    database = postgres.create_database(f"t_health_{tmp_path.name[-8:].lower()}")
+def test_a_database_outage_keeps_the_gateway_ready_while_records_spool(gateway_factory, private_postgres, tmp_path) -> None:
+    postgres = private_postgres  # stopped below: the session's server stays up for other tests
+    database = postgres.create_database("health")
     gw = gateway_factory(POLICY.replace("[gateway]\n", f'[gateway]\ndatabase = "{database}"\n'),
                          options={"schoolgate_spool_dir": str(tmp_path)})
     wait_for(lambda: _ready(gw), timeout=20)

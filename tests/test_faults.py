@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from schoolgate.records import RecordWriter, default_spool_path
 
 from support.clients import httpx_client
 from support.gateway import Gateway
-from support.postgres import PostgresServer, postgres_bin, start_postgres
+from support.postgres import PostgresServer
 from support.waiting import wait_for
 
 POLICY = """\
@@ -89,12 +88,6 @@ class Traffic:
                 if status != expected:
                     self.wrong.append(f"{host}/r/{n}: {status}")
                 time.sleep(0.005)
-
-
-def metric(gateway: Gateway, name: str) -> float:
-    body = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(gateway.metrics_url, timeout=2).read().decode()
-    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def load_journal(database_url: str, instance: str, spool_dir: Path | None = None) -> None:
@@ -174,12 +167,12 @@ def test_a_held_sqlite_lock_spools_then_sigterm_mid_stall_is_bounded_and_loses_n
 
     # A stall that ends: records go to the journal, filtering goes on, then everything is loaded.
     holder = _hold_sqlite_lock(gw.db_path)
-    wait_for(lambda: metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=20)
+    wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") > 0, timeout=20)
     answered_at = len(traffic.answered)
     wait_for(lambda: len(traffic.answered) > answered_at + 50, timeout=60)
-    assert metric(gw, "schoolgate_record_queue_depth") < 10_000
+    assert gw.metric("schoolgate_record_queue_depth") < 10_000
     holder.communicate("")
-    wait_for(lambda: metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=30)
+    wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") == 0, timeout=30)
 
     # A stall during which the gateway is told to stop: it must not wait for the database.
     holder = _hold_sqlite_lock(gw.db_path)
@@ -213,9 +206,9 @@ def _signal_all(processes: list[psutil.Process], sig: signal.Signals) -> None:
             pass
 
 
-@pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (apt install postgresql)")
-def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_bounded(gateway_factory, tmp_path) -> None:
-    server = start_postgres()  # its own server: this test freezes it
+def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_bounded(
+        gateway_factory, private_postgres, tmp_path) -> None:
+    server = private_postgres  # its own server: this test freezes it
     paused: list[psutil.Process] = []
     try:
         url = server.create_database("faults")
@@ -226,12 +219,12 @@ def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_
 
         paused = _postgres_processes(server)
         _signal_all(paused, signal.SIGSTOP)
-        wait_for(lambda: metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=20)
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") > 0, timeout=20)
         answered_at = len(traffic.answered)
         wait_for(lambda: len(traffic.answered) > answered_at + 50, timeout=60)
         _signal_all(paused, signal.SIGCONT)
         paused = []
-        wait_for(lambda: metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=40)
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") == 0, timeout=40)
 
         paused = _postgres_processes(server)
         _signal_all(paused, signal.SIGSTOP)
@@ -252,9 +245,6 @@ def test_postgres_stopped_with_sigstop_spools_recovers_and_sigterm_mid_stall_is_
               f"{len(traffic.answered)} answered, 0 lost")
     finally:
         _signal_all(paused, signal.SIGCONT)
-        server.stop("immediate")
-        import shutil
-        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def _mount_tmpfs(directory: Path, size: str) -> bool:
@@ -288,14 +278,14 @@ def test_a_full_disk_keeps_filtering_and_recovers_when_space_returns(gateway_fac
         traffic = Traffic(gw).start()
         wait_for(lambda: len(traffic.answered) > 50, timeout=60)
         filler = _fill(state)
-        failures = metric(gw, "schoolgate_record_write_failures_total")
-        wait_for(lambda: metric(gw, "schoolgate_record_write_failures_total") > failures, timeout=30)
+        failures = gw.metric("schoolgate_record_write_failures_total")
+        wait_for(lambda: gw.metric("schoolgate_record_write_failures_total") > failures, timeout=30)
         answered_at = len(traffic.answered)
         wait_for(lambda: len(traffic.answered) > answered_at + 100, timeout=60)  # filtering goes on
         filler.unlink()
-        wait_for(lambda: metric(gw, "schoolgate_record_queue_depth") == 0
-                 and metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=30)
-        dropped = metric(gw, "schoolgate_records_dropped_total")
+        wait_for(lambda: gw.metric("schoolgate_record_queue_depth") == 0
+                 and gw.metric("schoolgate_record_spool_bytes") == 0, timeout=30)
+        dropped = gw.metric("schoolgate_records_dropped_total")
         traffic.finish()
         gw.stop()
         assert not traffic.wrong

@@ -95,16 +95,6 @@ def records(gw) -> list[dict]:
         return [dict(row) for row in db.execute("SELECT * FROM access_log ORDER BY instance, seq")]
 
 
-def metric(gw, name: str, **labels: str) -> float:
-    text = httpx.get(gw.metrics_url).text
-    for line in text.splitlines():
-        if not line.startswith(name + ("{" if labels else " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_allowed_http_and_https_reach_upstream_and_are_recorded(gateway, upstream):
     plain = curl(gateway, "http://allowed.test/page?q=1")
     assert plain.status == 200 and plain.body == expected_body("allowed.test", "/page", "q=1")
@@ -261,25 +251,25 @@ def test_broken_policy_edit_keeps_the_last_good_policy_then_a_fix_applies(gatewa
     gateway.write_policy(policy.replace('[categories]', '[categories]\ngames = "sometimes"'))
     wait_for(lambda: "policy change refused" in gateway.log_text())
     assert "categories.games = 'sometimes' is not an action" in gateway.log_text()
-    assert metric(gateway, "schoolgate_policy_last_load_ok") == 0
-    assert metric(gateway, "schoolgate_policy_reloads_total", result="failed") == 1
+    assert gateway.metric("schoolgate_policy_last_load_ok") == 0
+    assert gateway.metric("schoolgate_policy_reloads_total", result="failed") == 1
     assert curl(gateway, "http://blocked-local.test/").status == 403  # still enforced
 
     gateway.write_policy(policy.replace('block = ["blocked-local.test", ', 'block = ['))
-    wait_for(lambda: metric(gateway, "schoolgate_policy_last_load_ok") == 1)
+    wait_for(lambda: gateway.metric("schoolgate_policy_last_load_ok") == 1)
     assert curl(gateway, "http://blocked-local.test/").status == 200
-    assert metric(gateway, "schoolgate_policy_reloads_total", result="ok") == 2
+    assert gateway.metric("schoolgate_policy_reloads_total", result="ok") == 2
 
 
 def test_metrics_count_decisions_without_personal_data(gateway, upstream):
     curl(gateway, "http://adult.test/")
     curl(gateway, "http://adult.test/again")
     curl(gateway, "http://allowed.test/", user="alice", password="correct horse")
-    assert metric(gateway, "schoolgate_requests_total", group="secondary", verdict="block", category="pornography") == 2
-    assert metric(gateway, "schoolgate_requests_total", group="staff", verdict="allow", category="none") == 1
-    assert metric(gateway, "schoolgate_decision_seconds_count") == 3
-    assert metric(gateway, "schoolgate_list_entries", category="pornography") >= 1
-    assert metric(gateway, "schoolgate_records_dropped_total") == 0
+    assert gateway.metric("schoolgate_requests_total", group="secondary", verdict="block", category="pornography") == 2
+    assert gateway.metric("schoolgate_requests_total", group="staff", verdict="allow", category="none") == 1
+    assert gateway.metric("schoolgate_decision_seconds_count") == 3
+    assert gateway.metric("schoolgate_list_entries", category="pornography") >= 1
+    assert gateway.metric("schoolgate_records_dropped_total") == 0
     text = httpx.get(gateway.metrics_url).text
     for personal in ("alice", "127.0.0.1", "adult.test", "/again"):
         assert personal not in text

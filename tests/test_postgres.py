@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,7 +21,7 @@ from schoolgate.policy import Action, Role
 
 from support.clients import curl, httpx_client
 from support.gateway import Gateway
-from support.postgres import PostgresServer, database_url, postgres, postgres_bin, start_postgres  # noqa: F401  (fixtures)
+from support.postgres import PostgresServer, postgres_bin
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (apt install postgresql)")
@@ -128,49 +126,39 @@ class Traffic:
                 time.sleep(0.01)
 
 
-def _metric(gateway: Gateway, name: str) -> float:
-    body = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(gateway.metrics_url, timeout=2).read().decode()
-    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def test_database_outage_mid_traffic_loses_no_record_and_keeps_order(gateway_factory, tmp_path) -> None:
-    server = start_postgres()  # its own server: this test stops it
+def test_database_outage_mid_traffic_loses_no_record_and_keeps_order(gateway_factory, private_postgres, tmp_path) -> None:
+    server = private_postgres  # its own server: this test stops it
+    url = server.create_database("outage")
+    gw = gateway_factory(POLICY.replace("DATABASE", url),
+                         options={"schoolgate_instance": "gw-outage", "schoolgate_spool_dir": str(tmp_path)})
+    traffic = Traffic(gw)
+    client = threading.Thread(target=traffic.run)
+    client.start()
     try:
-        url = server.create_database("outage")
-        gw = gateway_factory(POLICY.replace("DATABASE", url),
-                             options={"schoolgate_instance": "gw-outage", "schoolgate_spool_dir": str(tmp_path)})
-        traffic = Traffic(gw)
-        client = threading.Thread(target=traffic.run)
-        client.start()
-        try:
-            wait_for(lambda: len(traffic.made) > 30)
-            server.stop("fast")
-            down_at = len(traffic.made)
-            # Filtering goes on; past the backlog time the records move to the spool file.
-            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") > 0, timeout=60)
-            wait_for(lambda: len(traffic.made) > down_at + 60)
-            server.start()
-            wait_for(lambda: _metric(gw, "schoolgate_record_spool_bytes") == 0, timeout=60)
-            up_at = len(traffic.made)
-            wait_for(lambda: len(traffic.made) > up_at + 30)
-        finally:
-            traffic.stop.set()
-            client.join(20)
-        assert not traffic.wrong, f"filtering changed while the database was away: {traffic.wrong[:5]}"
-        assert _metric(gw, "schoolgate_records_spooled_total") > 0
-        gw.stop()  # flushes the queue
-
-        rows = [line.split("|") for line in server.psql(
-            "SELECT instance, seq, host, url FROM access_log ORDER BY id", "outage").splitlines()]
-        seqs = [int(seq) for instance, seq, _, _ in rows if instance == "gw-outage"]
-        assert seqs == list(range(1, len(seqs) + 1)), "seq out of order, repeated or with gaps"
-        stored = [f"{host}{re.sub(r'^http://[^/]+', '', url)}" for _, _, host, url in rows if "/r/" in url]
-        assert sorted(stored) == sorted(traffic.made), (
-            f"{len(traffic.made)} requests made, {len(stored)} stored; "
-            f"missing {sorted(set(traffic.made) - set(stored))[:5]}")
-        assert stored == traffic.made  # and in the order they were made
-        assert not list(tmp_path.glob("*.jsonl*")), "spool files left behind"
+        wait_for(lambda: len(traffic.made) > 30)
+        server.stop("fast")
+        down_at = len(traffic.made)
+        # Filtering goes on; past the backlog time the records move to the spool file.
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") > 0, timeout=60)
+        wait_for(lambda: len(traffic.made) > down_at + 60)
+        server.start()
+        wait_for(lambda: gw.metric("schoolgate_record_spool_bytes") == 0, timeout=60)
+        up_at = len(traffic.made)
+        wait_for(lambda: len(traffic.made) > up_at + 30)
     finally:
-        server.stop("immediate")
-        shutil.rmtree(server.root, ignore_errors=True)
+        traffic.stop.set()
+        client.join(20)
+    assert not traffic.wrong, f"filtering changed while the database was away: {traffic.wrong[:5]}"
+    assert gw.metric("schoolgate_records_spooled_total") > 0
+    gw.stop()  # flushes the queue
+
+    rows = [line.split("|") for line in server.psql(
+        "SELECT instance, seq, host, url FROM access_log ORDER BY id", "outage").splitlines()]
+    seqs = [int(seq) for instance, seq, _, _ in rows if instance == "gw-outage"]
+    assert seqs == list(range(1, len(seqs) + 1)), "seq out of order, repeated or with gaps"
+    stored = [f"{host}{re.sub(r'^http://[^/]+', '', url)}" for _, _, host, url in rows if "/r/" in url]
+    assert sorted(stored) == sorted(traffic.made), (
+        f"{len(traffic.made)} requests made, {len(stored)} stored; "
+        f"missing {sorted(set(traffic.made) - set(stored))[:5]}")
+    assert stored == traffic.made  # and in the order they were made
+    assert not list(tmp_path.glob("*.jsonl*")), "spool files left behind"

@@ -313,6 +313,32 @@ def test_close_while_locked_spools_and_the_next_start_loads_the_spool(tmp_path: 
     assert metric("schoolgate_records_dropped_total") == dropped_before
 
 
+def test_a_stop_during_a_write_the_database_never_answers_keeps_the_close_deadline(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    hanging = asyncio.Event()
+
+    async def database_that_never_answers(records: list[AccessRecord]) -> None:
+        hanging.set()
+        await asyncio.Event().wait()
+
+    async def scenario() -> float:
+        # A write may wait 60 s for an answer, but a stop must not wait for it.
+        writer = RecordWriter(sqlite_url(path), spool_path=spool, close_retry_seconds=0.5, write_timeout=60.0, flush_interval=0.05)
+        await writer.start()
+        writer._insert = database_that_never_answers  # type: ignore[method-assign]
+        for n in range(5):
+            writer.submit(make_record(status=n))
+        await asyncio.wait_for(hanging.wait(), 5)
+        started = time.monotonic()
+        await writer.close()
+        return time.monotonic() - started
+
+    took = asyncio.run(scenario())
+    assert took < 5, f"close() waited {took:.1f} s for a write already in flight"
+    assert [json.loads(line)["status"] for line in spool.read_text().splitlines()] == list(range(5))
+
+
 def test_replay_interrupted_after_commit_does_not_duplicate(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     spool = tmp_path / "spool.jsonl"

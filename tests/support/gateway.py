@@ -243,6 +243,15 @@ class Gateway:
             return False
         return True
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample from the metrics endpoint (the first with these labels), or None when it is not there."""
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        body = no_proxy.open(self.metrics_url, timeout=5).read().decode()
+        for line in body.splitlines():
+            if line.startswith(name + ("{" if labels else " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
     def _metrics_answers(self) -> bool:
         no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:

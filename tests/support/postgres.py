@@ -99,11 +99,10 @@ def start_postgres() -> PostgresServer:
     return server
 
 
-# Fixtures for test modules to import: `from support.postgres import database_url, postgres`.
+# Fixtures, registered for every test by conftest.py's pytest_plugins (importing them into a
+# test module would register a second copy, and start a second server).
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A server for the session; skips the test when PostgreSQL is not installed."""
+def _running_postgres() -> Iterator[PostgresServer]:
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (apt install postgresql)")
     server = start_postgres()
@@ -112,6 +111,18 @@ def postgres() -> Iterator[PostgresServer]:
     finally:
         server.stop("immediate")
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A server for the session; skips the test when PostgreSQL is not installed."""
+    yield from _running_postgres()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A server of the test's own, for tests that stop or freeze it: the session's server stays up."""
+    yield from _running_postgres()
 
 
 @pytest.fixture
