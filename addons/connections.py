@@ -25,6 +25,7 @@ from mitmproxy.proxy import events, layer, layers, mode_specs, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
+from schoolgate import metrics
 from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, attach
 from schoolgate.addons.embedded import decided_targets
 from schoolgate.addons.identify import Identification
@@ -49,7 +50,7 @@ class Connections:
         self.recorder = recorder
         # The decision on each client connection's CONNECT or TLS name, until its handshake is over.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
-        # TLS decided in next_layer to be decrypted, for tls_clienthello; connections relayed undecrypted.
+        # TLS decided in relay_undecrypted to be decrypted, for tls_clienthello; connections relayed undecrypted.
         self.hellos: weakref.WeakKeyDictionary[connection.Client, Decision] = weakref.WeakKeyDictionary()
         self.relays: weakref.WeakKeyDictionary[connection.Client, Passthrough] = weakref.WeakKeyDictionary()
 
@@ -124,12 +125,15 @@ class Connections:
         """Decide by the TLS server name (the only name there is in transparent mode, and
         one a client could set apart from its CONNECT), then decrypt or pass through.
         A blocked name is always decrypted: the pupil sees the block page (or, on a device
-        without the school CA, a failed handshake), never the site. Usually `next_layer`
+        without the school CA, a failed handshake), never the site. Usually `relay_undecrypted`
         has decided already; a connection it could not hand to a relay is passed through here,
         recorded by name without its bytes."""
         client = data.context.client
-        decision = self.hellos.pop(client, None) or self._decide_hello(client, data.context.server.address,
-                                                                       data.client_hello.sni)
+        decided = self.hellos.pop(client, None)
+        if decided is not None:  # in relay_undecrypted, to be decrypted
+            self.tunnels[client] = decided
+            return
+        decision = self._decide_hello(client, data.context.server.address, data.client_hello.sni)
         if decision is None:
             return  # mitmproxy decrypts by default, so the request hook still decides
         if decision.refused or self._decrypts(decision):
@@ -164,7 +168,9 @@ class Connections:
         who = decision.who
         if decryption(engine, decision.target.host, who.group, decision.verdict,
                       user=who.user, client_ip=who.client_ip).decrypt:
+            metrics.TLS_CONNECTIONS.labels("decrypted").inc()
             return True
+        metrics.TLS_CONNECTIONS.labels("passed-through").inc()
         warned = decision.verdict.action is Action.WARN  # only where [tls] never decrypts it
         decision.note = "not decrypted: the warning page could not be shown" if warned else "not decrypted"
         return False

@@ -6,6 +6,7 @@ ones, decrypting costs a TLS handshake each way and puts pupils' (and staff's)
 pages in the gateway's hands, so a connection is decrypted only where that changes
 a decision or a record (group `decrypt = "needed"`, the shipped default):
 
+- the device has not signed in and its group must (`require_auth`: the request goes to sign in);
 - the group's action for it is warn (the warning page) or monitor (the DSL wants the pages);
 - search engines, video and social sites and AI chat (search terms, SafeSearch, prompts);
 - sites that carry other sites (translators, archives, caches: the carried site is in the path);
@@ -52,6 +53,10 @@ def decryption(engine: Engine, host: str, group: Group, verdict: Verdict, *,
         return Decryption(False, "never decrypted ([tls] intercept or no_intercept_*)")
     if verdict.action is Action.BLOCK:
         return Decryption(True, "blocked: decrypted so the block page can be shown")
+    if policy.portal.enabled and host == policy.portal.host:
+        return Decryption(True, "the sign-in page, answered by the gateway itself")
+    if group.require_auth and user is None:
+        return Decryption(True, "not signed in: decrypted so the request can be sent to sign in")
     if group.decrypt is Decrypt.ALL:
         return Decryption(True, f'[groups.{group.name}] decrypt = "all"')
     if verdict.action in (Action.WARN, Action.MONITOR):

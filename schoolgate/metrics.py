@@ -31,6 +31,12 @@ DECISION_SECONDS = Histogram(
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2),
     registry=REGISTRY,
 )
+TLS_CONNECTIONS = Counter(
+    "schoolgate_tls_connections",
+    "Allowed TLS connections by how they were handled: decrypted, or passed through undecrypted.",
+    ["handling"],
+    registry=REGISTRY,
+)
 CONTENT_SCORED = Counter(
     "schoolgate_content_scored",
     "Responses, AI answers and prompts whose words were scored, by what came of it (pass, flag, block, cached).",

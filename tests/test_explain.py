@@ -31,6 +31,17 @@ users = ["mrs.khan"]
 decrypt = "all"
 [groups.staff.categories]
 pornography = "warn"
+
+[groups.library]
+title = "Library"
+networks = ["10.40.0.0/16"]
+require_auth = true
+
+[auth]
+htpasswd = "users.htpasswd"
+
+[portal]
+host = "signin.news.test"
 """
 
 
@@ -38,6 +49,7 @@ pornography = "warn"
 def policy(tmp_path: Path) -> str:
     path = tmp_path / "policy.toml"
     path.write_text(POLICY)
+    (tmp_path / "users.htpasswd").write_text("")
     return str(path)
 
 
@@ -82,6 +94,8 @@ def test_user_and_passthrough(capsys, policy):
     ("https://shop.test/", "secondary", True, "policy.toml:9"),
     ("https://adult.test/", "secondary", True, "block page"),
     ("https://bank.test/", "staff", False, "never decrypted"),
+    ("https://news.test/", "library", True, "not signed in"),  # else a pupil could skip signing in
+    ("https://signin.news.test/", "secondary", True, "sign-in page"),  # on the allow list, but the gateway's own
 ])
 def test_says_whether_https_is_decrypted_and_why(capsys, policy, url, group, decrypted, why):
     code, out = explain(capsys, policy, url, "--group", group)

@@ -537,3 +537,32 @@ def test_a_fault_is_recorded_against_whoever_is_signed_in_on_the_device(hooks, m
     # Whoever the device is, as every other path names it (identify, by_address, malformed requests).
     assert (record.user, record.identity_source, record.verdict) == ("amy.b", "portal", "block")
 
+
+def test_tls_that_needs_no_decrypting_is_handed_to_a_relay_once_its_clienthello_is_whole(hooks):
+    import ssl
+
+    from mitmproxy import options
+    from mitmproxy.proxy import context, events, layers
+    from mitmproxy.proxy.layer import NextLayer
+
+    from schoolgate.addons.connections import Passthrough
+
+    outgoing = ssl.MemoryBIO()
+    tls_client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="bank.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls_client.do_handshake()
+    hello = outgoing.read()
+
+    def asked(sni_host: str, data: bytes) -> NextLayer:
+        ctx = context.Context(client("10.1.2.3"), options.Options())
+        ctx.server.address = (sni_host, 443)
+        nextlayer = NextLayer(ctx)
+        nextlayer.events = [events.DataReceived(ctx.client, data)]
+        nextlayer.layer = layers.ServerTLSLayer(ctx)  # as mitmproxy's NextLayer picks for TLS
+        nextlayer.layer.child_layer = layers.ClientTLSLayer(ctx)
+        hooks.connections.relay_undecrypted(nextlayer)
+        return nextlayer
+
+    assert asked("bank.test", hello[:60]).layer is None  # the rest of the ClientHello is awaited
+    assert isinstance(asked("bank.test", hello).layer, Passthrough)  # no-intercept: relayed, counted
+    assert isinstance(asked("adult.test", hello).layer, layers.ServerTLSLayer)  # the CONNECT name is blocked: decrypted

@@ -55,6 +55,8 @@ def test_allowed_by_name_passes_through_with_the_sites_own_certificate_and_is_re
         with httpx_client(gateway) as client:
             client.get("https://bank.test/")
 
+    assert gateway.metric("schoolgate_tls_connections_total", handling="passed-through") == 2
+    assert gateway.metric("schoolgate_tls_connections_total", handling="decrypted") is None
     gateway.stop()
     (row, *_) = records(gateway)
     assert (row["method"], row["host"], row["verdict"], row["url"]) == ("CONNECT", "bank.test", "allow", "https://bank.test/")
@@ -75,6 +77,7 @@ def test_a_path_rule_on_the_host_keeps_it_decrypted(gateway, upstream):
 def test_a_search_engine_is_decrypted_and_its_search_recorded(gateway, upstream):
     with httpx_client(gateway) as client:
         assert client.get("https://www.bing.com/search?q=volcano+homework").status_code == 200
+    assert gateway.metric("schoolgate_tls_connections_total", handling="decrypted") == 1
     gateway.stop()
     (row,) = records(gateway)
     assert (row["method"], row["host"], row["search_term"]) == ("GET", "www.bing.com", "volcano homework")
