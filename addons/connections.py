@@ -189,6 +189,12 @@ class Connections:
         relay = self.relays.get(client)
         if relay is not None:  # closed before its relay saw both ends close
             self._passed_through(relay)
+        tunnel = self.tunnels.pop(client, None)
+        if tunnel is not None and not tunnel.recorded:
+            # Closed before anything inside was decided (a ClientHello cut short, nothing sent):
+            # the CONNECT is still an attempt, and a refused one must be on record.
+            tunnel.note = "closed before its TLS handshake or any byte was relayed"
+            self.recorder.record(tunnel)
 
     def tls_established_client(self, data: tls.TlsData) -> None:
         tunnel = self.tunnels.get(data.context.client)
@@ -219,6 +225,8 @@ class Connections:
         """Raw bytes through a tunnel or a transparent connection: the destination, and
         whether this group may carry anything but the web at all."""
         tunnel = self.tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            tunnel.recorded = True  # the raw flow's own decision, below, is its record
         who = tunnel.who if tunnel is not None else self.identification.by_address(flow.client_conn)
         targets = [_as(scheme, tunnel.target)] if tunnel is not None else []
         if flow.server_conn.address:

@@ -30,6 +30,7 @@ from schoolgate.engine import Engine
 log = logging.getLogger("schoolgate.lists")
 
 _RETRY_SECONDS = 15 * 60  # after a failed first-start download
+_SWAP_SECONDS = 60  # after a good one: the engine loads the new index on its next reload check
 _UPDATE_IN_PROGRESS = 3  # `lists update` exit status: another process holds the lock
 
 
@@ -38,7 +39,7 @@ class Lists:
         self.policy = policy
         self._task: asyncio.Task | None = None
         self._fetch: asyncio.Task | None = None
-        self._last_fetch_failed_at: float | None = None
+        self._next_fetch_at = 0.0  # monotonic time before which no first-start download starts
         self._reported: object = None  # what was last logged, so a problem is logged when it changes, not every tick
         self._tier_reported: object = None
 
@@ -121,8 +122,7 @@ class Lists:
             return False
         if engine.index_status.serving is not Serving.BUILTIN:
             return False  # a compiled index serves; the nightly timer keeps it fresh
-        failed = self._last_fetch_failed_at
-        return failed is None or time.monotonic() - failed > _RETRY_SECONDS
+        return time.monotonic() >= self._next_fetch_at
 
     async def _run_update(self, engine: Engine) -> None:
         policy = engine.policy
@@ -142,13 +142,14 @@ class Lists:
                 log.info("lists update: %s", line)
         status = await child.wait()
         if status == 0:
-            self._last_fetch_failed_at = None
+            # The built-in list still serves until the reload check swaps the index in: not a reason to fetch again.
+            self._next_fetch_at = time.monotonic() + _SWAP_SECONDS
             metrics.LISTS_FETCHES.labels("ok").inc()
             log.info("category lists compiled in %.0f s; the gateway swaps to them within seconds", time.monotonic() - started)
         elif status == _UPDATE_IN_PROGRESS:
-            self._last_fetch_failed_at = time.monotonic() - _RETRY_SECONDS + 60  # look again in a minute
+            self._next_fetch_at = time.monotonic() + 60  # look again in a minute
         else:
-            self._last_fetch_failed_at = time.monotonic()
+            self._next_fetch_at = time.monotonic() + _RETRY_SECONDS
             metrics.LISTS_FETCHES.labels("failed").inc()
             log.error("category lists could not be fetched (exit %d, see above); the built-in list still serves; "
                       "retrying in %d minutes", status, _RETRY_SECONDS // 60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -361,7 +362,7 @@ def test_the_queue_is_worst_first_with_episodes_bulk_close_and_lost_records(crow
         page.set_viewport_size({"width": 1280, "height": 800})
 
         # The episode's attempts are listed on its incident, which fits a phone too.
-        rows.nth(1).get_by_role("link").click()
+        rows.nth(1).get_by_role("link", name=re.compile(r"incident \d+")).click()
         playwright_api.expect(page.locator("#attempts tbody tr")).to_have_count(3)
         page.set_viewport_size({"width": 375, "height": 740})
         assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")

@@ -28,6 +28,7 @@ PHONE_WIDTH = 375
 
 def fits_a_phone(page) -> bool:
     page.set_viewport_size({"width": PHONE_WIDTH, "height": 800})
+    page.wait_for_function(f"window.innerWidth === {PHONE_WIDTH}")  # laid out at the new width
     fits = page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH
     page.set_viewport_size({"width": 1280, "height": 800})
     return fits
