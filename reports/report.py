@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from markupsafe import Markup, escape
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import and_, delete, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,11 +35,14 @@ from schoolgate.db import (
     access_log,
     access_requests,
     exceptions,
+    incidents,
     list_entries,
+    pupil_directory,
     report_day_sites,
     report_day_totals,
     report_days,
 )
+from schoolgate.episodes import SubjectKind
 from schoolgate.reports.console import templating
 from schoolgate.reports.incidents import OPEN, Incident, IncidentFilter, queue
 from schoolgate.reports.outcomes import Outcome, ReviewTimes, outcome_counts, review_times
@@ -78,6 +81,7 @@ class PeriodReport:
     list_changes: list[tuple[datetime, str, str, str]]  # when, change ("block added"), entry, by whom (staff)
     review: ReviewTimes  # time to first review of the incidents that arose in the period
     outcomes: list[tuple[Outcome, int]]  # incidents that arose in the period, by what the DSL did
+    by_year_group: list[tuple[str, int, int]]  # year group (as the directory says), incidents, pupils
 
     @property
     def previous_start(self) -> datetime:
@@ -110,6 +114,8 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
         live = await _live_changes(conn, start, end)
     open_incidents = await queue(engine, IncidentFilter(start=start, end=end, statuses=OPEN))
     review, outcomes = await review_times(engine, start, end), await outcome_counts(engine, start, end)
+    async with engine.connect() as conn:
+        by_year_group = await _incidents_by_year_group(conn, start, end)
 
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     group_bytes: Counter[str] = Counter()
@@ -146,7 +152,7 @@ async def build_report(engine: AsyncEngine, start: datetime, end: datetime) -> P
                   sum(n for _, _, was_flagged, n, _ in before.groups if was_flagged)),
         bandwidth_by_group=sorted(group_bytes.items(), key=lambda kv: (-kv[1], kv[0])),
         bandwidth_by_site=_by_site((host, volume) for host, _, _, volume in rows.hosts),
-        review=review, outcomes=outcomes,
+        review=review, outcomes=outcomes, by_year_group=by_year_group,
         **live,
     )
 
@@ -304,6 +310,22 @@ async def _fold(engine: AsyncEngine, day: datetime, records: int) -> None:
         pass  # folded by another report at the same moment
 
 
+NOT_KNOWN = "not known"  # a device, or a pupil the directory gives no year group
+
+
+async def _incidents_by_year_group(conn: AsyncConnection, start: datetime, end: datetime) -> list[tuple[str, int, int]]:
+    """Incidents that arose in [start, end) and how many pupils they concern, by year group
+    (from the directory, `[directory] year_attribute`): counts only, never who."""
+    i, d = incidents.c, pupil_directory.c
+    year = func.coalesce(d.year_group, NOT_KNOWN)
+    query = (select(year, func.count(), func.count(func.distinct(i.subject)))
+             .select_from(incidents.outerjoin(pupil_directory, and_(d.username == i.subject,
+                                                                    i.subject_kind == SubjectKind.USER.value)))
+             .where(i.first_seen >= start, i.first_seen < end).group_by(year))
+    rows = [(str(y), n, pupils) for y, n, pupils in (await conn.execute(query)).all()]
+    return sorted(rows, key=lambda row: (row[0] == NOT_KNOWN, row[0]))
+
+
 async def _live_changes(conn: AsyncConnection, start: datetime, end: datetime) -> dict[str, Any]:
     """Unblocks (exceptions granted), pupils' access requests and managed-list changes in the period.
 
@@ -459,6 +481,7 @@ def report_csv(report: PeriodReport) -> str:
         ("reviewed", review.reviewed), ("waiting for a first review", review.waiting),
         ("median minutes to first review", _minutes(review.median)), ("worst minutes to first review", _minutes(review.worst)))]
     rows += [["outcome", outcome.title, n, "", ""] for outcome, n in report.outcomes]
+    rows += [["incidents by year group", year, n, "", pupils] for year, n, pupils in report.by_year_group]
     return _csv(rows)
 
 

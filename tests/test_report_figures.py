@@ -149,3 +149,38 @@ def test_the_report_on_postgresql_agrees_with_sqlite(tmp_path, database_url):
     figures = [(r.total, r.blocked, r.flagged, r.previous, r.by_group, r.by_category, r.top_blocked,
                 r.bandwidth_by_group, r.bandwidth_by_site) for r in reports]
     assert figures[0][0] == 17 and all(f == figures[0] for f in figures)
+
+
+def test_the_report_gives_incidents_by_year_group_time_to_review_and_outcomes(tmp_path):
+    from schoolgate.reports.outcomes import Outcome, mark_reviewed, record_outcome
+
+    policy = write_policy(tmp_path)
+    database = policy.gateway.database
+    asyncio.run(upgrade(database))
+    flagged = dict(verdict="block", flag="self-harm", flag_severity=4)
+    store(policy,  # amy twice, days apart (two episodes); ben once; a device nobody signed in on
+          make_record(ts=START + timedelta(days=1), seq=1, user="amy", **flagged),
+          make_record(ts=START + timedelta(days=3), seq=2, user="amy", **flagged),
+          make_record(ts=START + timedelta(days=2), seq=3, user="ben", **flagged),
+          make_record(ts=START + timedelta(days=2), seq=4, user=None, client_ip="10.9.9.9", **flagged))
+    with sqlite3.connect(database.split("///", 1)[1]) as db:
+        db.executemany("INSERT INTO pupil_directory (username, year_group, form, updated_at) VALUES (?, ?, ?, ?)",
+                       [("amy", "Year 7", "7B", "2026-11-01 00:00:00"), ("ben", "Year 8", "8C", "2026-11-01 00:00:00")])
+        amy_first, ben = (db.execute("SELECT id FROM incidents WHERE subject = ? ORDER BY first_seen", (user,)).fetchone()[0]
+                          for user in ("amy", "ben"))
+
+    async def review() -> None:
+        engine = create_engine(database)
+        await mark_reviewed(engine, amy_first, "dsl")
+        await record_outcome(engine, amy_first, Outcome.SPOKE_TO_PUPIL, START.date(), "", actor="dsl", role="dsl")
+        await record_outcome(engine, ben, Outcome.SPOKE_TO_PUPIL, START.date(), "", actor="dsl", role="dsl")
+        await record_outcome(engine, ben, Outcome.PARENTS_CONTACTED, START.date(), "", actor="dsl", role="dsl")
+        await engine.dispose()
+
+    asyncio.run(review())
+    report = asyncio.run(build_report(create_engine(database), START, END))
+    assert report.by_year_group == [("Year 7", 2, 1), ("Year 8", 1, 1), ("not known", 1, 1)]
+    assert (report.review.reviewed, report.review.waiting) == (1, 3)
+    assert [(o.title, n) for o, n in report.outcomes] == [("Spoke to the pupil", 2), ("Parents or carers contacted", 1)]
+    text = report_csv(report)
+    assert "incidents by year group,Year 7,2,,1" in text and "amy" not in text and "ben" not in text
