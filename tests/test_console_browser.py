@@ -76,6 +76,15 @@ ACCOUNTS = {"j.lee": ("dsl", "Safeguarding-2026!"), "m.patel": ("teacher", "Teac
             "it.office": ("it_admin", "Network-2026!")}
 
 
+def add_accounts(policy, monkeypatch) -> None:
+    """Every account in ACCOUNTS, made through the CLI as an administrator would (before Playwright
+    starts: the CLI runs an event loop of its own)."""
+    for name, (role, password) in ACCOUNTS.items():
+        groups = ["--groups", "pupils"] if role == "teacher" else []
+        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
+                   monkeypatch=monkeypatch) == 0
+
+
 @pytest.fixture
 def filled_by_gateway(gateway_factory, upstream, monkeypatch):
     """A real gateway run: a pupil's searches (one about self-harm) and browsing, and a staff request."""
@@ -93,10 +102,7 @@ def filled_by_gateway(gateway_factory, upstream, monkeypatch):
     gw.stop()
 
     policy = load_policy(gw.policy_path)
-    for name, (role, password) in ACCOUNTS.items():
-        groups = ["--groups", "pupils"] if role == "teacher" else []
-        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
-                   monkeypatch=monkeypatch) == 0
+    add_accounts(policy, monkeypatch)
     return policy
 
 
@@ -238,10 +244,7 @@ def school_with_pupils(gateway_factory, upstream, monkeypatch, tmp_path):
     roster = tmp_path / "classes.csv"
     roster.write_text("class,username\n9X,alice\n9X,dan\n9Y,bob\n")
     assert cli(policy, "classes", "import", str(roster), monkeypatch=monkeypatch) == 0
-    for name, (role, password) in ACCOUNTS.items():
-        groups = ["--groups", "pupils"] if role == "teacher" else []
-        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
-                   monkeypatch=monkeypatch) == 0
+    add_accounts(policy, monkeypatch)
     return gw, policy
 
 
@@ -391,10 +394,7 @@ def probed_gateway(gateway_factory, upstream, monkeypatch):
 
     gw = gateway_factory(POLICY, options={"schoolgate_lists_fetch": False})
     policy = dataclasses.replace(load_policy(gw.policy_path), selfcheck=SelfCheckSettings(proxy=gw.proxy_url))
-    for name, (role, password) in ACCOUNTS.items():
-        groups = ["--groups", "pupils"] if role == "teacher" else []
-        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
-                   monkeypatch=monkeypatch) == 0
+    add_accounts(policy, monkeypatch)
     return policy
 
 

@@ -13,8 +13,8 @@ from urllib.parse import quote_plus
 
 import bcrypt
 import pytest
-from test_console import ConsoleServer, cli
-from test_console_browser import ACCOUNTS, POLICY, SCREENSHOTS, audit_actions, browser, shoot, sign_in  # noqa: F401
+from test_console import ConsoleServer
+from test_console_browser import ACCOUNTS, POLICY, SCREENSHOTS, add_accounts, audit_actions, browser, shoot, sign_in  # noqa: F401
 
 from schoolgate.policy import load_policy
 
@@ -49,10 +49,7 @@ def pupil_signed_in(gateway_factory, upstream, tmp_path, monkeypatch):
     assert as_alice("https://www.bbc.co.uk/bitesize") == 200
     gw.stop()
     policy = load_policy(gw.policy_path)
-    for name, (role, password) in ACCOUNTS.items():
-        groups = ["--groups", "pupils"] if role == "teacher" else []
-        assert cli(policy, "accounts", "add", name, "--role", role, *groups, stdin=password + "\n",
-                   monkeypatch=monkeypatch) == 0
+    add_accounts(policy, monkeypatch)
     return policy
 
 
