@@ -3,7 +3,7 @@
 Outcomes come from a fixed list, as CPOMS and MyConcern record them, each with the day it
 happened and an optional note; recording one is audited (`incident.outcome`). The first time a
 DSL opens or changes an incident is kept once (`first_reviewed_at`); the time to first review
-is that less the flagged record's time, which is when the incident arose.
+is that less the incident's first attempt (`first_seen`), which is when it arose.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class RecordedOutcome:
 class FirstReview:
     at: datetime
     by: str
-    waited: timedelta  # from the flagged record to this review
+    waited: timedelta  # from the incident's first attempt to this review
 
 
 @dataclass(frozen=True, slots=True)
