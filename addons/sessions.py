@@ -103,6 +103,12 @@ class SharedSessions:
         except Exception as e:  # the session still holds in this process; the others learn at its next change
             log.error("a sign-in session could not be shared with the other gateway processes: %s", type(e).__name__)
 
+    def _shared(self) -> bool:
+        """Whether any process puts users on addresses: only the sign-in page and RADIUS
+        accounting do, so without them there is nothing to read (the database is not asked)."""
+        engine = self.policy.engine
+        return engine is not None and (engine.policy.portal.enabled or engine.policy.accounting.enabled)
+
     async def _follow(self) -> None:
         since: datetime | None = None
         polls = 0
@@ -110,10 +116,11 @@ class SharedSessions:
             now = datetime.now(UTC)
             try:
                 if (store := self._connect()) is not None:
-                    apply_rows(self.sessions, await store.changed_since(since), now)
-                    since = now - timedelta(seconds=POLL_SECONDS)  # overlap: a write committed mid-poll is not missed
+                    if self._shared():
+                        apply_rows(self.sessions, await store.changed_since(since), now)
+                        since = now - timedelta(seconds=POLL_SECONDS)  # overlap: a write committed mid-poll is not missed
                     polls += 1
-                    if polls % 3600 == 1:
+                    if polls % 3600 == 1:  # hourly, in use or not: ended sessions are personal data too
                         await store.purge(now)
             except Exception as e:  # the database is down: keep the sessions known, try again
                 log.warning("sign-in sessions could not be read from the database: %s", type(e).__name__)

@@ -177,3 +177,46 @@ def test_a_controller_naming_a_user_in_another_case_names_the_same_user(settings
             listener.close()
 
     asyncio.run(go())
+
+
+def test_without_the_sign_in_page_or_accounting_the_sessions_table_is_not_polled(tmp_path, monkeypatch):
+    """Only the sign-in page and RADIUS accounting put users on addresses: a gateway with
+    neither does not ask the database every second, and asks as soon as one is turned on."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from schoolgate.addons import sessions as shared
+    from schoolgate.db import upgrade
+    from schoolgate.policy import AccountingSettings, load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text(f'[gateway]\ndatabase = "sqlite+aiosqlite:///{tmp_path / "sg.db"}"\n\n'
+                    '[groups.pupils]\nnetworks = ["10.0.0.0/8"]\n')
+    plain = load_policy(path)
+    watch = SimpleNamespace(engine=SimpleNamespace(policy=plain))
+    monkeypatch.setattr(shared, "POLL_SECONDS", 0.05)
+    reads = []
+
+    async def go():
+        await upgrade(plain.gateway.database)
+        addon = shared.SharedSessions(watch, AddressSessions())
+        await addon.running()
+        store = addon._connect()
+        changed_since = store.changed_since
+
+        async def counted(since):
+            reads.append(since)
+            return await changed_since(since)
+
+        store.changed_since = counted
+        await asyncio.sleep(0.5)
+        assert reads == []  # no portal, no accounting: nothing to read
+        secret = tmp_path / "radius.secret"
+        secret.write_text("s3cret\n")
+        accounting = AccountingSettings(secret_file=secret, clients=plain.accounting.clients)
+        watch.engine = SimpleNamespace(policy=dataclasses.replace(plain, accounting=accounting))
+        await asyncio.sleep(0.5)
+        await addon.done()
+        assert reads, "accounting turned on: the sessions others heard are read again"
+
+    asyncio.run(go())
