@@ -7,6 +7,7 @@ an account may touch: a teacher works for the groups on their account.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from schoolgate.grants import (
     refusals,
 )
 from schoolgate.live import AccessRequest, LiveStore, NotFound
-from schoolgate.policy import Action, Role
+from schoolgate.policy import Action, Policy, Role
 from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import BADGES, audit, console, form_text, page, render
 from schoolgate.reports.queries import LOST_RECORDS_DAYS, list_changes, lost_records
@@ -57,6 +58,12 @@ def _back(path: str, message: str) -> RedirectResponse:
 
 def _store(request: Request) -> LiveStore:
     return LiveStore(console(request).engine)
+
+
+async def _listed_in(policy: Policy, target: str) -> set[str]:
+    """The categories a grant's target is listed in; the category index is opened in a thread,
+    not on the console's event loop, which serves every other page meanwhile."""
+    return await asyncio.to_thread(grant_categories, policy, target)
 
 
 def _role(account: Account) -> Role:
@@ -152,7 +159,7 @@ async def grant_exception(request: Request, account: Account) -> Response:
         grant = GrantRequest(target=form["target"], scope_kind=scope[0], scope=scope[1], starts_at=now, ends_at=ends_at,
                              reason=form["reason"], actor=account.username, role=_role(account), label=scope[2])
         try:
-            made = await _store(request).grant(policy, grant, grant_categories(policy, form["target"]))
+            made = await _store(request).grant(policy, grant, await _listed_in(policy, form["target"]))
         except (GrantRefused, InvalidHost) as e:
             errors["form"] = "; ".join(e.reasons) if isinstance(e, GrantRefused) else str(e)
         else:
@@ -255,7 +262,7 @@ async def decide_request(request: Request, account: Account) -> Response:
                              reason=f"request #{request_id}: {asked.reason}", actor=account.username, role=role,
                              label=scope[2])
         await _store(request).decide_request(request_id, approve=True, actor=account.username, role=role, note=note,
-                                             policy=policy, grant=grant, listed_categories=grant_categories(policy, host))
+                                             policy=policy, grant=grant, listed_categories=await _listed_in(policy, host))
     except (GrantRefused, NotFound, InvalidHost) as e:
         return _back("/requests", f"Request #{request_id} not approved: {e}")
     whom = scope[2] or asked.username or asked.client_ip
