@@ -153,3 +153,20 @@ async def lost_records(engine: AsyncEngine, now: datetime, days: int = LOST_RECO
     """Records gateways lost (a kill -9, a power cut) over the last days: gaps in each one's `seq`, read only."""
     async with engine.connect() as connection:
         return await seq_gaps(connection, now - timedelta(days=days))
+
+
+class LostRecords:
+    """`lost_records` as the queue and settings pages show it. The query reads days of records
+    (about a second over 10 M), so one console asks it at most once a minute, not on every view."""
+
+    FRESH_FOR = timedelta(minutes=1)
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._found: list[SeqGap] = []
+        self._at: datetime | None = None
+
+    async def gaps(self, now: datetime) -> list[SeqGap]:
+        if self._at is None or not self._at <= now < self._at + self.FRESH_FOR:
+            self._found, self._at = await lost_records(self.engine, now), now
+        return self._found

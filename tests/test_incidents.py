@@ -253,3 +253,26 @@ def test_gaps_are_found_per_gateway_and_the_metric_counts_only_its_own(url: str,
     write(url, make_record(ts=now, instance="gw-own", seq=9), spool=tmp_path / "own.jsonl", instance="gw-own")
     write(url, spool=tmp_path / "own.jsonl", instance="gw-own")  # the next start counts again
     assert metric("schoolgate_record_seq_missing") == 5
+
+
+def test_the_console_asks_for_lost_records_at_most_once_a_minute(url: str, tmp_path: Path) -> None:
+    from schoolgate.reports.queries import LostRecords
+
+    now = datetime.now(UTC)
+    write(url, *[make_record(ts=now - timedelta(minutes=10 - n), instance="gw-hall", seq=n) for n in (1, 2, 5)],
+          spool=tmp_path / "hall.jsonl")
+
+    async def scenario() -> list[list[int]]:
+        engine = db.create_engine(url)
+        lost = LostRecords(engine)
+        try:
+            first = await lost.gaps(now)
+            await asyncio.to_thread(write, url, make_record(ts=now, instance="gw-hall", seq=9),
+                                    spool=tmp_path / "hall.jsonl")  # three more lost: 6, 7 and 8
+            within_the_minute = await lost.gaps(now + timedelta(seconds=30))
+            after_it = await lost.gaps(now + timedelta(seconds=61))
+            return [[g.missing for g in found] for found in (first, within_the_minute, after_it)]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == [[2], [2], [2, 3]]

@@ -23,6 +23,7 @@ from schoolgate.policy import Policy
 from schoolgate.reports.console import it_views, live_views, pupil_views, views
 from schoolgate.reports.console.pages import Console, error
 from schoolgate.reports.console.security import IDLE_TIMEOUT, SecurityHeaders, load_secret
+from schoolgate.reports.queries import LostRecords
 from schoolgate.reports.reminders import remind_periodically
 from schoolgate.reports.retention import purge_daily
 
@@ -94,7 +95,7 @@ def create_app(policy: Policy, secret: str, *, purge_in_background: bool = True)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = create_engine(policy.gateway.database)
-        app.state.console = Console(policy=policy, engine=engine)
+        app.state.console = Console(policy=policy, engine=engine, lost=LostRecords(engine))
         tasks = [asyncio.create_task(purge_daily(engine, policy))] if purge_in_background else []
         if policy.alerts.enabled and policy.alerts.reminders.max_reminders:
             tasks.append(asyncio.create_task(remind_periodically(engine, policy)))

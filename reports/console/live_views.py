@@ -35,7 +35,7 @@ from schoolgate.live import AccessRequest, LiveStore, NotFound
 from schoolgate.policy import Action, Policy, Role
 from schoolgate.reports.accounts import Account, ConsoleRole, list_accounts
 from schoolgate.reports.console.pages import BADGES, audit, console, form_text, page, render
-from schoolgate.reports.queries import LOST_RECORDS_DAYS, list_changes, lost_records
+from schoolgate.reports.queries import LOST_RECORDS_DAYS, list_changes
 from schoolgate.urls import InvalidHost
 from schoolgate.urls import parse_target as parse_url
 
@@ -312,4 +312,4 @@ async def change_list(request: Request, account: Account) -> Response:
 async def settings_page(request: Request, account: Account) -> Response:
     return render(request, "settings.html", account=account, policy=console(request).policy,
                   accounts=await list_accounts(console(request).engine),
-                  lost=await lost_records(console(request).engine, datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS)
+                  lost=await console(request).lost.gaps(datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS)

@@ -17,6 +17,7 @@ from schoolgate.policy import Policy
 from schoolgate.reports.accounts import Account, ConsoleRole
 from schoolgate.reports.console.security import csrf_ok, csrf_token, session_account
 from schoolgate.reports.console.templating import environment
+from schoolgate.reports.queries import LostRecords
 
 Handler = Callable[[Request, Account], Awaitable[Response]]
 # Counts shown beside a navigation entry (path -> what waits there for this account), registered by the pages.
@@ -41,6 +42,7 @@ class Console:
 
     policy: Policy
     engine: AsyncEngine
+    lost: LostRecords  # gaps in the gateways' records, for the queue and settings pages
 
 
 def console(request: Request) -> Console:

@@ -25,7 +25,7 @@ from schoolgate.reports.console.security import (
     start_session,
 )
 from schoolgate.reports.incidents import OPEN, IncidentFilter, IncidentNotFound, Status
-from schoolgate.reports.queries import LOST_RECORDS_DAYS, lost_records, surrounding
+from schoolgate.reports.queries import LOST_RECORDS_DAYS, surrounding
 from schoolgate.reports.report import build_report, incidents_csv, report_csv, trend_svg
 
 DSL = ConsoleRole.DSL
@@ -127,7 +127,7 @@ async def queue(request: Request, account: Account) -> Response:
                   watched=await pupils.watched(console(request).engine),
                   severities=[s.name.lower() for s in Severity if s > Severity.NONE],
                   groups=list(console(request).policy.groups), dsls=await _dsl_names(request),
-                  lost=await lost_records(engine, datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS,
+                  lost=await console(request).lost.gaps(datetime.now(UTC)), lost_days=LOST_RECORDS_DAYS,
                   message=request.query_params.get("message", ""))
 
 
