@@ -4,26 +4,16 @@ pinned with mitmproxy's own taddons/tflow and a recorder that keeps records in a
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import struct
-from types import SimpleNamespace
 
 import pytest
 from mitmproxy import http, websocket
-from mitmproxy.test import taddons, tflow
 from wsproto.frame_protocol import Opcode
 
-from schoolgate.addons.aichat import AiChatMessages
-from schoolgate.addons.connections import Connections
-from schoolgate.addons.content import ContentScoring
 from schoolgate.addons.decision import decision_of
-from schoolgate.addons.gateway import SchoolGate
-from schoolgate.addons.identify import Identification
-from schoolgate.addons.judge import Judge
-from schoolgate.addons.policywatch import PolicyWatch
-from schoolgate.addons.recorder import Recorder
+
+from support.hooks import hook_stack, request_flow, run
 
 POLICY = """\
 [gateway]
@@ -43,50 +33,16 @@ block_ip_literals = true
 """
 
 
-class ListWriter:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def submit(self, record) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def hooks(tmp_path):
-    yield from hooks_with(tmp_path, POLICY)
+    with hook_stack(tmp_path, POLICY) as stack:
+        yield stack
 
 
 @pytest.fixture(params=[True, False], ids=["search-terms", "no-search-terms"])
 def either_hooks(tmp_path, request):
-    yield from hooks_with(tmp_path, POLICY + f"\n[monitoring]\nsearch_terms = {str(request.param).lower()}\n")
-
-
-def hooks_with(tmp_path, policy_text: str):
-    path = tmp_path / "policy.toml"
-    path.write_text(policy_text.replace("{dir}", str(tmp_path)))
-    policy = PolicyWatch()
-    recorder = Recorder(policy)
-    identification = Identification(policy, recorder)
-    judge = Judge(policy)
-    gate = SchoolGate(policy, identification, judge)
-    chat = AiChatMessages(policy, judge, recorder, ContentScoring(policy, judge, recorder))
-    with taddons.context(policy, Connections(policy, identification, judge, recorder), gate, chat, recorder) as tctx:
-        tctx.configure(policy, schoolgate_policy=str(path))
-        tctx.configure(recorder)
-        recorder.writer = ListWriter()
-        yield SimpleNamespace(gate=gate, chat=chat, recorder=recorder, records=recorder.writer.records)
-
-
-def request_flow(url: str, method: str = "GET", content: bytes = b"", **headers: str) -> http.HTTPFlow:
-    conn = tflow.tclient_conn()
-    conn.peername, conn.sockname, conn.sni = ("10.1.2.3", 50000), ("10.0.0.1", 8080), None
-    return tflow.tflow(client_conn=conn, req=http.Request.make(method, url, content, headers=headers))
-
-
-def run(hook_result):
-    if inspect.isawaitable(hook_result):
-        return asyncio.new_event_loop().run_until_complete(hook_result)
-    return hook_result
+    with hook_stack(tmp_path, POLICY + f"\n[monitoring]\nsearch_terms = {str(request.param).lower()}\n") as stack:
+        yield stack
 
 
 def test_a_blocked_site_behind_google_translate_is_blocked_and_recorded_as_asked(hooks):

@@ -4,9 +4,6 @@ recorder whose writer keeps records in a list (the end-to-end tests use the data
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,19 +13,16 @@ from mitmproxy.flow import Error
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.tcp import TCPMessage
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
-from schoolgate.addons.connections import Connections
 from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, Outcome, Who, attach, decision_of
-from schoolgate.addons.gateway import SchoolGate
-from schoolgate.addons.identify import Identification
-from schoolgate.addons.judge import Judge
-from schoolgate.addons.policywatch import PolicyWatch
-from schoolgate.addons.recorder import MAX_RECORDED_URL, Recorder
+from schoolgate.addons.recorder import MAX_RECORDED_URL
 from schoolgate.addons.signing import Signer
 from schoolgate.decide import Rule, Verdict
 from schoolgate.policy import Action
 from schoolgate.urls import parse_target
+
+from support.hooks import client, hook_stack, request_flow, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,54 +53,10 @@ block_ip_literals = true
 """
 
 
-class ListWriter:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def submit(self, record) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def hooks(tmp_path):
     with hook_stack(tmp_path, POLICY) as stack:
         yield stack
-
-
-@contextlib.contextmanager
-def hook_stack(tmp_path, policy_text: str):
-    """The request path's add-ons as mitmproxy composes them, with records kept in a list."""
-    path = tmp_path / "policy.toml"
-    path.write_text(policy_text.replace("{dir}", str(tmp_path)))
-    policy = PolicyWatch()
-    recorder = Recorder(policy)
-    identification = Identification(policy, recorder)
-    judge = Judge(policy)
-    connections = Connections(policy, identification, judge, recorder)
-    gate = SchoolGate(policy, identification, judge)
-    with taddons.context(policy, connections, gate, recorder) as tctx:
-        tctx.configure(policy, schoolgate_policy=str(path))
-        tctx.configure(recorder)
-        recorder.writer = ListWriter()
-        yield SimpleNamespace(policy=policy, connections=connections, gate=gate, recorder=recorder,
-                              records=recorder.writer.records, tctx=tctx)
-
-
-def client(ip: str = "10.1.2.3") -> connection.Client:
-    conn = tflow.tclient_conn()
-    conn.peername, conn.sockname, conn.sni = (ip, 50000), ("10.0.0.1", 8080), None
-    return conn
-
-
-def request_flow(url: str, method: str = "GET", ip: str = "10.1.2.3", **headers: str) -> http.HTTPFlow:
-    return tflow.tflow(client_conn=client(ip), req=http.Request.make(method, url, headers=headers))
-
-
-def run(hook_result):
-    """Await what a hook handed back, as mitmproxy does."""
-    if inspect.isawaitable(hook_result):
-        return asyncio.new_event_loop().run_until_complete(hook_result)
-    return hook_result
 
 
 def finish(h, flow: http.HTTPFlow) -> None:
