@@ -19,7 +19,7 @@ from schoolgate.grants import AskedFor
 
 REQUEST_ACCESS_PATH = "/.well-known/schoolgate/request-access"
 
-_TEMPLATES = jinja2.Environment(
+TEMPLATES = jinja2.Environment(  # every page the gateway shows: block, warning, sign-in, requests
     loader=jinja2.PackageLoader("schoolgate.addons", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,  # a misspelt field is a bug, not an empty line on the page
@@ -105,7 +105,7 @@ def render(*, title: str, message: str, colour: str, brand: Branding, url: str, 
            reason: str, when: datetime, reference: str, support: str = "", proceed_href: str = "",
            request_fields: dict[str, str] | None = None, askable: bool = True, asked: str = "",
            my_requests_href: str = "") -> str:
-    return _TEMPLATES.get_template("page.html").render(
+    return TEMPLATES.get_template("page.html").render(
         askable=askable, asked=asked, my_requests_href=my_requests_href,
         title=title, message=message, colour=colour, school=brand.school, contact=brand.contact,
         logo_url=brand.logo_url, footer=brand.footer, url=_shown_url(url),
@@ -153,7 +153,7 @@ def request_sent_page(*, brand: Branding, url: str, categories: tuple[str, ...],
 
 def my_requests_page(*, brand: Branding, asked: list[AskedFor], now: datetime) -> str:
     """The pupil's own recent requests and what became of each."""
-    return _TEMPLATES.get_template("my_requests.html").render(
+    return TEMPLATES.get_template("my_requests.html").render(
         school=brand.school, logo_url=brand.logo_url, footer=brand.footer, contact=brand.contact,
         rows=[(a.host, _at(a.created_at, now), outcome(a, now)) for a in asked])
 

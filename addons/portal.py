@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import jinja2
 from mitmproxy import http
 
 from schoolgate.addons.identity import BadCredentials, PasswordBackend, ProxyLogin, TooManyAttempts, client_address
 from schoolgate.addons.oidc import OidcClient, OidcError
+from schoolgate.addons.pages import SECURITY_HEADERS, TEMPLATES
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.responses import fail_closed
 from schoolgate.identities import AddressSessions, Identity, Source
@@ -37,15 +37,9 @@ log = logging.getLogger("schoolgate")
 
 CSRF_COOKIE = "schoolgate_portal"
 PORTAL_ORIGIN = "portal"  # the origin of the address sessions this page makes
-_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("schoolgate.addons", "templates"), autoescape=True,
-                                undefined=jinja2.StrictUndefined)
-_HEADERS = {
-    "Content-Type": "text/html; charset=utf-8",
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+# The gateway's page headers, and never inside another site's frame (a sign-in form there could be clickjacked).
+_HEADERS = {**SECURITY_HEADERS,
+            "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +143,7 @@ class PortalPages:
         identity = self.sessions.get(client_ip)
         csrf = secrets.token_urlsafe(24)
         until = datetime.now() + timedelta(hours=settings.session_hours)
-        page = _TEMPLATES.get_template("portal.html").render(
+        page = TEMPLATES.get_template("portal.html").render(
             school=school.name, contact=school.contact, error=error, to=to, csrf=csrf, next_url=next_url,
             user=identity.user if identity and identity.source is Source.PORTAL else None,
             until=until.strftime("%H:%M"), passwords=settings.passwords, oidc=settings.oidc.enabled)
