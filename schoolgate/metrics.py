@@ -80,6 +80,12 @@ RECORDS_DROPPED = Counter(
     "Access records lost. Must stay 0; anything else is a bug or a full disk.",
     registry=REGISTRY,
 )
+RECORDS_SET_ASIDE = Counter(
+    "schoolgate_records_set_aside",
+    "Access records (or unreadable journal lines) kept in *.rejected.jsonl because the database refused them: "
+    "not in the database, so not in the console. Must stay 0; IT staff read the file and the log.",
+    registry=REGISTRY,
+)
 RECORDS_SPOOLED = Counter(
     "schoolgate_records_spooled",
     "Access records written to the local spool file because the database could not take them.",

@@ -70,6 +70,7 @@ from schoolgate.metrics import (
     RECORD_WRITE_FAILURES,
     RECORD_WRITE_SECONDS,
     RECORDS_DROPPED,
+    RECORDS_SET_ASIDE,
     RECORDS_SPOOLED,
     RECORDS_WRITTEN,
 )
@@ -482,6 +483,7 @@ class RecordWriter:
                 records = [record for record, _ in self._queue]
                 self._queue.clear()
                 if _append_fsynced(self._rejected_path, [_encode(r).decode() for r in records]):
+                    RECORDS_SET_ASIDE.inc(len(records))
                     log.error("%d access records submitted before the writer started kept in %s", len(records), self._rejected_path)
                 else:
                     self._drop(records, "the writer never started")
@@ -782,6 +784,7 @@ class RecordWriter:
     def _set_aside_line(self, line: str, error: BaseException) -> None:
         """A journal line that cannot be read (cut short by a power cut, or edited by hand)."""
         if _append_fsynced(self._rejected_path, [line if line.endswith("\n") else line + "\n"]):
+            RECORDS_SET_ASIDE.inc()
             log.error("unreadable line in %s kept in %s: %s", self.spool_path, self._rejected_path, _first_line(error))
         else:
             RECORDS_DROPPED.inc()
@@ -789,6 +792,7 @@ class RecordWriter:
 
     def _set_aside(self, record: AccessRecord, error: BaseException) -> None:
         if _append_fsynced(self._rejected_path, [_encode(record).decode()]):
+            RECORDS_SET_ASIDE.inc()
             log.error("access record %s#%d kept in %s: the database rejected it (%s)",
                       record.instance, record.seq, self._rejected_path, _first_line(error))
         else:

@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine as create_sync_engine
 
 from schoolgate import db
+from schoolgate import records as records_module
 from schoolgate.metrics import REGISTRY
 from schoolgate.policy import UrlLogging
 from schoolgate.records import (
@@ -363,6 +364,7 @@ def test_replay_interrupted_after_commit_does_not_duplicate(tmp_path: Path) -> N
 def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     spool = tmp_path / "spool.jsonl"
+    set_aside_before = metric("schoolgate_records_set_aside_total")
 
     async def scenario() -> None:
         writer = RecordWriter(sqlite_url(path), batch_size=1, spool_path=spool)
@@ -377,6 +379,35 @@ def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_
     assert not spool.exists()
     rejected = tmp_path / "spool.rejected.jsonl"
     assert [json.loads(line)["status"] for line in rejected.read_text().splitlines()] == [2]
+    assert metric("schoolgate_records_set_aside_total") - set_aside_before == 1  # counted, for the alert rule
+
+
+def test_a_failure_making_incidents_keeps_the_flagged_record_aside_counted_and_stores_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Incidents are made in the transaction that stores their records: if that fails for good,
+    # the flagged record must not vanish, nor hold up the others.
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    set_aside_before = metric("schoolgate_records_set_aside_total")
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug in making incidents")
+
+    monkeypatch.setattr(records_module, "store_incidents", broken)
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool)
+        await writer.start()
+        writer.submit(make_record(status=1))
+        writer.submit(make_record(status=2, flag="self-harm", flag_severity=4))
+        writer.submit(make_record(status=3))
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert stored_rows(path, "status") == [(1,), (3,)]
+    rejected = tmp_path / "spool.rejected.jsonl"
+    assert [json.loads(line)["flag"] for line in rejected.read_text().splitlines()] == ["self-harm"]
+    assert metric("schoolgate_records_set_aside_total") - set_aside_before == 1
 
 
 def test_a_record_submitted_after_close_is_spooled(tmp_path: Path) -> None:
