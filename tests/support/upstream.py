@@ -185,6 +185,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
                     # OpenSSL will not match a wildcard directly below a TLD; clients that
                     # verify this certificate themselves (passthrough tests) need exact names.
                     x509.DNSName("bank.test"),
+                    x509.DNSName("games.test"),
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 ]
