@@ -79,6 +79,7 @@ class Decision:
     url: str | None = None  # the URL as requested (case kept); the target's normalised URL when None
     started: float = field(default_factory=time.monotonic)
     recorded: bool = False
+    probe: bool = False  # the self-check's own request: recorded, never flagged
 
     def __post_init__(self) -> None:
         if self.outcome is Outcome.ALLOW and self.verdict.action is not Action.ALLOW:

@@ -27,7 +27,7 @@ from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import block_response, fail_closed, text, warning_response
 from schoolgate.addons.safesearch import apply_query, enforce
 from schoolgate.addons.searchterms import SearchTerm, extract_search_from_request
-from schoolgate.addons.signing import ACK_COOKIE
+from schoolgate.addons.signing import ACK_COOKIE, PROBE_HEADER
 from schoolgate.categories.index import CategoryHit
 from schoolgate.categories.lexicon import RiskLexicon
 from schoolgate.policy import Action
@@ -62,6 +62,7 @@ class SchoolGate:
     async def request(self, flow: http.HTTPFlow):
         if flow.response or not flow.live:
             return None
+        probe = flow.request.headers.pop(PROBE_HEADER, None)  # ours: never sent on to the site
         who = await self.identification.identify(flow)
         if who is None:
             return None
@@ -75,8 +76,18 @@ class SchoolGate:
             answered = endpoint(flow, who, targets[0])
             return await answered if inspect.isawaitable(answered) else None  # request_access is a coroutine
         decision = attach(flow, self._decide(flow, who, targets))
+        if probe is not None:
+            self._mark_probe(decision, probe)
         self._respond(flow, decision)
         return None
+
+    def _mark_probe(self, decision: Decision, token: str) -> None:
+        """The self-check's request is decided like any other (that is what it checks), but
+        recorded as a probe: its visit to a listed site is no pupil's, so no incident or alert.
+        A token that does not hold changes nothing."""
+        assert self.policy.signer is not None
+        if self.policy.signer.is_probe(decision.target.host, token):
+            decision.probe, decision.note = True, "self-check probe"
 
     @staticmethod
     def _names(request: http.Request, sni: str | None) -> list[Target]:

@@ -138,7 +138,7 @@ class Recorder:
         assert engine is not None and self.writer is not None
         decision.recorded = True
         verdict, who, target = decision.verdict, decision.who, decision.target
-        flag = verdict.flag
+        flag = None if decision.probe else verdict.flag
         if flag is not None and decision.reference is None:
             decision.reference = new_reference()  # every flagged record can be opened by reference from an alert
         ts = datetime.now(UTC)

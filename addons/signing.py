@@ -22,6 +22,10 @@ WARNING_ACKNOWLEDGED_SECONDS = 30 * 60
 PROCEED_LINK_SECONDS = 15 * 60  # the warning page stays usable for a lesson-sized while
 MY_REQUESTS_PATH = "/.well-known/schoolgate/my-requests"
 MY_REQUESTS_LINK_SECONDS = 24 * 60 * 60
+# Marks the self-check's own requests (reports/probes.py), so its visits to listed sites are
+# recorded as probes, not as a pupil's flagged access that raises incidents and alerts.
+PROBE_HEADER = "X-Schoolgate-Probe"
+PROBE_SECONDS = 2 * 60
 
 
 class Signer:
@@ -29,7 +33,10 @@ class Signer:
         self.secret = secret
 
     def sign(self, who: Who, *parts: object) -> str:
-        message = "\0".join(map(str, (who.client_ip, who.user, *parts))).encode("utf-8", "surrogatepass")
+        return self._mac(who.client_ip, who.user, *parts)
+
+    def _mac(self, *parts: object) -> str:
+        message = "\0".join(map(str, parts)).encode("utf-8", "surrogatepass")
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:32]
 
     def valid(self, signature: str, who: Who, *parts: object) -> bool:
@@ -87,3 +94,17 @@ class Signer:
         if not (expires.isdigit() and int(expires) > (now or time.time())):
             return False
         return self.valid(sig, who, "my-requests", int(expires))
+
+    # --- the self-check's probes --------------------------------------------------------
+
+    def probe_token(self, host: str, now: float | None = None) -> str:
+        """The `PROBE_HEADER` value for one probe to `host`. It binds no client: the probe's
+        address is whatever the host running the self-check uses."""
+        expires = int(now or time.time()) + PROBE_SECONDS
+        return f"{expires}.{self._mac('probe', host, expires)}"
+
+    def is_probe(self, host: str, token: str, now: float | None = None) -> bool:
+        expires, _, sig = token.partition(".")
+        if not (expires.isdigit() and int(expires) > (now or time.time())):
+            return False
+        return hmac.compare_digest(sig.encode("utf-8", "surrogatepass"), self._mac("probe", host, int(expires)).encode())

@@ -4,7 +4,9 @@ of it that touches the network.
 Each probe sends one real request through the gateway as a client would (from
 `[selfcheck] source_address` when set, so it lands in a pupils' group), or reads the
 running gateway's metrics, or sends a test alert; `schoolgate.reports.selfcheck`
-judges what they found. Probes use plain HTTP: a decision is made on the name, so
+judges what they found. Each request carries a signed `X-Schoolgate-Probe` header, so the
+gateway decides it as usual but records it as a probe: the DSL gets no incident or alert for
+the self-check's visit to an adult site. Probes use plain HTTP: a decision is made on the name, so
 no device certificate is needed, and the gateway marks its own answers
 (`X-Schoolgate-Verdict`), so a block by something else is never counted as the gateway's.
 """
@@ -20,10 +22,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schoolgate.addons.signing import PROBE_HEADER, Signer
 from schoolgate.alerts import Alert, send_once
 from schoolgate.categories import status
 from schoolgate.categories.taxonomy import Severity
 from schoolgate.engine import Engine
+from schoolgate.keys import load_or_create_secret
 from schoolgate.policy import Policy
 from schoolgate.reports.accounts import list_accounts
 from schoolgate.reports.console import templating
@@ -76,8 +80,15 @@ async def run_probes(engine: Engine, proxy: str, source_address: str, *, send_al
     policy = engine.policy
     group, _ = policy.group_for(source_address or "127.0.0.1", None)
     as_group = f"as group {group.name}"
+    assert policy.gateway.secret_file is not None
+    signer = Signer(load_or_create_secret(policy.gateway.secret_file))
+
+    async def mark_as_probe(request: httpx.Request) -> None:
+        request.headers[PROBE_HEADER] = signer.probe_token(request.url.host)
+
     transport = httpx.AsyncHTTPTransport(local_address=source_address or None, proxy=proxy, retries=0)
-    async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT_S, follow_redirects=False) as client:
+    async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT_S, follow_redirects=False,
+                                 event_hooks={"request": [mark_as_probe]}) as client:
         found = await asyncio.gather(
             _blocked(client, engine, ADULT, "pornography", ADULT_SITES, as_group),
             _blocked(client, engine, VPN, "vpn-proxy", VPN_SITES, as_group),

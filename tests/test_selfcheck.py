@@ -7,16 +7,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_gateway import records
 
+from schoolgate.addons.signing import Signer
 from schoolgate.categories.health import Health, IndexStatus, Serving
+from schoolgate.keys import load_or_create_secret
 from schoolgate.policy import load_policy
 from schoolgate.reports.probes import parse_metrics
 from schoolgate.reports.selfcheck import ADULT, ALERT, DOH, SAFESEARCH, VPN, Facts, Probe, Status, assess
+
+from support.clients import curl
+from support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SCHOOLGATE = Path(sys.executable).with_name("schoolgate")
@@ -144,13 +151,26 @@ def test_selfcheck_probes_a_real_gateway_on_the_shipped_policy(gateway_factory, 
     assert webhook.requests and webhook.requests[-1][1]["risk"] == "self-check"
     # The shipped policy has no DSL account and network-only identity: those are not met, so exit 1.
     assert code == 1 and report["counts"]["not met"] >= 1
-    # The blocked probes never reached the sites.
+    # The blocked probes never reached the sites, and the probe's mark did not either.
     assert not [r for r in upstream.requests if r.hostname in ("www.pornhub.com", "nordvpn.com", "dns.google")]
-    assert [r for r in upstream.requests if r.hostname == "www.google.com" and "safe=active" in r.query]
+    (search,) = [r for r in upstream.requests if r.hostname == "www.google.com" and "safe=active" in r.query]
+    assert "x-schoolgate-probe" not in search.headers
+    # Recorded as probes, decided as any pupil's request: no incident, no alert for the DSL.
+    wait_for(lambda: {r["host"] for r in records(gw)} >= {"www.pornhub.com", "nordvpn.com", "dns.google"})
+    probed = [r for r in records(gw) if r["host"] in ("www.pornhub.com", "nordvpn.com", "dns.google")]
+    assert all(r["verdict"] == "block" and r["rule"].endswith("(self-check probe)") and r["flag"] is None
+               for r in probed), probed
+    with sqlite3.connect(gw.db_path) as db:
+        assert db.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
+    assert {body["risk"] for _, body in webhook.requests} == {"self-check"}
+
+    # A pupil's copy of the mark (expired, or for another site) changes nothing: flagged as ever.
+    token = Signer(load_or_create_secret(load_policy(gw.policy_path).gateway.secret_file)).probe_token("nordvpn.com")
+    assert curl(gw, "http://www.pornhub.com/", "-H", f"X-Schoolgate-Probe: {token}").status == 403
+    wait_for(lambda: any(r["host"] == "www.pornhub.com" and r["flag"] == "pornography" for r in records(gw)))
 
     # SafeSearch switched off for the probe's group: the probe sees it and the item is not met.
     gw.write_policy(shipped_policy(webhook.url, safe_search=False))
-    from support.waiting import wait_for
 
     def safe_search_item() -> dict:
         return item(selfcheck(gw, tier, "--no-alert")[1], "Safe search")
@@ -170,3 +190,13 @@ def test_selfcheck_without_probes_prints_text_and_a_printable_page(tmp_path, fmt
     else:
         assert done.stdout.startswith("<!doctype html>") and "<style>" in done.stdout
         assert "Integrate the police assessed list of unlawful terrorist content" in done.stdout
+
+
+def test_a_probe_mark_holds_for_its_own_site_and_only_briefly():
+    signer = Signer(b"k" * 32)
+    token = signer.probe_token("nordvpn.com", now=1000)
+    assert signer.is_probe("nordvpn.com", token, now=1119)
+    assert not signer.is_probe("nordvpn.com", token, now=1121)  # a copied mark soon expires
+    assert not signer.is_probe("www.pornhub.com", token, now=1000)
+    assert not Signer(b"j" * 32).is_probe("nordvpn.com", token, now=1000)
+    assert not signer.is_probe("nordvpn.com", "9999999999.forged", now=1000)
