@@ -15,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
 
 from mitmproxy import connection, ctx, dns, http, tcp, tls, udp
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.dns import response_codes
-from mitmproxy.proxy import events, layer, layers, mode_specs, server_hooks
+from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from schoolgate import metrics
-from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, attach
+from schoolgate.addons.decision import REFUSED_UPSTREAM, Decision, Kind, Who, attach
 from schoolgate.addons.embedded import decided_targets
 from schoolgate.addons.identify import Identification
 from schoolgate.addons.judge import Judge
@@ -40,6 +42,10 @@ from schoolgate.urls import InvalidHost, Target, target_from_parts
 log = logging.getLogger("schoolgate")
 
 RESOLVE_TIMEOUT = 5.0
+# How often a connection relayed undecrypted is decided again while it carries data: it ends
+# when the policy in force, an exception running out or the group's timetable no longer lets it
+# pass, rather than living on for as long as the pupil keeps it busy.
+RECHECK_SECONDS = 5.0
 
 
 class Connections:
@@ -116,7 +122,9 @@ class Connections:
                 self.hellos[context.client] = decision
             return
         self.tunnels.pop(context.client, None)
-        relay = Passthrough(context, decision, self._passed_through)
+        address, sni = context.server.address, hello.sni
+        relay = Passthrough(context, decision, self._passed_through,
+                            still_open=lambda: self._still_passes(context.client, address, sni, decision.method))
         self.relays[context.client] = relay
         nextlayer.layer = relay
 
@@ -148,6 +156,11 @@ class Connections:
         """The decision on a TLS connection's names (its server name, and where it goes), in
         the light of its CONNECT; None when it names nothing a decision can be made on."""
         tunnel = self.tunnels.get(client)
+        who = tunnel.who if tunnel is not None else self.identification.by_address(client)
+        return self._decide_names(who, tunnel.method if tunnel else "TLS", client, address, sni)
+
+    def _decide_names(self, who: Who, method: str, client: connection.Client,
+                      address: connection.Address | None, sni: str | None) -> Decision | None:
         names = [n for n in (sni, address[0] if address else None) if n]
         if not names:
             return None
@@ -156,24 +169,41 @@ class Connections:
             candidates = [target_from_parts("https", name, port, "/") for name in dict.fromkeys(names)]
         except InvalidHost:
             return None
-        who = tunnel.who if tunnel is not None else self.identification.by_address(client)
         candidates, shape = decided_targets(*candidates)
-        return self.judge.decide(who, *candidates, method=tunnel.method if tunnel else "TLS", kind=Kind.TUNNEL,
+        return self.judge.decide(who, *candidates, method=method, kind=Kind.TUNNEL,
                                  seen_as=shape, gateway_address=_gateway_address(client))
+
+    def _still_passes(self, client: connection.Client, address: connection.Address | None,
+                      sni: str | None, method: str) -> str | None:
+        """Why a connection relayed undecrypted may not go on, decided again on the same names for
+        whoever is at that address now; None while it may. A refusal is recorded as an attempt."""
+        again = self._decide_names(self.identification.by_address(client), method, client, address, sni)
+        if again is None:
+            return None
+        if again.refused:
+            again.note = "an open connection, cut: the policy in force no longer allows it"
+            self.recorder.record(again)
+            return "no longer allowed"
+        if self._needs_decrypting(again):
+            return "its pages now need looking into, so the next connection is decrypted"
+        return None
 
     def _decrypts(self, decision: Decision) -> bool:
         """Whether this TLS connection is decrypted; one that is not says so in its record."""
-        engine = self.policy.engine
-        assert engine is not None
-        who = decision.who
-        if decryption(engine, decision.target.host, who.group, decision.verdict,
-                      user=who.user, client_ip=who.client_ip).decrypt:
+        if self._needs_decrypting(decision):
             metrics.TLS_CONNECTIONS.labels("decrypted").inc()
             return True
         metrics.TLS_CONNECTIONS.labels("passed-through").inc()
         warned = decision.verdict.action is Action.WARN  # only where [tls] never decrypts it
         decision.note = "not decrypted: the warning page could not be shown" if warned else "not decrypted"
         return False
+
+    def _needs_decrypting(self, decision: Decision) -> bool:
+        engine = self.policy.engine
+        assert engine is not None
+        who = decision.who
+        return decryption(engine, decision.target.host, who.group, decision.verdict,
+                          user=who.user, client_ip=who.client_ip).decrypt
 
     def _passed_through(self, relay: Passthrough) -> None:
         """A relayed connection is over (or could not be opened): its record, with what crossed it."""
@@ -332,11 +362,14 @@ class Passthrough(layers.TCPLayer):
     flow, no hook per chunk), counting the bytes each way; `done` is called once when
     both ends have closed or the site could not be reached."""
 
-    def __init__(self, context: Context, decision: Decision, done: Callable[[Passthrough], None]) -> None:
+    def __init__(self, context: Context, decision: Decision, done: Callable[[Passthrough], None], *,
+                 still_open: Callable[[], str | None]) -> None:
         super().__init__(context, ignore=True)
         self.decision = decision
         self.sent = self.received = 0
         self._done = done
+        self._still_open = still_open  # why it must end now, or None
+        self._next_check = time.monotonic() + RECHECK_SECONDS
 
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from super().start(event)
@@ -344,11 +377,25 @@ class Passthrough(layers.TCPLayer):
 
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived):
+            if time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + RECHECK_SECONDS
+                if (why := self._still_open()) is not None:
+                    yield from self._cut(why)
+                    return
             if event.connection is self.context.client:
                 self.sent += len(event.data)
             else:
                 self.received += len(event.data)
         yield from super().relay_messages(event)
+        self._over()
+
+    def _cut(self, why: str) -> layer.CommandGenerator[None]:
+        """End both sides now, relaying nothing more."""
+        self.decision.note += f"; cut after {time.monotonic() - self.decision.started:.0f} s: {why}"
+        self._handle_event = self.done
+        for side in (self.context.server, self.context.client):
+            if side.state is not ConnectionState.CLOSED:
+                yield commands.CloseConnection(side)
         self._over()
 
     def _over(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 from test_gateway import records
 
 from support.clients import curl, httpx_client
+from support.waiting import wait_for
 from support.upstream import bytes_body
 
 POLICY = """\
@@ -100,3 +101,30 @@ def test_a_group_set_to_decrypt_all_is_decrypted(gateway, upstream):
     gateway.stop()
     (row,) = records(gateway)
     assert (row["group_name"], row["method"], row["url"]) == ("sixthform", "GET", "https://bank.test/statement")
+
+
+def test_an_open_passthrough_connection_is_cut_once_the_policy_no_longer_allows_it(gateway_factory, upstream):
+    # A pupil keeping one connection busy must not outlive a block (or an exception running out).
+    gateway = gateway_factory(POLICY, options={"schoolgate_reload_ms": 200})
+    site_only = ssl.create_default_context(cafile=upstream.cert_path)
+    with httpx.Client(proxy=gateway.proxy_url, verify=site_only, trust_env=False) as client:
+        assert client.get("https://bank.test/balance").status_code == 200
+        gateway.write_policy(POLICY.replace('allow = ["bank.test", "shop.test"]', 'allow = ["shop.test"]')
+                             .replace('block = ["shop.test/checkout"]', 'block = ["shop.test/checkout", "bank.test"]'))
+
+        def cut() -> bool:
+            try:
+                client.get("https://bank.test/balance")
+            except httpx.HTTPError:
+                return True
+            return False
+
+        wait_for(cut, timeout=30)
+        with pytest.raises(httpx.ConnectError):  # a new connection gets the block page's certificate
+            client.get("https://bank.test/balance")
+    assert curl(gateway, "https://bank.test/").status == 403
+    gateway.stop()
+    rows = [(r["method"], r["verdict"], r["rule"]) for r in records(gateway) if r["host"] == "bank.test"]
+    (relayed,) = [rule for method, verdict, rule in rows if verdict == "allow"]
+    assert relayed.startswith("local-allow bank.test (not decrypted; cut after") and relayed.endswith("no longer allowed)")
+    assert ("CONNECT", "block", "local-block bank.test (an open connection, cut: the policy in force no longer allows it)") in rows
