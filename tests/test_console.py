@@ -585,6 +585,22 @@ def test_a_teacher_leaves_to_it_what_their_role_may_not_open(env: Env) -> None:
         assert db.execute("SELECT COUNT(*) FROM exceptions").fetchone() == (0,)
 
 
+def test_the_dsl_sees_every_request_marked_by_its_risk_and_decides_none(env: Env) -> None:
+    ask_for(env, ("alice", "www.pornhub.com", ("pornography",)), ("bob", "games.example", ("games",)))
+    env.login("dsl")
+    page = env.client.get("/requests")
+    assert page.status_code == 200
+    assert re.search(r'Access requests <span class="badge">1<', page.text)  # the one about a risk
+    assert "alice" in page.text and "bob" in page.text
+    assert page.text.count("Concern: ") == 1 and "Concern: Pornography: displays sexual acts or explicit images (critical)" in page.text
+    assert "/approve" not in page.text and "For IT or a teacher to decide." in page.text
+    refused = env.client.post("/requests/2/approve", data={"csrf": csrf_of(page.text), "scope": "asker", "length": "lesson"})
+    assert refused.status_code == 403
+    with env.db() as db:
+        assert db.execute("SELECT status FROM access_requests ORDER BY id").fetchall() == [("pending",), ("pending",)]
+    assert ("dsl", "dsl", "view.requests") in env.audit()
+
+
 def test_a_teacher_cannot_approve_by_any_route_a_site_listed_as_pornography_when_asked(
         env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Listed when the pupil asked, not in today's lists: the category at asking time still counts.

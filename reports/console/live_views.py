@@ -18,6 +18,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from schoolgate import flags
 from schoolgate.engine import grant_categories
 from schoolgate.grants import (
     CLASS,
@@ -39,7 +40,7 @@ from schoolgate.reports.queries import LOST_RECORDS_DAYS, list_changes
 from schoolgate.urls import InvalidHost
 from schoolgate.urls import parse_target as parse_url
 
-IT, TEACHER = ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER
+IT, TEACHER, DSL = ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER, ConsoleRole.DSL
 # The scope choice meaning "the pupil who asked" (by user, else by device) on a request.
 ASKER = "asker"
 # Scope choices whose value is typed into the "who" box: one pupil; for IT also a user list or a network.
@@ -191,9 +192,19 @@ def _beyond_role(request: Request, account: Account, asked: AccessRequest) -> li
     return refusals(console(request).policy, _role(account), asked.categories)
 
 
+def _concern(asked: AccessRequest) -> str | None:
+    """The safeguarding risk a request is about (asking to open a self-harm site is the DSL's
+    business however it is decided), as the DSL reads it."""
+    flag = flags.assess(asked.categories)
+    return f"{flags.risk_title(flag.risk)} ({flag.severity.name.lower()})" if flag else None
+
+
 async def pending_for(request: Request, account: Account) -> int:
-    """Pending requests this account may decide: the console's badge."""
+    """The console's badge: pending requests this account may decide; for the DSL, who
+    decides none, those about a safeguarding risk."""
     pending = _visible_requests(request, account, await _store(request).requests("pending"))
+    if account.role is DSL:
+        return sum(1 for r in pending if _concern(r))
     return sum(1 for r in pending if not _beyond_role(request, account, r))
 
 
@@ -220,19 +231,23 @@ async def _it_team(request: Request) -> str:
     return f"the IT team ({', '.join(names)})" if names else "the IT team"
 
 
-@page(IT, TEACHER)
+@page(IT, TEACHER, DSL)
 async def requests_page(request: Request, account: Account) -> Response:
     items = _visible_requests(request, account, await _store(request).requests())
     pending = [r for r in items if r.status == "pending"]
     decided = sorted((r for r in items if r.status != "pending"), key=lambda r: r.id, reverse=True)[:50]
+    concerns = {r.id: concern for r in (*pending, *decided) if (concern := _concern(r))}
+    await audit(request, account, "view.requests", "access_request", None, {"shown": len(pending) + len(decided)})
+    if account.role is DSL:  # sees every request, decides none: IT and teachers open sites
+        return render(request, "requests.html", account=account, pending=pending, decided=decided,
+                      concerns=concerns, read_only=True, message="")
     policy = console(request).policy
     classes = await _store(request).classes()
     groups = _teacher_groups(request, account) if account.role is TEACHER else tuple(policy.groups)
     handled_elsewhere = {r.id: "; ".join(why) for r in pending if (why := _beyond_role(request, account, r))}
     it_team = await _it_team(request) if handled_elsewhere else ""
-    await audit(request, account, "view.requests", "access_request", None, {"shown": len(pending) + len(decided)})
     return render(request, "requests.html", account=account, pending=pending, decided=decided,
-                  handled_elsewhere=handled_elsewhere, it_team=it_team,
+                  concerns=concerns, read_only=False, handled_elsewhere=handled_elsewhere, it_team=it_team,
                   scopes={r.id: _asker_scopes(request, r, classes, groups) for r in pending},
                   durations=durations(policy, _role(account), datetime.now(UTC)),
                   message=request.query_params.get("message", ""))

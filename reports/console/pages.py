@@ -26,7 +26,7 @@ BADGES: dict[str, Callable[[Request, Account], Awaitable[int]]] = {}
 # The pages each role sees in the navigation, in order: (path, label, roles).
 NAVIGATION = (
     ("/incidents", "Flagged queue", {ConsoleRole.DSL}),
-    ("/requests", "Access requests", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER}),
+    ("/requests", "Access requests", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER, ConsoleRole.DSL}),
     ("/exceptions", "Exceptions", {ConsoleRole.IT_ADMIN, ConsoleRole.TEACHER}),
     ("/lists", "Allow and block lists", {ConsoleRole.IT_ADMIN}),
     ("/it", "IT tools", {ConsoleRole.IT_ADMIN, ConsoleRole.DSL}),
