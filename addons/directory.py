@@ -131,7 +131,8 @@ class Directory:
 
     def members_of(self, group: str) -> tuple[str, ...] | None:
         """The user names in a directory group (a class list for `schoolgate classes sync`),
-        read with the service account; None when there is no such group. Direct members only."""
+        read with the service account; None when there is no such group. Groups inside it
+        (a class made of sets, AD's nested groups) are followed, each once."""
         s = self.settings
         if not s.bind_dn or not s.group_base:
             raise DirectoryUnavailable("reading classes from the directory needs bind_dn and group_base")
@@ -145,12 +146,22 @@ class Directory:
                 if len(found) != 1:
                     return None
                 names: set[str] = set()
-                for dn in [*found[0]["attributes"].get("member", []), *found[0]["attributes"].get("uniqueMember", [])]:
-                    service.search(str(dn), "(objectClass=*)", BASE, attributes=[name])
+                to_read = [*_members(found[0]["attributes"])]
+                seen = {found[0]["dn"].lower()}
+                while to_read:
+                    dn = str(to_read.pop())
+                    if dn.lower() in seen:
+                        continue
+                    seen.add(dn.lower())
+                    service.search(dn, "(objectClass=*)", BASE, attributes=[name, "member", "uniqueMember"])
                     for entry in service.response or []:
-                        if entry.get("type") == "searchResEntry":
-                            value = entry["attributes"].get(name)
-                            names.update(map(str, value if isinstance(value, list) else [value] if value else []))
+                        if entry.get("type") != "searchResEntry":
+                            continue
+                        if inner := _members(entry["attributes"]):
+                            to_read.extend(inner)  # a group: its members count, not its own name
+                            continue
+                        value = entry["attributes"].get(name)
+                        names.update(map(str, value if isinstance(value, list) else [value] if value else []))
         except LDAPException as e:
             raise DirectoryUnavailable(f"the directory failed: {type(e).__name__}") from e
         return tuple(sorted(names))
@@ -275,3 +286,8 @@ def _user_name_attribute(user_filter: str) -> str:
 
 def _plausible(user: str) -> bool:
     return 0 < len(user) <= MAX_USER_LENGTH and user.isprintable()
+
+
+def _members(attributes: dict) -> list[str]:
+    """A group entry's member DNs (groupOfNames and AD `member`, groupOfUniqueNames `uniqueMember`)."""
+    return [str(dn) for dn in (*(attributes.get("member") or []), *(attributes.get("uniqueMember") or []))]

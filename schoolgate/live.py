@@ -313,6 +313,13 @@ class LiveStore:
             found.setdefault(name, []).append(user)
         return {name: tuple(users) for name, users in found.items()}
 
+    async def class_names(self, source: str) -> list[str]:
+        """The classes whose members last came from `source` (e.g. "directory")."""
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(class_members.c.class_name).distinct()
+                                            .where(class_members.c.source == source)
+                                            .order_by(class_members.c.class_name))).scalars())
+
     async def import_classes(self, members: Iterable[tuple[str, str]], source: str, actor: str) -> dict[str, int]:
         """Replace the members of each class named in `members` ((class, username) pairs);
         classes not named are left as they are. Returns each class's new size."""

@@ -238,13 +238,20 @@ def _directory_classes(policy: Policy, groups: list[str]) -> list[tuple[str, str
     return pairs
 
 
+DIRECTORY_SOURCE = "directory"  # class_members.source for classes read by `classes sync`
+
+
 def cmd_classes(args: argparse.Namespace) -> int:
     async def work(policy: Policy, store: LiveStore) -> int:
         if args.change in ("import", "sync"):
             if args.change == "import":
                 members, source = read_class_csv(args.file), os.path.basename(args.file)
             else:
-                members, source = await asyncio.to_thread(_directory_classes, policy, args.groups), "directory"
+                # Without names: every class read from the directory before (the nightly timer's run).
+                groups = args.groups or await store.class_names(DIRECTORY_SOURCE)
+                if not groups:
+                    raise UsageError("no class has been read from the directory yet: name the groups to read")
+                members, source = await asyncio.to_thread(_directory_classes, policy, groups), DIRECTORY_SOURCE
             sizes = await store.import_classes(members, source, args.by)
             for name, size in sizes.items():
                 print(f"class {name}: {size} members")
@@ -335,7 +342,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     load = changes.add_parser("import", help="replace the members of the classes in a class,username CSV")
     load.add_argument("file")
     sync = changes.add_parser("sync", help="replace the members of classes from directory groups of the same name")
-    sync.add_argument("groups", nargs="+", metavar="GROUP")
+    sync.add_argument("groups", nargs="*", metavar="GROUP",
+                      help="directory groups to read (default: every class read from the directory before)")
     show = changes.add_parser("list")
     for p in (load, sync, show):
         common(p)

@@ -52,7 +52,7 @@ def _analyze() -> str:
 
 @pytest.mark.parametrize("unit", ["schoolgate.service", "schoolgate-console.service",
                                   "schoolgate-lists.service", "schoolgate-purge.service",
-                                  "schoolgate-report.service"])
+                                  "schoolgate-report.service", "schoolgate-classes.service"])
 def test_units_are_hardened(unit: str) -> None:
     done = subprocess.run([_analyze(), "security", "--offline=true", "--no-pager", str(UNITS / unit)],
                           capture_output=True, text=True, timeout=60)

@@ -172,6 +172,24 @@ networks = ["10.0.0.0/8"]
     assert capsys.readouterr().out.splitlines() == ["class teachers: 2 members", "class year7: 1 members"]
     assert main(["classes", "sync", "year9", "--policy", str(policy)]) == 1
     assert "the directory has no group 'year9' with members" in capsys.readouterr().err
+
+    # The nightly timer names no group: every class read from the directory before is read again.
+    slapd.modify(f"dn: cn=teachers,ou=groups,{BASE}\nchangetype: modify\nadd: member\nmember: {user_dn('amy.b')}\n")
+    try:
+        assert main(["classes", "sync", "--policy", str(policy), "--by", "timer"]) == 0
+    finally:
+        slapd.modify(f"dn: cn=teachers,ou=groups,{BASE}\nchangetype: modify\ndelete: member\nmember: {user_dn('amy.b')}\n")
+    assert capsys.readouterr().out.splitlines() == ["class teachers: 3 members", "class year7: 1 members"]
+def test_a_class_made_of_groups_lists_their_members_once(search_then_bind, slapd):
+    group = f"cn=maths-9x,ou=groups,{BASE}"
+    slapd.modify(f"dn: {group}\nchangetype: add\nobjectClass: groupOfNames\ncn: maths-9x\n"
+                 f"member: cn=teachers,ou=groups,{BASE}\nmember: {user_dn('amy.b')}\nmember: {group}\n")  # and itself
+    try:
+        assert Directory(search_then_bind).members_of("maths-9x") == ("amy.b", "mr.smith", "o'brien,t")
+    finally:
+        slapd.modify(f"dn: {group}\nchangetype: delete\n")
+
+
 def test_year_group_and_form_are_read_when_the_policy_names_their_attributes(search_then_bind, slapd):
     slapd.modify(f"dn: {user_dn('amy.b')}\nchangetype: modify\nadd: departmentNumber\ndepartmentNumber: Year 7\n-\n"
                  "add: businessCategory\nbusinessCategory: 7B\n")
