@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from .gateway import free_ports
-from .waiting import wait_for
+from .waiting import end_process, wait_for
 
 REALM = "SCHOOL.TEST"
 SERVICE = "HTTP/localhost"
@@ -88,12 +88,7 @@ class Kdc:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            end_process(self._process)
             self._process = None
 
 
