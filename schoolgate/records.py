@@ -153,8 +153,11 @@ def is_transient(error: BaseException) -> bool:
         return True
     # COPY runs on asyncpg's own connection, so its errors arrive untranslated.
     asyncpg = sys.modules.get("asyncpg")
-    if asyncpg is not None and isinstance(error, asyncpg.InterfaceError) and not isinstance(error, asyncpg.DataError):
-        return True  # "connection is closed", "another operation is in progress": not the record's fault
+    if asyncpg is not None and isinstance(error, asyncpg.InterfaceError | asyncpg.InternalClientError) \
+            and not isinstance(error, asyncpg.DataError):
+        # "connection is closed", "another operation is in progress", or a server that died mid-COPY
+        # ("cannot switch to state 21"): the connection's fault, not the record's.
+        return True
     sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
 

@@ -121,6 +121,17 @@ def test_misread_letters_in_a_reference_become_digits() -> None:
     assert normalise_reference("sg-1oil-ABCD") == "SG-1011-ABCD"
 
 
+def test_a_connection_broken_mid_copy_is_retried_not_blamed_on_the_record() -> None:
+    import asyncpg
+    from asyncpg.exceptions._base import InternalClientError
+
+    # What asyncpg raised when PostgreSQL was killed mid-COPY: the record was set aside as if it were bad.
+    assert records_module.is_transient(InternalClientError("cannot switch to state 21; another operation (2) is in progress"))
+    assert records_module.is_transient(asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+    assert not records_module.is_transient(asyncpg.DataError("invalid input for query argument $1"))
+    assert not records_module.is_transient(ValueError("a record the table cannot hold"))
+
+
 def test_default_spool_path() -> None:
     assert default_spool_path("sqlite+aiosqlite:////var/lib/schoolgate/log.db") == Path("/var/lib/schoolgate/log.db.unwritten.jsonl")
     assert default_spool_path("postgresql+asyncpg://gw@db/schoolgate") == Path("schoolgate-unwritten.jsonl")

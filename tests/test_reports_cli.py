@@ -24,8 +24,6 @@ from schoolgate.reports.cli import parse_since, register
 
 from support.postgres import postgres_bin
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 @pytest.fixture(autouse=True)
 def london_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -109,14 +107,17 @@ def test_log_filters_newest_first(tmp_path: Path, backend: str, request: pytest.
     """The same rows from SQLite (read with sqlite3) and PostgreSQL (through SQLAlchemy)."""
     if backend == "postgresql" and postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (apt install postgresql)")
+    # Now, not when the module was imported: `--since` counts back from the clock, and a busy
+    # parallel run can reach this test many minutes after collection.
+    now = datetime.now(UTC).replace(microsecond=0)
     url = store(
         tmp_path / "log.db" if backend == "sqlite" else request.getfixturevalue("database_url"),
-        make_record(ts=NOW - timedelta(hours=3), user="bob", host="www.example.com"),
-        make_record(ts=NOW - timedelta(minutes=30), user="alice", host="notexample.com", url=None),
-        make_record(ts=NOW - timedelta(minutes=10), user="alice", host="example.com", verdict="block", ref="SG-1111-2222"),
-        make_record(ts=NOW - timedelta(minutes=5), user=None, client_ip="10.9.9.9", host="news.example.com"),
-        make_record(ts=NOW - timedelta(minutes=4), user="carol", host="www.my_site.example"),
-        make_record(ts=NOW - timedelta(minutes=3), user="carol", host="www.myXsite.example"),
+        make_record(ts=now - timedelta(hours=3), user="bob", host="www.example.com"),
+        make_record(ts=now - timedelta(minutes=30), user="alice", host="notexample.com", url=None),
+        make_record(ts=now - timedelta(minutes=10), user="alice", host="example.com", verdict="block", ref="SG-1111-2222"),
+        make_record(ts=now - timedelta(minutes=5), user=None, client_ip="10.9.9.9", host="news.example.com"),
+        make_record(ts=now - timedelta(minutes=4), user="carol", host="www.my_site.example"),
+        make_record(ts=now - timedelta(minutes=3), user="carol", host="www.myXsite.example"),
     )
 
     def hosts(*filters: str) -> list[str]:
