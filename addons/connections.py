@@ -46,6 +46,7 @@ RESOLVE_TIMEOUT = 5.0
 # when the policy in force, an exception running out or the group's timetable no longer lets it
 # pass, rather than living on for as long as the pupil keeps it busy.
 RECHECK_SECONDS = 5.0
+_RECHECK_AT, _CUT = "schoolgate_recheck_at", "schoolgate_cut"  # a raw flow's metadata
 
 
 class Connections:
@@ -258,29 +259,58 @@ class Connections:
         if tunnel is not None:
             tunnel.recorded = True  # the raw flow's own decision, below, is its record
         who = tunnel.who if tunnel is not None else self.identification.by_address(flow.client_conn)
+        decision = attach(flow, self._decide_raw(flow, scheme, who))
+        if decision.refused:
+            refuse(flow, decision.verdict.reason)
+
+    def _decide_raw(self, flow: tcp.TCPFlow | udp.UDPFlow, scheme: str, who: Who) -> Decision:
+        """The decision on a raw flow's names: its tunnel's, and where it goes."""
+        tunnel = self.tunnels.get(flow.client_conn)
         targets = [_as(scheme, tunnel.target)] if tunnel is not None else []
         if flow.server_conn.address:
             host, port = flow.server_conn.address[:2]
             targets.append(target_from_parts(scheme, host, port, "/"))
         if not targets:
             raise ValueError("a connection with no destination")  # refused by fail_closed
-        decision = attach(flow, self.judge.decide(
-            who, *dict.fromkeys(targets), method=scheme.upper(), kind=Kind(scheme), web=False,
-            gateway_address=_gateway_address(flow.client_conn)))
-        if decision.refused:
-            refuse(flow, decision.verdict.reason)
+        return self.judge.decide(who, *dict.fromkeys(targets),
+                                 method=scheme.upper(), kind=Kind(scheme), web=False,
+                                 gateway_address=_gateway_address(flow.client_conn))
 
+    @fail_closed
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        self._recheck_raw(flow, "tcp")
         self._drop_if_refused(flow)
 
+    @fail_closed
     def udp_message(self, flow: udp.UDPFlow) -> None:
+        self._recheck_raw(flow, "udp")
         self._drop_if_refused(flow)
+
+    def _recheck_raw(self, flow: tcp.TCPFlow | udp.UDPFlow, scheme: str) -> None:
+        """Raw bytes are decided again every RECHECK_SECONDS, as a relayed TLS connection is:
+        once the policy no longer lets them through, nothing more crosses (mitmproxy cannot
+        close a raw flow from a hook; the idle timeout ends it)."""
+        decision = flow.metadata.get("schoolgate")
+        if decision is None or decision.refused or flow.metadata.get(_CUT):
+            return
+        now = time.monotonic()
+        if now < flow.metadata.setdefault(_RECHECK_AT, decision.started + RECHECK_SECONDS):
+            return
+        flow.metadata[_RECHECK_AT] = now + RECHECK_SECONDS
+        again = self._decide_raw(flow, scheme, self.identification.by_address(flow.client_conn))
+        if again.refused:
+            again.note = "an open connection, cut: the policy in force no longer allows it"
+            self.recorder.record(again)
+            flow.metadata[_CUT] = True
+            decision.note = "; ".join(filter(None, (decision.note, f"cut after {now - decision.started:.0f} s: "
+                                                                    "no longer allowed")))
 
     @staticmethod
     def _drop_if_refused(flow: tcp.TCPFlow | udp.UDPFlow) -> None:
-        """A refused connection is never opened; should one be open anyway, nothing crosses it."""
+        """A refused connection is never opened; should one be open anyway, or one cut since,
+        nothing crosses it."""
         decision = flow.metadata.get("schoolgate")
-        if decision is None or decision.refused:
+        if decision is None or decision.refused or flow.metadata.get(_CUT):
             flow.messages[-1].content = b""
 
     @fail_closed

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -156,6 +157,31 @@ def test_raw_tunnel_for_a_group_that_may_is_relayed_and_recorded_with_bytes(gate
     gateway.stop()
     (row,) = records(gateway)
     assert (row["method"], row["verdict"], row["bytes_in"], row["bytes_out"]) == ("TCP", "allow", len(SSH_BANNER), 18)
+
+
+def test_an_open_raw_tunnel_carries_nothing_more_once_the_policy_no_longer_allows_it(gateway_factory, listener):
+    allowed = POLICY.replace('block_ip_literals = true', 'block_ip_literals = true\nraw_tunnels = "allow"')
+    gateway = gateway_factory(allowed, options={"schoolgate_reload_ms": 200})
+    sock = tunnel(gateway, f"allowed.test:{listener.port}")
+    sock.sendall(SSH_BANNER)
+    wait_for(lambda: listener.received == SSH_BANNER)
+    gateway.write_policy(POLICY)  # raw tunnels are refused again
+    sent = 0
+    try:
+        for _ in range(15):  # a line a second, as a busy terminal would
+            sock.sendall(b"ls\n")
+            sent += 1
+            time.sleep(1)
+    except OSError:
+        pass  # the site end closed, having heard nothing for a while
+    sock.close()
+    assert listener.received.startswith(SSH_BANNER)
+    assert len(listener.received) < len(SSH_BANNER) + sent * 3  # lines stopped crossing
+    gateway.stop()
+    rows = [(r["verdict"], r["rule"]) for r in records(gateway)]
+    assert any(verdict == "allow" and "cut after" in rule for verdict, rule in rows), rows
+    assert any(verdict == "block" and rule.endswith("(an open connection, cut: the policy in force no longer allows it)")
+               for verdict, rule in rows), rows
 
 
 def test_tls_server_name_blocked_inside_a_connect_to_an_allowed_name(gateway, upstream):
