@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import logging
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -118,11 +119,20 @@ class Ut1Tree:
     unknown: list[str] = field(default_factory=list)  # not in the mapping at all
 
 
+# A line that is a host name in canonical form already (lower case, ASCII, a dot,
+# a last label starting with a letter: not an IP address): nearly every line of
+# big lists, taken as it is instead of through normalise_entry.
+_CANONICAL_HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9_][a-z0-9_-]*(?:\.[a-z0-9_-]+)*\.[a-z][a-z0-9_-]*")
+
+
 def parse_line(kind: ListKind, line: str) -> list[tuple[str, str]]:
     """The (host, path-prefix) entries on one list line; [] for blanks and comments.
 
     Like squidGuard, only the first whitespace-separated token of a UT1 line is
     the entry (anything after it is a redirect target there)."""
+    stripped = line.strip()
+    if _CANONICAL_HOST.fullmatch(stripped):
+        return [(stripped, "")]
     tokens = line.split()
     # A comment starts a line or follows a space: `host/#frag` is one URL entry.
     for i, token in enumerate(tokens):
