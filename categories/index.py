@@ -282,19 +282,18 @@ def _verified_header(view: memoryview, where: object) -> dict:
 
 
 class _Builder:
-    """Collects domain entries as (hash, tag) records in flat arrays, 9 bytes a
-    record, kept in parts by the top bits of the hash. Duplicates go when each
-    part is sorted on its own: dicts and sets of millions of Python ints cost ten
-    times as much (a compile of 2.84 M entries peaked at 843 MB with them).
-    URL entries, a few tens of thousands, stay in dicts."""
+    """Collects domain entries as hashes in flat arrays, 8 bytes each, one array
+    per tag (category or marker) and part (the hash's top bits). Duplicates go
+    when each part is sorted on its own: dicts and sets of millions of Python
+    ints cost ten times as much (a compile of 2.84 M entries peaked at 843 MB
+    with them). URL entries, a few tens of thousands, stay in dicts."""
 
     def __init__(self) -> None:
         self.categories: list[str] = []
         self.url_counts: dict[str, int] = {}  # distinct URL entries per category
         self.urls: dict[str, dict[str, int]] = {}  # URL host -> path prefix -> category bits
         self.single_labels: set[str] = set()  # listed hosts without a dot (lookups skip TLDs otherwise)
-        self._hashes = [array("Q") for _ in range(_PARTS)]
-        self._tags = [array("B") for _ in range(_PARTS)]
+        self._records: dict[int, list[array]] = {_TAG_PARENT: _parts()}  # tag -> part -> hashes
 
     def tag(self, category: str) -> int:
         """The category's number, which is also its bit in a category set."""
@@ -303,12 +302,8 @@ class _Builder:
                 raise ValueError(f"more than {_MAX_CATEGORIES} categories in one index")
             self.categories.append(category)
             self.url_counts[category] = 0
+            self._records[len(self.categories) - 1] = _parts()
         return self.categories.index(category)
-
-    def _record(self, h: int, tag: int) -> None:
-        part = h >> _PART_SHIFT
-        self._hashes[part].append(h)
-        self._tags[part].append(tag)
 
     def _note_host(self, host: str) -> None:
         """Record what lookups need to find `host`: its parents are flagged so the
@@ -316,14 +311,17 @@ class _Builder:
         if "." not in host:
             self.single_labels.add(host)
         elif not (host[-1] in _IP_LAST_CHARS and is_ip(host)):
+            parents = self._records[_TAG_PARENT]
             dot, last = host.find("."), host.rfind(".")
             while dot < last:  # every parent but the TLD
-                self._record(xxh3_64_intdigest(host[dot + 1 :].encode()), _TAG_PARENT)
+                h = xxh3_64_intdigest(host[dot + 1 :].encode())
+                parents[h >> _PART_SHIFT].append(h)
                 dot = host.find(".", dot + 1)
 
     def add_domain(self, tag: int, host: str) -> None:
         self._note_host(host)
-        self._record(xxh3_64_intdigest(host.encode()), tag)
+        h = xxh3_64_intdigest(host.encode())
+        self._records[tag][h >> _PART_SHIFT].append(h)
 
     def add_url(self, tag: int, host: str, prefix: str) -> None:
         host = host[url_host_start(host) :]
@@ -334,25 +332,29 @@ class _Builder:
             prefixes[prefix] = bits | 1 << tag
             self.url_counts[self.categories[tag]] += 1
 
+    def _part(self, part: int) -> list[int]:
+        """The distinct records of one part, in order, as ints: hash then tag (8 bits);
+        the part's arrays are emptied."""
+        records: set[int] = set()
+        for tag, parts in self._records.items():
+            records.update(map(or_, map(lshift, parts[part], repeat(8)), repeat(tag)))
+            parts[part] = array("Q")
+        return sorted(records)
+
     def layout(self, sources: list[str]) -> tuple[dict, dict[str, array | bytes]]:
         """The header and sections of the index; the records are consumed."""
         url_numbers = {xxh3_64_intdigest(host.encode()): n for n, host in enumerate(sorted(self.urls))}
+        self._records[_TAG_URL_HOST] = url_hosts_by_part = _parts()
         for h in url_numbers:
-            self._record(h, _TAG_URL_HOST)
+            url_hosts_by_part[h >> _PART_SHIFT].append(h)
         set_ids: dict[int, int] = {0: 0}  # category bits -> set id; set 0 is the empty set
         url_host_sets = array("I", [0]) * len(url_numbers)  # each URL host's own domain set
         domain_counts = [0] * len(self.categories)
         domains = 0  # distinct listed hosts, whatever their categories
         keys, vals = array("Q"), array("I")
         for part in range(_PARTS):
-            # One int per record, hash then tag: sorting groups a hash's records, equal ones adjacent.
-            records = sorted(map(or_, map(lshift, self._hashes[part], repeat(8)), self._tags[part]))
-            self._hashes[part], self._tags[part] = array("Q"), array("B")
-            current, bits, flags, previous = -1, 0, 0, -1
-            for record in chain(records, (_END_RECORD,)):
-                if record == previous:
-                    continue
-                previous = record
+            current, bits, flags = -1, 0, 0
+            for record in chain(self._part(part), (_END_RECORD,)):
                 h, tag = record >> 8, record & 0xFF
                 if h != current:
                     if current >= 0:
@@ -372,7 +374,6 @@ class _Builder:
                 else:
                     bits |= 1 << tag
                     domain_counts[tag] += 1
-        del records
         url_hosts, url_recs, blob = array("I"), array("I"), bytearray()
         for number, host in enumerate(sorted(self.urls)):
             prefixes = self.urls[host]
@@ -400,25 +401,31 @@ class _Builder:
         return header, sections
 
 
+def _parts() -> list[array]:
+    return [array("Q") for _ in range(_PARTS)]
+
+
 def _bucketed(keys: array, vals: array) -> tuple[int, array, array, array]:
     """Keys and values (in ascending key order) laid out by bucket, a counting
-    sort: (bucket count, keys, values, start of each bucket)."""
+    sort: (bucket count, keys, values, start of each bucket and the end)."""
     bucket_count = 1 << max(len(keys) - 1, 0).bit_length()
     mask = bucket_count - 1
-    sizes = array("I", [0]) * (bucket_count + 1)
+    sizes = array("I", [0]) * bucket_count
     for h in keys:
-        sizes[(h & mask) + 1] += 1
-    starts = array("I", accumulate(sizes))
+        sizes[h & mask] += 1
+    ends = array("I", accumulate(sizes, initial=0))  # ends[b + 1]: where bucket b ends
     del sizes
-    free = starts[:-1]  # the next free slot of each bucket
     bucketed_keys, bucketed_vals = array("Q", [0]) * len(keys), array("I", [0]) * len(keys)
-    for h, value in zip(keys, vals, strict=True):
+    for h, value in zip(reversed(keys), reversed(vals), strict=True):  # each bucket filled from its end
         bucket = h & mask
-        slot = free[bucket]
-        free[bucket] = slot + 1
+        slot = ends[bucket + 1] - 1
+        ends[bucket + 1] = slot
         bucketed_keys[slot] = h
         bucketed_vals[slot] = value
-    return bucket_count, bucketed_keys, bucketed_vals, starts
+    # ends[b + 1] is now where bucket b starts: shifted down one place, that is the buckets section.
+    ends.pop(0)
+    ends.append(len(keys))
+    return bucket_count, bucketed_keys, bucketed_vals, ends
 
 
 def _layout(header: dict, sections: dict[str, array | bytes]) -> bytes:
