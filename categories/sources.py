@@ -17,16 +17,13 @@ reports those instead of failing, because upstream lists always carry a few.
 from __future__ import annotations
 
 import gzip
-import http.client
 import ipaddress
 import logging
 import os
 import re
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -245,6 +242,8 @@ def open_ut1(location: str) -> Iterator[Ut1Tree]:
         return
     if not path.is_file():
         raise FileNotFoundError(f"no UT1 list at {location}")
+    import tarfile  # here: only an archive needs it, and `classify` starts faster without
+
     with tempfile.TemporaryDirectory(prefix="schoolgate-ut1-") as tmp:
         try:
             with tarfile.open(path, "r:*") as tar:
@@ -275,6 +274,9 @@ def _ut1_root(path: Path) -> Path:
 def download(url: str, dest: Path) -> None:
     """Fetch `url` to `dest`; raises SourceUnusable unless all the bytes the server
     announced arrived and they are a gzip stream (UT1 publishes .tar.gz only)."""
+    import http.client  # here: only a download needs the HTTP client, and `classify` starts faster without
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_SECONDS) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
         received = 0
