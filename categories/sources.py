@@ -20,7 +20,6 @@ import gzip
 import ipaddress
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from schoolgate.categories.taxonomy import CATEGORIES, UT1_MAPPING, category
-from schoolgate.urls import InvalidHost, normalise_entry
+from schoolgate.urls import CANONICAL_HOST, InvalidHost, normalise_entry
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 # Names a hosts file maps to itself, not blocking entries.
@@ -116,19 +115,13 @@ class Ut1Tree:
     unknown: list[str] = field(default_factory=list)  # not in the mapping at all
 
 
-# A line that is a host name in canonical form already (lower case, ASCII, a dot,
-# a last label starting with a letter: not an IP address): nearly every line of
-# big lists, taken as it is instead of through normalise_entry.
-_CANONICAL_HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9_][a-z0-9_-]*(?:\.[a-z0-9_-]+)*\.[a-z][a-z0-9_-]*")
-
-
 def parse_line(kind: ListKind, line: str) -> list[tuple[str, str]]:
     """The (host, path-prefix) entries on one list line; [] for blanks and comments.
 
     Like squidGuard, only the first whitespace-separated token of a UT1 line is
     the entry (anything after it is a redirect target there)."""
     stripped = line.strip()
-    if _CANONICAL_HOST.fullmatch(stripped):
+    if CANONICAL_HOST.fullmatch(stripped):  # nearly every line of big lists: no need to tokenise and normalise
         return [(stripped, "")]
     tokens = line.split()
     # A comment starts a line or follows a space: `host/#frag` is one URL entry.
