@@ -384,7 +384,7 @@ class _Builder:
                 blob += encoded
         bucket_count, keys, vals, starts = _bucketed(keys, vals)
         counts = {c: domain_counts[i] + self.url_counts[c] for i, c in enumerate(self.categories)}
-        header = {
+        header: dict = {
             "version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "categories": self.categories,
@@ -396,8 +396,8 @@ class _Builder:
             "sources": sources,
             "sections": {},
         }
-        sections = {"keys": keys, "vals": vals, "buckets": starts, "url_hosts": url_hosts, "url_recs": url_recs,
-                    "url_blob": bytes(blob)}
+        sections: dict[str, array | bytes] = {"keys": keys, "vals": vals, "buckets": starts, "url_hosts": url_hosts,
+                                              "url_recs": url_recs, "url_blob": bytes(blob)}
         return header, sections
 
 
