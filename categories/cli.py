@@ -192,6 +192,9 @@ def _write_text(out: IO[str], url: str, hits: list[CategoryHit], error: str | No
 
 
 def _write_tsv(out: IO[str], url: str, hits: list[CategoryHit], error: str | None) -> None:
+    if not hits:  # most URLs of a batch
+        out.write(f"{url}\t\t\t{error or ''}\n")
+        return
     categories = ",".join(h.category for h in hits)
     entries = ",".join(h.entry for h in hits)
     out.write(f"{url}\t{categories}\t{entries}\t{error or ''}\n")

@@ -150,13 +150,17 @@ _DASHED_IPV4 = re.compile(r"(?:^|-)(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})$")
 _HEX_IPV4 = re.compile(r"(?:^|-)([0-9a-f]{8})$")
 
 
-@functools.lru_cache(maxsize=65536)
 def disguised_ip(host: str) -> str | None:
     """The IP address a canonical host name only spells: `1-2-3-4.sslip.io`,
     `app.1.2.3.4.nip.io`, `7f000001.nip.io`, `--1.sslip.io` (::1), `x.localtest.me`
     (127.0.0.1). None for an ordinary name."""
-    if not host.endswith(_IP_SPELLING_SUFFIXES):  # nearly every host: one C-level test instead of eleven
+    if not host.endswith(_IP_SPELLING_SUFFIXES):  # nearly every host: one C-level test, nothing cached
         return None
+    return _disguised_ip(host)
+
+
+@functools.lru_cache(maxsize=65536)
+def _disguised_ip(host: str) -> str | None:
     suffix = next((s for s in _IP_SPELLING_SUFFIXES if host == s or host.endswith("." + s)), None)
     if suffix is None:
         return None
