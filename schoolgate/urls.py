@@ -22,6 +22,7 @@ import idna
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _HOST_OK = re.compile(r"^[a-z0-9_*](?:[a-z0-9_\-*]*)(?:\.[a-z0-9_\-*]+)*$")
+_new_tuple = tuple.__new__
 # A host name that normalise_host returns unchanged: lower-case ASCII, no port, a dot,
 # a last label starting with a letter (not an IP address). Most hosts in lists and URLs.
 CANONICAL_HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9_][a-z0-9_-]*(?:\.[a-z0-9_-]+)*\.[a-z][a-z0-9_-]*")
@@ -272,21 +273,25 @@ def parse_target(url: str) -> Target:
 def _split_url(url: str) -> SplitResult:
     """urlsplit(url), with the common case (printable ASCII http(s), no IPv6 literal,
     where urlsplit strips and checks nothing) split directly at a third of the cost."""
-    scheme = "https" if url.startswith("https://") else "http" if url.startswith("http://") else None
-    if scheme is None or not (url.isascii() and url.isprintable()):
+    if url.startswith("https://"):
+        start, scheme = 8, "https"
+    elif url.startswith("http://"):
+        start, scheme = 7, "http"
+    else:
         return urlsplit(url)
-    rest = url[len(scheme) + 3 :]
-    end = len(rest)
+    if not (url.isascii() and url.isprintable()):
+        return urlsplit(url)
+    end = len(url)
     for delimiter in "/?#":
-        found = rest.find(delimiter, 0, end)
+        found = url.find(delimiter, start, end)
         if found >= 0:
             end = found
-    netloc, path = rest[:end], rest[end:]
+    netloc = url[start:end]
     if "[" in netloc or "]" in netloc:
         return urlsplit(url)
-    path, _, fragment = path.partition("#")
+    path, _, fragment = url[end:].partition("#")
     path, _, query = path.partition("?")
-    return SplitResult(scheme, netloc, path, query, fragment)
+    return _new_tuple(SplitResult, (scheme, netloc, path, query, fragment))  # SplitResult._make, without its call
 
 
 def target_from_parts(scheme: str, host: str, port: int | None, path_and_query: str) -> Target:
