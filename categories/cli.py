@@ -118,18 +118,20 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
 
 
 def _open_index(index: Path | None, policy: Path) -> CategoryIndex:
+    if index is not None:  # asked for by name: the policy has no say, and no other list answers instead
+        try:
+            return CategoryIndex.open(index)
+        except IndexInvalid as e:
+            raise SystemExit(f"error: {e}") from None
     settings = _policy_lists(policy)
     # The built-in list as the gateway serves it: without the entries the policy leaves out.
     builtin = lambda: builtin_index(frozenset(settings.builtin_skip))  # noqa: E731
-    path = index or settings.index
-    if path is None:
+    if settings.index is None:
         print("no compiled index given or configured; using the built-in list", file=sys.stderr)
         return builtin()
     try:
-        return CategoryIndex.open(path)
+        return CategoryIndex.open(settings.index)
     except IndexInvalid as e:
-        if index is not None:  # asked for by name: say so, do not answer from another list
-            raise SystemExit(f"error: {e}") from None
         print(f"warning: {e}; using the built-in list, as the gateway does until it is compiled", file=sys.stderr)
         return builtin()
 
@@ -190,6 +192,9 @@ def _write_text(out: IO[str], url: str, hits: list[CategoryHit], error: str | No
 
 
 def _write_tsv(out: IO[str], url: str, hits: list[CategoryHit], error: str | None) -> None:
+    if not hits:  # most URLs of a batch
+        out.write(f"{url}\t\t\t{error or ''}\n")
+        return
     categories = ",".join(h.category for h in hits)
     entries = ",".join(h.entry for h in hits)
     out.write(f"{url}\t{categories}\t{entries}\t{error or ''}\n")

@@ -19,6 +19,7 @@ probed. Category sets (most hosts have one category) live in the header.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import struct
@@ -29,10 +30,12 @@ from array import array
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
+from operator import lshift, or_
 from pathlib import Path
+from typing import BinaryIO
 
-from xxhash import xxh3_64_intdigest
+from xxhash import xxh3_64, xxh3_64_intdigest
 
 from schoolgate.categories.sources import ListKind, ListSource, MalformedLine, builtin_tree, parse_line, progress
 from schoolgate.urls import is_ip, url_entry_matches, url_host_start
@@ -47,6 +50,13 @@ _NUMBER_MASK = 0x3FFF_FFFF
 _SECTIONS = ("keys", "vals", "buckets", "url_hosts", "url_recs", "url_blob")
 _SECTION_TYPES = {"keys": "Q", "vals": "I", "buckets": "I", "url_hosts": "I", "url_recs": "I"}
 _IP_LAST_CHARS = frozenset("0123456789:")
+# Compiling: a record's tag is a category number, or one of these markers.
+_TAG_PARENT = 0xFF  # a parent domain of a listed host: lookups probe on past it
+_TAG_URL_HOST = 0xFE  # a host with URL entries
+_MAX_CATEGORIES = 0xFE
+_PART_SHIFT = 58  # records are kept in 2**6 parts by their hash's top bits, sorted one at a time
+_PARTS = 1 << (64 - _PART_SHIFT)
+_END_RECORD = 1 << 72 | _TAG_PARENT  # after a part's last record: a hash no record has, flushing the last
 _MALFORMED_EXAMPLES = 5
 _PROGRESS_EVERY_LINES = 65536
 
@@ -272,25 +282,28 @@ def _verified_header(view: memoryview, where: object) -> dict:
 
 
 class _Builder:
-    """Accumulates entries; category sets are bitmasks over `categories`."""
+    """Collects domain entries as hashes in flat arrays, 8 bytes each, one array
+    per tag (category or marker) and part (the hash's top bits). Duplicates go
+    when each part is sorted on its own: dicts and sets of millions of Python
+    ints cost ten times as much (a compile of 2.84 M entries peaked at 843 MB
+    with them). URL entries, a few tens of thousands, stay in dicts."""
 
     def __init__(self) -> None:
         self.categories: list[str] = []
-        self.counts: dict[str, int] = {}
-        self.domains: dict[int, int] = {}  # host hash -> category bits
+        self.url_counts: dict[str, int] = {}  # distinct URL entries per category
         self.urls: dict[str, dict[str, int]] = {}  # URL host -> path prefix -> category bits
         self.single_labels: set[str] = set()  # listed hosts without a dot (lookups skip TLDs otherwise)
-        self.parents: set[int] = set()  # hashes of the parent domains of listed hosts, TLDs excepted
+        self._records: dict[int, list[array]] = {_TAG_PARENT: _parts()}  # tag -> part -> hashes
 
-    def bit(self, category: str) -> int:
-        if category not in self.counts:
+    def tag(self, category: str) -> int:
+        """The category's number, which is also its bit in a category set."""
+        if category not in self.url_counts:
+            if len(self.categories) == _MAX_CATEGORIES:
+                raise ValueError(f"more than {_MAX_CATEGORIES} categories in one index")
             self.categories.append(category)
-            self.counts[category] = 0
-        return 1 << self.categories.index(category)
-
-    @property
-    def entry_count(self) -> int:
-        return len(self.domains) + sum(map(len, self.urls.values()))
+            self.url_counts[category] = 0
+            self._records[len(self.categories) - 1] = _parts()
+        return self.categories.index(category)
 
     def _note_host(self, host: str) -> None:
         """Record what lookups need to find `host`: its parents are flagged so the
@@ -298,107 +311,168 @@ class _Builder:
         if "." not in host:
             self.single_labels.add(host)
         elif not (host[-1] in _IP_LAST_CHARS and is_ip(host)):
-            labels = host.split(".")
-            self.parents.update(xxh3_64_intdigest(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
+            parents = self._records[_TAG_PARENT]
+            dot, last = host.find("."), host.rfind(".")
+            while dot < last:  # every parent but the TLD
+                h = xxh3_64_intdigest(host[dot + 1 :].encode())
+                parents[h >> _PART_SHIFT].append(h)
+                dot = host.find(".", dot + 1)
 
-    def add_domain(self, category: str, bit: int, host: str) -> None:
+    def add_domain(self, tag: int, host: str) -> None:
         self._note_host(host)
         h = xxh3_64_intdigest(host.encode())
-        bits = self.domains.get(h, 0)
-        if not bits & bit:
-            self.domains[h] = bits | bit
-            self.counts[category] += 1
+        self._records[tag][h >> _PART_SHIFT].append(h)
 
-    def add_url(self, category: str, bit: int, host: str, prefix: str) -> None:
+    def add_url(self, tag: int, host: str, prefix: str) -> None:
         host = host[url_host_start(host) :]
         self._note_host(host)
         prefixes = self.urls.setdefault(host, {})
         bits = prefixes.get(prefix, 0)
-        if not bits & bit:
-            prefixes[prefix] = bits | bit
-            self.counts[category] += 1
+        if not bits >> tag & 1:
+            prefixes[prefix] = bits | 1 << tag
+            self.url_counts[self.categories[tag]] += 1
 
-    def image(self, sources: list[str]) -> bytes:
-        set_ids: dict[int, int] = {0: 0}  # set 0 is the empty set
+    def _part(self, part: int) -> list[int]:
+        """The distinct records of one part, in order, as ints: hash then tag (8 bits);
+        the part's arrays are emptied."""
+        records: set[int] = set()
+        for tag, parts in self._records.items():
+            records.update(map(or_, map(lshift, parts[part], repeat(8)), repeat(tag)))
+            parts[part] = array("Q")
+        return sorted(records)
 
-        def set_id(bits: int) -> int:
-            return set_ids.setdefault(bits, len(set_ids))
-
-        values = {h: set_id(bits) for h, bits in self.domains.items()}
-        url_hosts = array("I")
-        url_recs = array("I")
-        blob = bytearray()
-        for number, (host, prefixes) in enumerate(sorted(self.urls.items())):
-            h = xxh3_64_intdigest(host.encode())
-            url_hosts.extend((values.get(h, 0), len(url_recs) // 3, len(prefixes)))
-            values[h] = _URL_FLAG | number
+    def layout(self, sources: list[str]) -> tuple[dict, dict[str, array | bytes]]:
+        """The header and sections of the index; the records are consumed."""
+        url_numbers = {xxh3_64_intdigest(host.encode()): n for n, host in enumerate(sorted(self.urls))}
+        self._records[_TAG_URL_HOST] = url_hosts_by_part = _parts()
+        for h in url_numbers:
+            url_hosts_by_part[h >> _PART_SHIFT].append(h)
+        set_ids: dict[int, int] = {0: 0}  # category bits -> set id; set 0 is the empty set
+        url_host_sets = array("I", [0]) * len(url_numbers)  # each URL host's own domain set
+        domain_counts = [0] * len(self.categories)
+        domains = 0  # distinct listed hosts, whatever their categories
+        keys, vals = array("Q"), array("I")
+        for part in range(_PARTS):
+            current, bits, flags = -1, 0, 0
+            for record in chain(self._part(part), (_END_RECORD,)):
+                h, tag = record >> 8, record & 0xFF
+                if h != current:
+                    if current >= 0:
+                        domains += bits != 0
+                        set_id = set_ids.setdefault(bits, len(set_ids))
+                        if flags & _URL_FLAG:
+                            number = url_numbers[current]
+                            url_host_sets[number] = set_id
+                            set_id = number
+                        keys.append(current)
+                        vals.append(flags | set_id)
+                    current, bits, flags = h, 0, 0
+                if tag == _TAG_PARENT:
+                    flags |= _HAS_LONGER
+                elif tag == _TAG_URL_HOST:
+                    flags |= _URL_FLAG
+                else:
+                    bits |= 1 << tag
+                    domain_counts[tag] += 1
+        url_hosts, url_recs, blob = array("I"), array("I"), bytearray()
+        for number, host in enumerate(sorted(self.urls)):
+            prefixes = self.urls[host]
+            url_hosts.extend((url_host_sets[number], len(url_recs) // 3, len(prefixes)))
             for prefix, bits in sorted(prefixes.items()):
                 encoded = prefix.encode()
-                url_recs.extend((len(blob), len(encoded), set_id(bits)))
+                url_recs.extend((len(blob), len(encoded), set_ids.setdefault(bits, len(set_ids))))
                 blob += encoded
-        for h in self.parents:
-            values[h] = values.get(h, 0) | _HAS_LONGER
-
-        bucket_count = 1 << max(len(values) - 1, 0).bit_length()
-        mask = bucket_count - 1
-        ordered = sorted(values, key=mask.__and__)
-        per_bucket = [0] * bucket_count
-        for h in ordered:
-            per_bucket[h & mask] += 1
-        sections = {
-            "keys": array("Q", ordered).tobytes(),
-            "vals": array("I", map(values.__getitem__, ordered)).tobytes(),
-            "buckets": array("I", accumulate(per_bucket, initial=0)).tobytes(),
-            "url_hosts": url_hosts.tobytes(),
-            "url_recs": url_recs.tobytes(),
-            "url_blob": bytes(blob),
-        }
-        sets = [[i for i in range(len(self.categories)) if bits >> i & 1] for bits in set_ids]
-        header = {
+        bucket_count, keys, vals, starts = _bucketed(keys, vals)
+        counts = {c: domain_counts[i] + self.url_counts[c] for i, c in enumerate(self.categories)}
+        header: dict = {
             "version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "categories": self.categories,
-            "sets": sets,
-            "counts": self.counts,
-            "entry_count": self.entry_count,
+            "sets": [[i for i in range(len(self.categories)) if bits >> i & 1] for bits in set_ids],
+            "counts": counts,
+            "entry_count": domains + sum(map(len, self.urls.values())),
             "bucket_count": bucket_count,
             "single_labels": sorted(self.single_labels),
             "sources": sources,
             "sections": {},
         }
-        return _layout(header, sections)
+        sections: dict[str, array | bytes] = {"keys": keys, "vals": vals, "buckets": starts, "url_hosts": url_hosts,
+                                              "url_recs": url_recs, "url_blob": bytes(blob)}
+        return header, sections
 
 
-def _layout(header: dict, sections: dict[str, bytes]) -> bytes:
-    """Header then 8-byte aligned sections; the header records where each
-    section is, so its own length is found by iterating to a fixed point."""
+def _parts() -> list[array]:
+    return [array("Q") for _ in range(_PARTS)]
+
+
+def _bucketed(keys: array, vals: array) -> tuple[int, array, array, array]:
+    """Keys and values (in ascending key order) laid out by bucket, a counting
+    sort: (bucket count, keys, values, start of each bucket and the end)."""
+    bucket_count = 1 << max(len(keys) - 1, 0).bit_length()
+    mask = bucket_count - 1
+    sizes = array("I", [0]) * bucket_count
+    for h in keys:
+        sizes[h & mask] += 1
+    ends = array("I", accumulate(sizes, initial=0))  # ends[b + 1]: where bucket b ends
+    del sizes
+    bucketed_keys, bucketed_vals = array("Q", [0]) * len(keys), array("I", [0]) * len(keys)
+    for h, value in zip(reversed(keys), reversed(vals), strict=True):  # each bucket filled from its end
+        bucket = h & mask
+        slot = ends[bucket + 1] - 1
+        ends[bucket + 1] = slot
+        bucketed_keys[slot] = h
+        bucketed_vals[slot] = value
+    # ends[b + 1] is now where bucket b starts: shifted down one place, that is the buckets section.
+    ends.pop(0)
+    ends.append(len(keys))
+    return bucket_count, bucketed_keys, bucketed_vals, ends
+
+
+def _layout(header: dict, sections: dict[str, array | bytes]) -> bytes:
+    """The header, encoded: it records where each 8-byte aligned section starts,
+    so its own length is found by iterating to a fixed point."""
     header_length = 0
     while True:
         offset = _align(_PREAMBLE.size + header_length)
         for name in _SECTIONS:
-            header["sections"][name] = [offset, len(sections[name])]
-            header["size"] = offset + len(sections[name])  # the last section ends the file
-            offset = _align(offset + len(sections[name]))
+            size = _nbytes(sections[name])
+            header["sections"][name] = [offset, size]
+            header["size"] = offset + size  # the last section ends the file
+            offset = _align(offset + size)
         encoded = json.dumps(header, separators=(",", ":")).encode()
         if len(encoded) == header_length:
-            break
+            return encoded
         header_length = len(encoded)
-    out = bytearray(_PREAMBLE.pack(MAGIC, header_length, 0) + encoded)
-    for name in _SECTIONS:
-        out += bytes(header["sections"][name][0] - len(out))
-        out += sections[name]
-    _PREAMBLE.pack_into(out, 0, MAGIC, header_length, xxh3_64_intdigest(memoryview(out)[_PREAMBLE.size :]))
-    return bytes(out)
+
+
+def _write_image(out: BinaryIO, header: dict, sections: dict[str, array | bytes]) -> int:
+    """Write the index to `out` (at its start), section by section, without
+    building it in memory first; returns its size."""
+    encoded = _layout(header, sections)
+    checksum = xxh3_64()
+    out.write(_PREAMBLE.pack(MAGIC, len(encoded), 0))
+    position = _PREAMBLE.size
+    for chunk_name, chunk in (("", encoded), *((name, sections[name]) for name in _SECTIONS)):
+        if chunk_name:
+            padding = bytes(header["sections"][chunk_name][0] - position)
+            checksum.update(padding)
+            position += out.write(padding)
+        checksum.update(chunk)
+        position += out.write(chunk)
+    out.seek(0)
+    out.write(_PREAMBLE.pack(MAGIC, len(encoded), checksum.intdigest()))
+    return position
+
+
+def _nbytes(section: array | bytes) -> int:
+    return len(section) * section.itemsize if isinstance(section, array) else len(section)
 
 
 def _align(n: int) -> int:
     return (n + 7) & ~7
 
 
-def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tuple[bytes, CompileReport]:
-    """Read every source and lay out an index image (not yet written anywhere)."""
-    started = time.monotonic()
-    sources = list(sources)
+def _read_sources(sources: list[ListSource], show_progress: bool) -> tuple[_Builder, list[SourceReport]]:
     builder = _Builder()
     reports = []
     total = sum(s.size for s in sources)
@@ -406,16 +480,22 @@ def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tu
     with reporter as advance:
         for source in sources:
             reports.append(_read_source(source, builder, advance))
-    image = builder.image([s.name for s in sources])
-    report = CompileReport(
-        sources=reports,
-        categories=dict(builder.counts),
-        entry_count=builder.entry_count,
-        output=None,
-        size_bytes=len(image),
-        seconds=time.monotonic() - started,
-    )
-    return image, report
+    return builder, reports
+
+
+def build_image(sources: Iterable[ListSource], show_progress: bool = True) -> tuple[bytes, CompileReport]:
+    """Read every source and lay out an index image in memory (not written anywhere)."""
+    started = time.monotonic()
+    builder, reports = _read_sources(list(sources), show_progress)
+    header, sections = builder.layout([s.name for s in reports])
+    out = io.BytesIO()
+    size = _write_image(out, header, sections)
+    return out.getvalue(), _report(reports, header, size, started)
+
+
+def _report(reports: list[SourceReport], header: dict, size: int, started: float) -> CompileReport:
+    return CompileReport(sources=reports, categories=dict(header["counts"]), entry_count=header["entry_count"],
+                         output=None, size_bytes=size, seconds=time.monotonic() - started)
 
 
 def _ignore_progress(_n_bytes: int) -> None:
@@ -424,8 +504,9 @@ def _ignore_progress(_n_bytes: int) -> None:
 
 def _read_source(source: ListSource, builder: _Builder, advance: Callable[[int], None]) -> SourceReport:
     report = SourceReport(name=source.name, category=source.category, kind=source.kind.value)
-    bit = builder.bit(source.category)
+    tag = builder.tag(source.category)
     url_list = source.kind is ListKind.URLS
+    add_domain, add_url = builder.add_domain, builder.add_url
     pending = 0
     for number, line in enumerate(source.lines(), 1):
         pending += len(line)
@@ -443,9 +524,9 @@ def _read_source(source: ListSource, builder: _Builder, advance: Callable[[int],
             if source.skip and host + prefix in source.skip:
                 continue
             if url_list or prefix:
-                builder.add_url(source.category, bit, host, prefix)
+                add_url(tag, host, prefix)
             else:
-                builder.add_domain(source.category, bit, host)
+                add_domain(tag, host)
             report.entries += 1
     advance(pending)
     return report
@@ -469,26 +550,32 @@ def compile_index(
     """Compile `sources` into `out_path`, replacing it atomically: a gateway
     serving the old index keeps it until the new file is complete and verified.
 
-    The written file is read back and verified before it replaces the old one,
-    and a good index is not replaced by one with less than SHRINK_LIMIT of its
-    entries unless `allow_shrink` (raises IndexShrank)."""
+    The index is written section by section, never whole in memory; the written
+    file is read back and verified before it replaces the old one, and a good
+    index is not replaced by one with less than SHRINK_LIMIT of its entries
+    unless `allow_shrink` (raises IndexShrank)."""
+    started = time.monotonic()
     out_path = Path(out_path)
-    image, report = build_image(sources, show_progress)
-    if not allow_shrink:
-        _refuse_shrinking(out_path, report.entry_count)
+    builder, reports = _read_sources(list(sources), show_progress)
+    header, sections = builder.layout([s.name for s in reports])
+    del builder
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(image)
+            size = _write_image(f, header, sections)
             f.flush()
             os.fsync(f.fileno())
+        del sections  # before the two indexes below are read whole
         CategoryIndex.open(tmp).close()  # what a gateway will read, byte for byte (a full disk shows here)
+        if not allow_shrink:
+            _refuse_shrinking(out_path, header["entry_count"])
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:
         os.unlink(tmp)
         raise
+    report = _report(reports, header, size, started)
     report.output = out_path
     return report
 

@@ -17,15 +17,12 @@ reports those instead of failing, because upstream lists always carry a few.
 from __future__ import annotations
 
 import gzip
-import http.client
 import ipaddress
 import logging
 import os
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from schoolgate.categories.taxonomy import CATEGORIES, UT1_MAPPING, category
-from schoolgate.urls import InvalidHost, normalise_entry
+from schoolgate.urls import CANONICAL_HOST, InvalidHost, normalise_entry
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 # Names a hosts file maps to itself, not blocking entries.
@@ -123,6 +120,9 @@ def parse_line(kind: ListKind, line: str) -> list[tuple[str, str]]:
 
     Like squidGuard, only the first whitespace-separated token of a UT1 line is
     the entry (anything after it is a redirect target there)."""
+    stripped = line.strip()
+    if CANONICAL_HOST.fullmatch(stripped):  # nearly every line of big lists: no need to tokenise and normalise
+        return [(stripped, "")]
     tokens = line.split()
     # A comment starts a line or follows a space: `host/#frag` is one URL entry.
     for i, token in enumerate(tokens):
@@ -235,6 +235,8 @@ def open_ut1(location: str) -> Iterator[Ut1Tree]:
         return
     if not path.is_file():
         raise FileNotFoundError(f"no UT1 list at {location}")
+    import tarfile  # here: only an archive needs it, and `classify` starts faster without
+
     with tempfile.TemporaryDirectory(prefix="schoolgate-ut1-") as tmp:
         try:
             with tarfile.open(path, "r:*") as tar:
@@ -265,6 +267,9 @@ def _ut1_root(path: Path) -> Path:
 def download(url: str, dest: Path) -> None:
     """Fetch `url` to `dest`; raises SourceUnusable unless all the bytes the server
     announced arrived and they are a gzip stream (UT1 publishes .tar.gz only)."""
+    import http.client  # here: only a download needs the HTTP client, and `classify` starts faster without
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_SECONDS) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
         received = 0

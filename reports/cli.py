@@ -13,7 +13,6 @@ parser is built, so `schoolgate --help` and the other commands start at once.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import getpass
 import json
@@ -141,6 +140,8 @@ def _positive_int(text: str) -> int:
 
 
 def upgrade_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sqlalchemy.engine import make_url
 
     from schoolgate.db import upgrade
@@ -198,6 +199,8 @@ _NO_DATABASE = "no database at {}; the gateway creates it when it starts (or run
 
 def _read(args: argparse.Namespace, query: Callable[[AsyncEngine], Coroutine[Any, Any, list[AccessRecord]]]) -> list[AccessRecord] | None:
     """Run a read-only query, or say why there is nothing to read (None)."""
+    import asyncio
+
     from sqlalchemy.engine import make_url
 
     from schoolgate.db import create_engine, is_sqlite
@@ -278,6 +281,8 @@ def _write_json(records: list[AccessRecord], out: TextIO) -> None:
 
 def _with_engine(policy: Policy, work: Callable[[AsyncEngine], Coroutine[Any, Any, Any]]) -> Any:
     """Bring the schema up to date, then run `work` with an engine."""
+    import asyncio
+
     from schoolgate.db import create_engine, upgrade
 
     async def run() -> Any:

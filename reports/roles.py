@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from schoolgate.policy import Role
+from schoolgate.vocabulary import Role
 
 
 class ConsoleRole(StrEnum):

@@ -8,17 +8,15 @@ database, web or proxy library, so `--help`, `check` and `classify` start at onc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schoolgate import manage, workers
+from schoolgate import manage
 from schoolgate.categories import cli as categories_cli
 from schoolgate.categories.taxonomy import CATEGORIES, HEADINGS
 from schoolgate.commandline import add_policy_option, load_policy_or_exit
@@ -32,6 +30,8 @@ if TYPE_CHECKING:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start mitmdump with the schoolgate add-on; extra arguments go to mitmdump."""
+    from schoolgate import workers
+
     policy = load_policy_or_exit(args.policy)
     if policy.gateway.database.startswith("sqlite"):
         # 0700: the database holds personal data, the CA directory the school CA's private key.
@@ -174,6 +174,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not args.url:
         print("schoolgate: explain needs a URL, or --content FILE", file=sys.stderr)
         return 2
+    import asyncio
+
     from schoolgate.engine import Engine  # loads the category index; only this command needs it
     from schoolgate.live import read_live  # the database: exceptions and managed lists
 
@@ -240,16 +242,26 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    try:
-        return version("schoolgate")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+class _VersionAction(argparse.Action):
+    """--version, reading the installed package's metadata only when asked (it costs every other command time)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("schoolgate")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            installed = "unknown (not installed)"
+        print(f"schoolgate {installed}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="schoolgate", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"schoolgate {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", dest="cli_log_format",
                         help="this command's own log lines as text or JSON objects")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -8,7 +8,6 @@ The operator is named with --by (default: the login name) and acts as --role
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import getpass
 import json
@@ -20,22 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from schoolgate.commandline import add_policy_option, load_policy_or_exit
-from schoolgate.grants import (
-    CLASS,
-    ROOM,
-    GrantRefused,
-    GrantRequest,
-    NotFound,
-    ScopeKind,
-    chosen_scope,
-    lesson_end,
-    parse_target,
-)
-from schoolgate.policy import Action, Policy, Role
-from schoolgate.urls import parse_target as parse_url
+from schoolgate.vocabulary import Action, Role
 
+# The parser (built for every `schoolgate` command) needs only the words above: the
+# grants and policy code is imported by the commands that run it.
 if TYPE_CHECKING:
+    from schoolgate.grants import GrantRequest, ScopeKind
     from schoolgate.live import LiveStore
+    from schoolgate.policy import Policy
 
 
 class UsageError(ValueError):
@@ -59,6 +50,8 @@ def parse_when(text: str, now: datetime) -> datetime:
 
 
 def parse_scope(text: str) -> tuple[str, str]:
+    from schoolgate.grants import CLASS, ROOM, ScopeKind
+
     kind, sep, value = text.partition(":")
     if not sep or kind not in {*(k.value for k in ScopeKind), CLASS, ROOM}:
         raise UsageError(f"--for {text!r}: use group:NAME, class:NAME, room:NAME, users:a,b,c, "
@@ -68,6 +61,8 @@ def parse_scope(text: str) -> tuple[str, str]:
 
 async def _scope(policy: Policy, store: LiveStore, text: str) -> tuple[ScopeKind, str, str]:
     """(kind, scope, label) for --for: a class is its members now, a room its address ranges."""
+    from schoolgate.grants import CLASS, chosen_scope
+
     kind, value = parse_scope(text)
     return chosen_scope(policy, kind, value, await store.classes() if kind == CLASS else {})
 
@@ -83,7 +78,10 @@ def _grant_categories(policy: Policy, target: str) -> set[str]:
 
 
 def _run(args: argparse.Namespace, work: Callable[[Policy, LiveStore], Awaitable[int]]) -> int:
+    import asyncio
+
     from schoolgate.db import create_engine, upgrade
+    from schoolgate.grants import GrantRefused, NotFound
     from schoolgate.live import LiveStore
 
     policy = load_policy_or_exit(args.policy)
@@ -135,6 +133,8 @@ def cmd_list_change(args: argparse.Namespace) -> int:
 
 def _grant_request(policy: Policy, args: argparse.Namespace, target: str,
                    scope: tuple[ScopeKind, str, str]) -> GrantRequest:
+    from schoolgate.grants import GrantRequest, lesson_end
+
     now = datetime.now(UTC)
     starts_at = parse_when(args.start, now) if args.start else now
     ends_at = parse_when(args.until, now) if args.until else lesson_end(policy, starts_at)
@@ -144,6 +144,8 @@ def _grant_request(policy: Policy, args: argparse.Namespace, target: str,
 
 
 def cmd_exceptions(args: argparse.Namespace) -> int:
+    from schoolgate.grants import parse_target
+
     async def work(policy: Policy, store: LiveStore) -> int:
         if args.change == "grant":
             parse_target(args.target)  # a clear error before anything else
@@ -168,6 +170,9 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
 # --- access requests ----------------------------------------------------------------
 
 def cmd_requests(args: argparse.Namespace) -> int:
+    from schoolgate.grants import NotFound, ScopeKind
+    from schoolgate.urls import parse_target as parse_url
+
     async def work(policy: Policy, store: LiveStore) -> int:
         if args.change == "list":
             for r in await store.requests(None if args.status == "all" else args.status):
@@ -242,6 +247,8 @@ DIRECTORY_SOURCE = "directory"  # class_members.source for classes read by `clas
 
 
 def cmd_classes(args: argparse.Namespace) -> int:
+    import asyncio
+
     async def work(policy: Policy, store: LiveStore) -> int:
         if args.change in ("import", "sync"):
             if args.change == "import":

@@ -39,22 +39,9 @@ from schoolgate.categories.taxonomy import CATEGORIES, UT1_CATEGORY_URL, Severit
 from schoolgate.identities import canonical_user
 from schoolgate.schedules import Schedule, Span, parse_span, parse_term, parse_timezone
 from schoolgate.urls import InvalidHost, canonical_ip, normalise_entry
+from schoolgate.vocabulary import Action, Role
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Action(StrEnum):
-    ALLOW = "allow"
-    MONITOR = "monitor"  # allowed, but recorded as of interest
-    WARN = "warn"  # interstitial page; the pupil may proceed, and that is recorded
-    BLOCK = "block"
-
-    @property
-    def strictness(self) -> int:
-        return _STRICTNESS[self]
-
-
-_STRICTNESS = {Action.ALLOW: 0, Action.MONITOR: 1, Action.WARN: 2, Action.BLOCK: 3}
 
 
 class Decrypt(StrEnum):
@@ -62,13 +49,6 @@ class Decrypt(StrEnum):
 
     NEEDED = "needed"  # only where decrypting changes a decision or a record; the rest is decided by name
     ALL = "all"  # every connection the [tls] settings let be decrypted
-
-
-class Role(StrEnum):
-    """Who may change the live policy (exceptions, lists, requests)."""
-
-    TEACHER = "teacher"
-    IT_ADMIN = "it_admin"
 
 
 class UrlLogging(StrEnum):

@@ -18,7 +18,7 @@ from schoolgate.categories.index import (
     builtin_index,
     compile_index,
 )
-from schoolgate.categories.sources import ListKind, ListSource, open_ut1, parse_line, plain_source
+from schoolgate.categories.sources import ListKind, ListSource, MalformedLine, open_ut1, parse_line, plain_source
 from schoolgate.urls import parent_domains, parse_target
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -294,3 +294,106 @@ def test_a_much_smaller_index_does_not_replace_a_good_one(tmp_path: Path) -> Non
     compile_index([plain_source(tiny, "games")], path, show_progress=False, allow_shrink=True)
     with CategoryIndex.open(path) as index:
         assert index.entry_count == 1
+
+
+def _sections(index: CategoryIndex) -> dict[str, bytes]:
+    return {name: bytes(index._sections[name].cast("B")) for name in index._sections}
+
+
+def test_entries_repeated_across_lists_and_parts_compile_to_one_index(tmp_path: Path) -> None:
+    """The compiler keeps entries as records split by tag and hash, and drops duplicates
+    when it sorts them: lists full of repeats, in any order, give exactly the index of
+    the distinct entries (sections byte for byte), and each entry is counted once."""
+    rng = random.Random(15)
+    hosts = [".".join([f"l{rng.randrange(30)}" for _ in range(rng.randint(1, 3))] + ["test"]) for _ in range(4000)]
+    categories = ["pornography", "gambling", "malware"]
+    entries = [(rng.choice(categories), rng.choice(hosts)) for _ in range(12000)]  # repeats within and across lists
+    urls = [(rng.choice(categories), f"{rng.choice(hosts)}/p{rng.randrange(5)}") for _ in range(600)]
+
+    def write(name: str, lines: list[str]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(f"{line}\n" for line in lines))
+        return path
+
+    repeated = []
+    for n in range(12):  # each category in several lists, shuffled
+        chunk = entries[n * 1000 : (n + 1) * 1000] + entries[rng.randrange(11000) :][:300]
+        repeated += [ListSource(category, ListKind.DOMAINS, write(f"d{n}-{category}", [h for c, h in chunk if c == category]),
+                                f"d{n}-{category}") for category in categories]
+    for n, category in enumerate(categories):
+        repeated.append(ListSource(category, ListKind.URLS, write(f"u{n}", [u for c, u in urls if c == category] * 2), f"u{n}"))
+    rng.shuffle(repeated)
+    distinct = [ListSource(c, ListKind.DOMAINS, write(f"distinct-{c}", sorted({h for cc, h in entries if cc == c})), c)
+                for c in categories]
+    distinct += [ListSource(c, ListKind.URLS, write(f"distinct-u-{c}", sorted({u for cc, u in urls if cc == c})), c)
+                 for c in categories]
+    # The categories in the same order as the other compile (the order numbers them).
+    distinct.sort(key=lambda s: [r.category for r in repeated].index(s.category))
+
+    with (CategoryIndex(build_image(repeated, show_progress=False)[0]) as first,
+          CategoryIndex(build_image(distinct, show_progress=False)[0]) as second):
+        assert _sections(first) == _sections(second)
+        ignored = {"created", "sources", "sections", "size"}  # the list names differ, and so where sections start
+        assert {k: v for k, v in first.header.items() if k not in ignored} == \
+               {k: v for k, v in second.header.items() if k not in ignored}
+        expected_counts = {c: len({h for cc, h in entries if cc == c}) + len({u for cc, u in urls if cc == c})
+                           for c in categories}
+        assert first.sizes() == expected_counts
+        assert first.entry_count == len({h for _, h in entries}) + len({u for _, u in urls})
+        for host in hosts[:500]:
+            listed = {c for c, h in entries if any(p == h for p in parent_domains(host))}
+            assert {hit.category for hit in first.lookup(host, "/x")} == listed, host
+
+
+# VmHWM, not getrusage's ru_maxrss: a child spawned by a large process (pytest) inherits
+# its parent's peak in ru_maxrss, not in VmHWM.
+_COMPILE_MEMORY = """
+import sys
+from pathlib import Path
+from schoolgate.categories.index import compile_index
+from schoolgate.categories.sources import plain_source
+
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+before = kib("VmRSS")
+report = compile_index([plain_source(Path(sys.argv[1]), "pornography")], sys.argv[2], show_progress=False)
+print(report.entry_count, (kib("VmHWM") - before) * 1024)
+"""
+
+
+def test_compiling_costs_bytes_per_entry_not_python_objects(tmp_path: Path) -> None:
+    """Peak memory of a compile, in a fresh process: the compiler that kept dicts and
+    sets of Python ints grew by about 290 bytes an entry (843 MB for 2.84 M entries);
+    flat arrays of records need well under 100."""
+    domains = tmp_path / "domains.txt"
+    with domains.open("w") as f:
+        for n in range(300_000):
+            f.write(f"site{n}.host{n % 5000}.example\n")
+    child = subprocess.run([sys.executable, "-c", _COMPILE_MEMORY, str(domains), str(tmp_path / "lists.idx")],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    entries, grown = map(int, child.stdout.split())
+    assert entries == 300_000
+    assert grown / entries < 100, f"{grown / entries:.0f} bytes an entry"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["porn.example", "Porn.Example", "porn.example.", " porn.example \n", "1.2.3.4", "10.0.0.1.example", "a.0x7f",
+     "a.b.0x1F", "0x7f.1", "-lead.example", "a.-b.example", "a..example", "a_b.example", "a.b_c", "a.1com", "com",
+     "xn--bcher-kva.de", "bücher.de", "*.wild.example", ".dot.example", "porn.example/path", "porn.example:8080",
+     "user@porn.example", "a%2eexample.com", "x" * 250 + ".com", "x" * 249 + ".com", "a*b.example"],
+)
+@pytest.mark.parametrize("kind", list(ListKind))
+def test_lines_taken_as_they_are_read_as_the_general_path_reads_them(kind: ListKind, line: str) -> None:
+    """parse_line takes a canonical host line as it is; a trailing comment forces the
+    general path (tokens, normalise_entry), which must give the same entries or refusal."""
+
+    def parsed(text: str) -> list[tuple[str, str]] | str:
+        try:
+            return parse_line(kind, text)
+        except MalformedLine as e:
+            return f"malformed: {e}"
+
+    assert parsed(line) == parsed(line.strip() + " # general path")

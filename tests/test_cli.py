@@ -115,3 +115,24 @@ def test_the_parser_loads_no_database_web_or_proxy_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert json.loads(done.stdout) == [], done.stderr
+
+
+def test_classify_with_a_named_index_loads_only_the_index(tmp_path: Path) -> None:
+    """`classify --index` needs the index and the URL code: not the policy (nor the grants
+    code, asyncio, the HTTP client or package metadata the other commands use), so it starts at once."""
+    from schoolgate.categories.index import compile_index
+    from schoolgate.categories.sources import plain_source
+
+    listed = tmp_path / "games.txt"
+    listed.write_text("games.example\n")
+    compile_index([plain_source(listed, "games")], tmp_path / "lists.idx", show_progress=False)
+    (tmp_path / "urls.txt").write_text("https://www.games.example/play\n")
+    code = ("import sys, json; from schoolgate.cli import main; "
+            f"main(['classify', '--index', {str(tmp_path / 'lists.idx')!r}, {str(tmp_path / 'urls.txt')!r}]); "
+            "print(json.dumps(sorted(m for m in ('schoolgate.policy', 'schoolgate.grants', 'asyncio', 'urllib.request', "
+            "'http.client', 'tarfile', 'importlib.metadata', 'sqlalchemy', 'mitmproxy', 'ssl') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    classified, loaded = done.stdout.splitlines()
+    assert classified == "https://www.games.example/play\tgames (games.example)"
+    assert json.loads(loaded) == []

@@ -1,10 +1,14 @@
 """Host, path and list-entry normalisation: the spellings a pupil (or a malformed
 client) might use to slip past a list must all reach the same canonical form."""
 
+from urllib.parse import urlsplit
+
 import pytest
 
 from schoolgate.urls import (
+    CANONICAL_HOST,
     InvalidHost,
+    _split_url,
     canonical_query,
     disguised_ip,
     normalise_entry,
@@ -210,3 +214,35 @@ def test_a_name_with_a_leading_hyphen_is_refused_rather_than_guessed():
 def test_a_matrix_parameter_does_not_hide_a_url_entry():
     _, prefix = normalise_entry("youtube.com/watch?v=abc")
     assert path_matches_prefix(parse_target("http://youtube.com/watch;x=1?v=abc").match_path, prefix)
+
+
+@pytest.mark.parametrize("host", ["example.com", "a-b.example.co.uk", "x_y.example", "xn--bcher-kva.de", "a1.b2.io",
+                                  "x" * 249 + ".com"])
+def test_a_canonical_host_is_returned_as_it_is(host):
+    """The fast path (CANONICAL_HOST) returns these unchanged; upper case sends the same
+    host through the general path, which must reach the same form."""
+    assert CANONICAL_HOST.fullmatch(host)
+    assert normalise_host(host) == host == normalise_host(host.upper())
+
+
+@pytest.mark.parametrize("host", ["a.0x7f", "1.2.3.4", "com", "-a.example", "a..b", "a.com.", "A.com", "a.com:80",
+                                  "x" * 250 + ".com"])
+def test_hosts_the_fast_path_leaves_to_the_general_one(host):
+    assert not CANONICAL_HOST.fullmatch(host)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://a.com", "https://a.com/", "https://a.com?x=1#y", "https://a.com#f?x", "http://a.com/p?q#f",
+     "http://[::1]/x", "http://[::1/x", "http://a]b/", "http://a.com:80/", "https://u:p@a.com/p", "http://a.com/ x",
+     "http://a.com\t/p", "HTTP://A.com/", "https://", "http://?", "http://#", "http:///path", "https://a.com/ü",
+     " http://a.com/", "ftp://a.com/x", "http://a.com/p;x=1?y"],
+)
+def test_urls_split_as_urlsplit_splits_them(url):
+    def split(function):
+        try:
+            return function(url)
+        except ValueError as e:
+            return f"refused: {e}"
+
+    assert split(_split_url) == split(urlsplit)
