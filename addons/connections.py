@@ -33,6 +33,7 @@ from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import connect_refused, fail_closed, refuse, text
+from schoolgate.addons.upstream import to_upstream_proxy
 from schoolgate.decrypt import decryption
 from schoolgate.policy import Action
 from schoolgate.urls import InvalidHost, Target, target_from_parts
@@ -281,8 +282,9 @@ class Connections:
         own addresses) is not a destination: refused before any connection, and recorded.
         Otherwise the connection goes to the address checked, not to a second lookup's
         answer (DNS rebinding). Runs before add-ons that redirect connections, so it sees
-        the address asked for."""
-        if data.server.error or not data.server.address:
+        the address asked for. The upstream proxy a chained gateway goes through is no
+        destination: it is the school's own setting, and the sites behind it are decided by name."""
+        if data.server.error or not data.server.address or to_upstream_proxy(data.client, data.server):
             return
         host, port = data.server.address[:2]
         back_office = self.judge.back_office()
