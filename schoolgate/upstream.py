@@ -14,6 +14,7 @@ import base64
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+
 @dataclass(frozen=True)
 class UpstreamProxy:
     scheme: str  # "http", or "https" for a proxy that itself speaks TLS to the gateway
