@@ -14,6 +14,7 @@ from test_gateway import records
 from test_policy import MINIMAL, problems, write
 
 from schoolgate.policy import load_policy
+
 from support.chainproxy import ChainProxy
 from support.clients import httpx_client
 from support.gateway import Gateway
