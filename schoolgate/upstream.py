@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,14 @@ class UpstreamProxy:
         """As logs and `schoolgate check` show it: without the credentials."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def url_with_credentials(self) -> str:
+        """For clients that take a proxy URL (urllib's http_proxy); not for logs."""
+        if not self.credentials:
+            return str(self)
+        user, _, password = self.credentials.partition(":")
+        return str(self).replace("://", f"://{quote(user, safe='')}:{quote(password, safe='')}@", 1)
 
     @property
     def mode(self) -> str:

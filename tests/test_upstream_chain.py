@@ -6,6 +6,9 @@ client connection visiting many hosts does not stall at its sixth."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -140,3 +143,16 @@ def test_the_upstream_proxys_refusals_reach_the_pupil_as_pages_not_a_hang(gatewa
     assert "s3cret" not in with_credentials.log_text()
     rows = records(without)
     assert any(r["host"] == "site.test" and "407" in (r["rule"] or "") for r in rows)
+
+
+def test_list_downloads_go_through_the_upstream_proxy(tmp_path, proxy):
+    """A school behind the provider's proxy can reach the list publishers only through it."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(MINIMAL.replace('default_group = "pupils"', f'default_group = "pupils"\nupstream_proxy = "{proxy.url}"')
+                      + f'\n[lists]\nindex = "{tmp_path / "lists.idx"}"\nsources = ["http://lists.test/blacklists.tar.gz"]\n'
+                      + 'category_url = ""\n')
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    done = subprocess.run([sys.executable, "-m", "schoolgate", "lists", "update", "--policy", str(policy)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "lists.test" in done.stderr  # the test server's answer is no gzip archive
+    assert [(a.method, a.host) for a in proxy.asked] == [("GET", "lists.test")]
