@@ -340,6 +340,14 @@ class Passthrough(layers.TCPLayer):
         self.sent = self.received = 0
         self._done = done
 
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if (isinstance(event, events.OpenConnectionCompleted) and event.reply
+                and event.command.connection is self.context.server and not self.context.server.error):
+            # Through an upstream proxy that refused the CONNECT, the error reaches only this
+            # event, not the connection (as a failed direct connect does): kept for the record.
+            self.context.server.error = event.reply
+        yield from super().handle_event(event)
+
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from super().start(event)
         self._over()

@@ -117,7 +117,7 @@ def test_mitmdump_alone_in_upstream_mode_stalls_at_the_sixth_host(gateway_factor
 
 
 def test_the_upstream_proxys_refusals_reach_the_pupil_as_pages_not_a_hang(gateway_factory, upstream):
-    with ChainProxy(upstream, credentials="la:s3cret", refuse=frozenset({"down.test"})) as proxy:
+    with ChainProxy(upstream, credentials="la:s3cret", refuse=frozenset({"down.test", "down.pass.test"})) as proxy:
         without = chained(gateway_factory, proxy.url)
         with httpx.Client(timeout=5, trust_env=False) as client:
             refused = plain_get(client, without, "site.test")
@@ -136,11 +136,16 @@ def test_the_upstream_proxys_refusals_reach_the_pupil_as_pages_not_a_hang(gatewa
         with httpx_client(with_credentials, timeout=5) as client:
             assert client.get("https://secure.test/").status_code == 200
             assert client.get("https://down.test/").status_code == 502
+        with httpx.Client(proxy=with_credentials.proxy_url, verify=False, timeout=5, trust_env=False) as client:
+            with pytest.raises(httpx.ConnectError):  # passed through: no page to show, the tunnel is closed
+                client.get("https://down.pass.test/")
         assert {a.authorization for a in proxy.asked if a.host in ("secure.test", "down.test")} == {
             "Basic bGE6czNjcmV0"}
     without.stop()
     with_credentials.stop()
     assert "s3cret" not in with_credentials.log_text()
+    (passed,) = [r for r in records(with_credentials) if r["host"] == "down.pass.test"]
+    assert passed["method"] == "CONNECT" and "could not be reached" in passed["rule"]
     rows = records(without)
     assert any(r["host"] == "site.test" and "407" in (r["rule"] or "") for r in rows)
 
