@@ -93,6 +93,10 @@ def test_fifty_hosts_through_the_upstream_proxy_without_a_stall_and_a_blocked_on
             response = client.get(f"https://{host}/")
             assert (response.status_code, response.content) == (200, expected_body(host, "/")), host
 
+    with httpx.Client(timeout=5, trust_env=False) as client:  # asked of the gateway itself, not sent upstream
+        pac = client.get(f"{gateway.proxy_url}/proxy.pac")
+    assert pac.status_code == 200 and f"PROXY 127.0.0.1:{gateway.proxy_port}" in pac.text
+
     assert proxy.hosts("GET") == set(plain)  # absolute-form requests
     assert proxy.hosts("CONNECT") == set(decrypted) | set(passed)
     assert "blocked.test" not in proxy.hosts()
@@ -103,6 +107,17 @@ def test_fifty_hosts_through_the_upstream_proxy_without_a_stall_and_a_blocked_on
     assert {(r["method"], r["host"]) for r in rows if r["host"] in passed} == {("CONNECT", h) for h in passed}
     assert sorted((r["host"], r["verdict"]) for r in rows if r["host"] == "blocked.test") == [
         ("blocked.test", "block")] * 2
+
+
+def test_direct_sites_on_one_address_do_not_stall_a_kept_alive_connection_either(gateway_factory, upstream):
+    """Direct, sites behind one CDN address share mitmproxy's five connections per address too
+    (here the test's loopback add-on sends every site to one loopback server)."""
+    gateway = gateway_factory(POLICY.replace('upstream_proxy = "UPSTREAM"\n', ""))
+    # the gateway looks each name up first, which this machine's resolver sometimes answers after 5 s
+    with httpx.Client(timeout=15, trust_env=False, limits=httpx.Limits(max_connections=1)) as client:
+        for host in [f"site{i}.test" for i in range(8)]:
+            response = plain_get(client, gateway, host)
+            assert (response.status_code, response.content) == (200, expected_body(host, "/")), host
 
 
 def test_mitmdump_alone_in_upstream_mode_stalls_at_the_sixth_host(gateway_factory, proxy):
