@@ -35,6 +35,7 @@ from schoolgate.addons.judge import Judge
 from schoolgate.addons.policywatch import PolicyWatch
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.responses import connect_refused, fail_closed, refuse, text
+from schoolgate.addons.upstream import to_upstream_proxy
 from schoolgate.decrypt import decryption
 from schoolgate.policy import Action
 from schoolgate.urls import InvalidHost, Target, target_from_parts
@@ -341,8 +342,9 @@ class Connections:
         own addresses) is not a destination: refused before any connection, and recorded.
         Otherwise the connection goes to the address checked, not to a second lookup's
         answer (DNS rebinding). Runs before add-ons that redirect connections, so it sees
-        the address asked for."""
-        if data.server.error or not data.server.address:
+        the address asked for. The upstream proxy a chained gateway goes through is no
+        destination: it is the school's own setting, and the sites behind it are decided by name."""
+        if data.server.error or not data.server.address or to_upstream_proxy(data.client, data.server):
             return
         host, port = data.server.address[:2]
         back_office = self.judge.back_office()
@@ -400,6 +402,14 @@ class Passthrough(layers.TCPLayer):
         self._done = done
         self._still_open = still_open  # why it must end now, or None
         self._next_check = time.monotonic() + RECHECK_SECONDS
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if (isinstance(event, events.OpenConnectionCompleted) and event.reply
+                and event.command.connection is self.context.server and not self.context.server.error):
+            # Through an upstream proxy that refused the CONNECT, the error reaches only this
+            # event, not the connection (as a failed direct connect does): kept for the record.
+            self.context.server.error = event.reply
+        yield from super().handle_event(event)
 
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from super().start(event)

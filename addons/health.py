@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import RegularMode
+from mitmproxy.proxy.mode_specs import RegularMode, UpstreamMode
 
 from schoolgate import metrics, sdnotify
 from schoolgate.addons.policywatch import PolicyWatch
@@ -177,7 +177,7 @@ class Health:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.live or flow.request.path.split("?")[0] not in PAC_PATHS:
             return
-        if not isinstance(flow.client_conn.proxy_mode, RegularMode) or flow.request.method not in ("GET", "HEAD"):
+        if not isinstance(flow.client_conn.proxy_mode, (RegularMode, UpstreamMode)) or flow.request.method not in ("GET", "HEAD"):
             return
         # Asked of the gateway itself (not through it): the request came to the port it was
         # sent to. A proxied request for some site's /proxy.pac on the same port number gets

@@ -23,6 +23,7 @@ from schoolgate.addons.portal import Portal
 from schoolgate.addons.pupildirectory import PupilDirectory
 from schoolgate.addons.recorder import Recorder
 from schoolgate.addons.sessions import SharedSessions
+from schoolgate.addons.upstream import UpstreamChain
 
 policy = PolicyWatch()
 recorder = Recorder(policy)
@@ -45,5 +46,6 @@ addons = [
     SchoolGate(policy, identification, judge, recorder),  # the recorder's alert channels announce access requests
     content,  # after the request decision, before the Recorder: may block a response
     AiChatMessages(policy, judge, recorder, content),  # prompts sent to AI chat over WebSockets: decided, scored, recorded
+    UpstreamChain(policy),  # [gateway] upstream_proxy; after the request decision (and the pupil's credentials gone)
     recorder,
 ]

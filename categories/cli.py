@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +20,8 @@ from schoolgate.commandline import add_policy_option
 from schoolgate.urls import InvalidHost, parse_target
 
 if TYPE_CHECKING:
-    from schoolgate.policy import ListsSettings
+    from schoolgate.policy import ListsSettings, Policy
+    from schoolgate.upstream import UpstreamProxy
 
 UPDATE_IN_PROGRESS = 3  # exit status of `lists update` when another process holds the index's lock
 
@@ -67,21 +69,41 @@ def _add_policy(parser: argparse.ArgumentParser) -> None:
     add_policy_option(parser, "policy file, read for lists settings when it exists")
 
 
-def _policy_lists(path: Path) -> ListsSettings:
-    """The policy's [lists], or the defaults if there is no policy file."""
-    from schoolgate.policy import ListsSettings, PolicyInvalid, load_policy  # only when a policy is in play
+def _policy(path: Path) -> Policy | None:
+    """The policy, or None if there is no policy file."""
+    from schoolgate.policy import PolicyInvalid, load_policy  # only when a policy is in play
 
     if not path.is_file():
-        return ListsSettings()
+        return None
     try:
-        policy = load_policy(path)
+        return load_policy(path)
     except PolicyInvalid as e:
         raise SystemExit(f"error: {path} is not a valid policy (see `schoolgate check`): {e}") from None
-    return policy.lists
+
+
+def _policy_lists(path: Path) -> ListsSettings:
+    """The policy's [lists], or the defaults if there is no policy file."""
+    from schoolgate.policy import ListsSettings
+
+    policy = _policy(path)
+    return policy.lists if policy is not None else ListsSettings()
+
+
+def _fetch_through(upstream: UpstreamProxy) -> None:
+    """Downloads go through the upstream proxy the gateway is chained to (a school behind one
+    usually cannot reach the list publishers any other way), unless the environment names a proxy."""
+    for variable in ("http_proxy", "https_proxy"):
+        if not (os.environ.get(variable) or os.environ.get(variable.upper())):
+            os.environ[variable] = upstream.url_with_credentials
 
 
 def cmd_lists_update(args: argparse.Namespace) -> int:
-    settings = _policy_lists(args.policy)
+    from schoolgate.policy import ListsSettings
+
+    policy = _policy(args.policy)
+    settings = policy.lists if policy is not None else ListsSettings()
+    if policy is not None and policy.gateway.upstream_proxy is not None:
+        _fetch_through(policy.gateway.upstream_proxy)
     policy_index, policy_sources, policy_extras = settings.index, list(settings.sources), list(settings.extra)
     output = args.output or policy_index
     locations = args.source or policy_sources

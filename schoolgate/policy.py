@@ -38,6 +38,7 @@ from schoolgate.categories.suffixes import public_suffix_problem
 from schoolgate.categories.taxonomy import CATEGORIES, UT1_CATEGORY_URL, Severity
 from schoolgate.identities import canonical_user
 from schoolgate.schedules import Schedule, Span, parse_span, parse_term, parse_timezone
+from schoolgate.upstream import UpstreamProxy, parse_upstream_proxy
 from schoolgate.urls import InvalidHost, canonical_ip, normalise_entry
 from schoolgate.vocabulary import Action, Role
 
@@ -237,6 +238,19 @@ def _made_file(r: _Reader, value: Any, *where: str) -> Path | None:
     return r.default_path(path) if not path.is_absolute() and path.parts[:1] == ("var",) else r.relative(path)
 
 
+def _upstream_proxy(r: _Reader, value: Any, *where: str) -> UpstreamProxy | None:
+    if not isinstance(value, str):
+        r.problem(f"{'.'.join(where)} must be a proxy URL string", *where)
+        return None
+    if not value:
+        return None
+    try:
+        return parse_upstream_proxy(value)
+    except ValueError as e:
+        r.problem(f"upstream_proxy {e}", *where)  # not the value itself: it may carry a password
+        return None
+
+
 def _builtin_skip(r: _Reader, value: Any, *where: str) -> tuple[str, ...]:
     entries = []
     for text in r.strings(value, *where):
@@ -297,6 +311,8 @@ class GatewaySettings:
     # what the PAC file (/proxy.pac) sends DIRECT besides plain names and loopback: the school's own servers
     pac_direct_domains: tuple[str, ...] = setting((), parse=_domains)
     pac_direct_networks: tuple[IPNetwork, ...] = setting((), parse=_addresses_or_networks)
+    # "http://[user:password@]host:port": the provider's or local authority's proxy every allowed connection goes through
+    upstream_proxy: UpstreamProxy | None = setting(None, parse=_upstream_proxy)
 
     def problems(self) -> Findings:
         if not 0 <= self.metrics_port <= 65535:

@@ -12,7 +12,7 @@ import pytest
 
 from schoolgate.categories import cli
 from schoolgate.categories.index import CategoryIndex, builtin_index
-from schoolgate.policy import ListsSettings
+from schoolgate.policy import GatewaySettings, ListsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -75,6 +75,7 @@ def test_update_reports_a_missing_list(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_update_reads_the_policy_lists_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Policy:
+        gateway = GatewaySettings()
         lists = ListsSettings(index=tmp_path / "from-policy.idx", sources=(str(FIXTURES / "ut1"),),
                               extra=((FIXTURES / "hosts.txt", "advertising"),))
 
