@@ -119,7 +119,13 @@ def _filtered(query: Select[Any], f: IncidentFilter) -> Select[Any]:
 async def queue(engine: AsyncEngine, f: IncidentFilter, limit: int = 500) -> list[Incident]:
     """Incidents matching the filter, worst first, then the most recently seen."""
     i = incidents.c
-    query = _filtered(_joined(), f).order_by(i.severity.desc(), i.last_seen.desc(), i.id.desc()).limit(limit)
+    worst_first = (i.severity.desc(), i.last_seen.desc(), i.id.desc())
+    # The page's incidents are chosen first, then their records read: joined before the LIMIT,
+    # every matching incident's record would be read (thousands over a week, most not shown).
+    # Only the group and device filters look at the record.
+    chosen = incidents.join(access_log, access_log.c.id == i.record_id) if f.group is not None or f.device is not None else incidents
+    page = _filtered(select(i.id).select_from(chosen), f).order_by(*worst_first).limit(limit)
+    query = _joined().where(i.id.in_(page.scalar_subquery())).order_by(*worst_first)
     async with engine.connect() as conn:
         return [_incident(row) for row in (await conn.execute(query)).all()]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import bindparam, event, insert, select, text
 from test_records import make_record, metric, sqlite_url
 
 from schoolgate import db
@@ -190,6 +190,51 @@ def test_reading_the_queue_and_an_incident_never_writes(tmp_path: Path) -> None:
     finally:
         lock.execute("ROLLBACK")
         lock.close()
+
+
+def test_the_queue_chooses_its_page_from_the_incidents_before_reading_their_records(url: str) -> None:
+    """Worst first, then the most recently seen, for each filter, the page cut at `limit`; the page is
+    chosen from the incidents' index alone (joined first, every open incident's record was read
+    before the LIMIT: over a week at 10 M records, most of the queue's 200 ms)."""
+    write(url, *[flagged(n * 60, user=f"pupil{n}", severity=2 + n % 3, group=("primary", "secondary")[n % 2],
+                         client_ip=f"10.0.0.{n % 3}") for n in range(9)])
+    severity = {f"pupil{n}": 2 + n % 3 for n in range(9)}
+
+    def expected(names: list[str]) -> list[str]:  # seen an hour apart, in order: the later, the more recent
+        return sorted(names, key=lambda name: (severity[name], int(name[5:])), reverse=True)[:3]
+
+    async def scenario() -> tuple[dict[str, list[str]], list[str]]:
+        engine = db.create_engine(url)
+        statements: list[tuple[str, object]] = []
+        try:
+            for name in ("pupil4", "pupil7"):
+                [item] = await triage.queue(engine, IncidentFilter(user=name))
+                await triage.update_incident(engine, item.id, actor="dsl", role="dsl", status=Status.CLOSED, note="")
+            filters = {"open": IncidentFilter(statuses=triage.OPEN), "closed": IncidentFilter(statuses=(Status.CLOSED,)),
+                       "all": IncidentFilter(), "group": IncidentFilter(group="primary", statuses=triage.OPEN),
+                       "device": IncidentFilter(device="10.0.0.1", statuses=triage.OPEN)}
+            found = {name: [i.subject for i in await triage.queue(engine, wanted, limit=3)]
+                     for name, wanted in filters.items()}
+            if engine.dialect.name != "sqlite":
+                return found, []
+            event.listen(engine.sync_engine, "before_cursor_execute",
+                         lambda conn, cursor, sql, params, *rest: statements.append((sql, params)))
+            await triage.queue(engine, filters["open"])
+            [(sql, params)] = statements
+            async with engine.connect() as conn:
+                plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+            return found, plan
+        finally:
+            await engine.dispose()
+
+    found, plan = asyncio.run(scenario())
+    if plan:  # SQLite: the page from the index alone, then the records of the page
+        assert "SEARCH incidents USING COVERING INDEX ix_incidents_status_severity_last_seen (status=?)" in plan, plan
+    everyone = [f"pupil{n}" for n in range(9)]
+    open_ones = [name for name in everyone if name not in ("pupil4", "pupil7")]
+    assert found == {"open": expected(open_ones), "closed": expected(["pupil4", "pupil7"]), "all": expected(everyone),
+                     "group": expected([f"pupil{n}" for n in (0, 2, 6, 8)]),
+                     "device": expected([f"pupil{n}" for n in (1,)])}
 
 
 def test_the_migration_backfills_old_flagged_records_into_episodes(url: str) -> None:
