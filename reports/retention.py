@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select
+from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
@@ -55,7 +55,7 @@ PURGE_EVERY = timedelta(days=1)
 # writer waits at most about that long). The cost of a batch is mostly the index pages it
 # touches and its commit, which grow far slower than its rows, so batches are as big as
 # this allows: from FIRST_BATCH_ROWS, sized by how long the one before took.
-BATCH_SECONDS = 0.15
+BATCH_SECONDS = 0.2
 FIRST_BATCH_ROWS = 2000
 # A batch's dirty pages all go through the WAL before a checkpoint can copy them back.
 MAX_BATCH_ROWS = 50_000
@@ -146,14 +146,19 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
 @dataclass(slots=True)
 class BatchSizes:
     """The purge's next batch size: towards what takes `seconds`, from how long the last took,
-    at most doubling or halving at a time (one slow batch on a busy disk is not the rule)."""
+    at most doubling or halving at a time (one slow batch on a busy disk is not the rule), and
+    never below the first size (a batch's fixed costs would then make every batch slower)."""
 
     rows: int
     seconds: float
+    least: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.least = self.rows
 
     def took(self, seconds: float) -> None:
         wanted = int(self.rows * self.seconds / max(seconds, 1e-6))
-        self.rows = max(1, self.rows // 2, min(wanted, self.rows * 2, MAX_BATCH_ROWS))
+        self.rows = max(self.least, self.rows // 2, min(wanted, self.rows * 2, MAX_BATCH_ROWS))
 
 
 async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnElement[bool], batches: BatchSizes, *,
@@ -172,12 +177,12 @@ async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnEl
         async with engine.begin() as conn:
             if engine.dialect.name == "sqlite":
                 await conn.exec_driver_sql(f"PRAGMA cache_size = -{BATCH_CACHE_KIB}")
-            remaining = c.ts < before if after is None else and_(
-                c.ts < before, c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
-            last = (await conn.execute(select(c.ts, c.id).where(remaining).order_by(c.ts, c.id)
+            since_last = true() if after is None else and_(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
+            last = (await conn.execute(select(c.ts, c.id).where(c.ts < before, since_last).order_by(c.ts, c.id)
                                        .offset(batches.rows - 1).limit(1))).first()
-            batch = and_(which, remaining if last is None else and_(remaining, c.ts <= last.ts,
-                                                                    or_(c.ts < last.ts, c.id <= last.id)))
+            # One upper bound on ts only: given two, SQLite may walk the index to the farther one.
+            batch = and_(which, since_last, c.ts < before if last is None else and_(
+                c.ts <= last.ts, or_(c.ts < last.ts, c.id <= last.id)))
             if with_incidents:
                 their_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(select(c.id).where(batch)))
                 deleted[2] += await _rowcount(conn, delete(incident_notes).where(
@@ -189,7 +194,8 @@ async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnEl
                 deleted[1] += await _rowcount(conn, delete(incidents).where(
                     incidents.c.record_id.in_(select(c.id).where(batch))))
             deleted[0] += await _rowcount(conn, delete(access_log).where(batch))
-        took = time.monotonic() - started
+            # Timed before the commit, whose checkpoint (every 1000 WAL pages) the writer does not wait for.
+            took = time.monotonic() - started
         if last is None:  # that was the rest
             break
         after = (last.ts, last.id)

@@ -337,6 +337,10 @@ incidents = Table(
     Column("first_seen", UtcDateTime(), nullable=False),
     Column("last_seen", UtcDateTime(), nullable=False),
     Column("attempts", Integer(), nullable=False),
+    # The shown record's group and address, so the queue filters on them without reading
+    # a record per incident (0008_queries; kept by schoolgate.records.copy_shown_record).
+    Column("group_name", String()),
+    Column("client_ip", String()),
     # The queue of one status (or the open ones) worst first, from the index alone (0008_queries).
     Index("ix_incidents_status_severity_last_seen", "status", "severity", "last_seen"),
     Index("ix_incidents_severity_last_seen", "severity", "last_seen"),  # the queue, worst first

@@ -849,6 +849,17 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
             {name: bindparam(name) for name in facts(extended[0])}), [{"incident": e.id, **facts(e)} for e in extended])
     connection.execute(insert(incident_records), [
         dict(incident_id=e.id, record_id=record_id) for e in episodes for record_id in e.added])
+    copy_shown_record(connection, [e.id for e in episodes if e.id is not None])
+
+
+def copy_shown_record(connection: Connection, incident_ids: list[int] | None) -> None:
+    """Copy each incident's (None: every incident's) shown record's group and address onto it,
+    for the queue's filters."""
+    c, i = access_log.c, incidents.c
+    chosen = update(incidents) if incident_ids is None else update(incidents).where(i.id.in_(incident_ids))
+    connection.execute(chosen.values(
+        group_name=select(c.group_name).where(c.id == i.record_id).scalar_subquery(),
+        client_ip=select(c.client_ip).where(c.id == i.record_id).scalar_subquery()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,19 +119,23 @@ def test_a_batch_of_flagged_records_makes_episodes_as_it_is_written(url: str, tm
         ("user", "alice", "self-harm", 3, 1, 1, 70 * M, 70 * M, "new"),
     ]
     # A later batch extends the open episode it belongs to, and the worst attempt is the one shown.
-    write(url, flagged(80, severity=5), spool=tmp_path / "journal.jsonl")
+    write(url, flagged(80, severity=5, client_ip="10.7.7.7", group="sixth-form"), spool=tmp_path / "journal.jsonl")
     assert incident_rows(url)[2] == ("user", "alice", "self-harm", 5, 2, 2, 70 * M, 80 * M, "new")
 
-    async def shown() -> tuple[triage.Incident, list[int]]:
+    async def shown() -> tuple[triage.Incident, list[int], list[list[int]]]:
         engine = db.create_engine(url)
         try:
             item = await triage.get(engine, 3)
-            return item, [record.flag_severity for _, record in await triage.attempts(engine, 3)]
+            # The queue's group and device are the shown record's, which the worse attempt changed.
+            found = [[i.id for i in await triage.queue(engine, wanted)] for wanted in (
+                IncidentFilter(device="10.7.7.7"), IncidentFilter(group="sixth-form"), IncidentFilter(group="pupils"))]
+            return item, [record.flag_severity for _, record in await triage.attempts(engine, 3)], found
         finally:
             await engine.dispose()
 
-    item, severities = asyncio.run(shown())
+    item, severities, found = asyncio.run(shown())
     assert item.record.flag_severity == 5 and item.record_id != 0 and severities == [3, 5]
+    assert found == [[3], [3], [1, 2]]
 
 
 def test_an_attempt_after_closing_starts_a_new_episode(url: str, tmp_path: Path) -> None:
@@ -203,7 +207,7 @@ def test_the_queue_chooses_its_page_from_the_incidents_before_reading_their_reco
     def expected(names: list[str]) -> list[str]:  # seen an hour apart, in order: the later, the more recent
         return sorted(names, key=lambda name: (severity[name], int(name[5:])), reverse=True)[:3]
 
-    async def scenario() -> tuple[dict[str, list[str]], list[str]]:
+    async def scenario() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         engine = db.create_engine(url)
         statements: list[tuple[str, object]] = []
         try:
@@ -216,20 +220,23 @@ def test_the_queue_chooses_its_page_from_the_incidents_before_reading_their_reco
             found = {name: [i.subject for i in await triage.queue(engine, wanted, limit=3)]
                      for name, wanted in filters.items()}
             if engine.dialect.name != "sqlite":
-                return found, []
+                return found, {}
             event.listen(engine.sync_engine, "before_cursor_execute",
                          lambda conn, cursor, sql, params, *rest: statements.append((sql, params)))
-            await triage.queue(engine, filters["open"])
-            [(sql, params)] = statements
+            for name in ("open", "group", "device"):
+                await triage.queue(engine, filters[name])
             async with engine.connect() as conn:
-                plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
-            return found, plan
+                plans = {name: [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+                         for name, (sql, params) in zip(("open", "group", "device"),
+                                                        [s for s in statements if s[0].startswith("SELECT")], strict=True)}
+            return found, plans
         finally:
             await engine.dispose()
 
-    found, plan = asyncio.run(scenario())
-    if plan:  # SQLite: the page from the index alone, then the records of the page
-        assert "SEARCH incidents USING COVERING INDEX ix_incidents_status_severity_last_seen (status=?)" in plan, plan
+    found, plans = asyncio.run(scenario())
+    if plans:  # SQLite: the page from the incidents alone, then the records of the page
+        assert "SEARCH incidents USING COVERING INDEX ix_incidents_status_severity_last_seen (status=?)" in plans["open"]
+        assert all(sum("access_log" in line for line in plan) == 1 for plan in plans.values()), plans
     everyone = [f"pupil{n}" for n in range(9)]
     open_ones = [name for name in everyone if name not in ("pupil4", "pupil7")]
     assert found == {"open": expected(open_ones), "closed": expected(["pupil4", "pupil7"]), "all": expected(everyone),

@@ -1,5 +1,7 @@
-"""Indexes for the DSL's queue and the retention purge at ten million records.
+"""The DSL's queue and the retention purge at ten million records.
 
+- incidents carry their shown record's group and address (copied by the record writer as
+  it makes or extends them), so the queue's group and device filters read no records;
 - incidents (status, severity, last_seen) replaces (status), which it starts with: the
   queue of one status, or of the open ones, worst first, from the index alone;
 - access_log (flag_severity, ts) goes: the flagged records by time are read through the
@@ -28,6 +30,10 @@ _HAS_REF = sa.text("ref IS NOT NULL")
 
 
 def upgrade() -> None:
+    op.add_column("incidents", sa.Column("group_name", sa.String()))
+    op.add_column("incidents", sa.Column("client_ip", sa.String()))
+    op.execute("UPDATE incidents SET group_name = (SELECT group_name FROM access_log WHERE access_log.id = record_id), "
+               "client_ip = (SELECT client_ip FROM access_log WHERE access_log.id = record_id)")
     op.create_index("ix_incidents_status_severity_last_seen", "incidents", ["status", "severity", "last_seen"])
     op.drop_index("ix_incidents_status", table_name="incidents")
     op.drop_index("ix_access_log_flag_severity_ts", table_name="access_log")
@@ -41,3 +47,6 @@ def downgrade() -> None:
     op.create_index("ix_access_log_flag_severity_ts", "access_log", ["flag_severity", "ts"])
     op.create_index("ix_incidents_status", "incidents", ["status"])
     op.drop_index("ix_incidents_status_severity_last_seen", table_name="incidents")
+    with op.batch_alter_table("incidents") as batch:
+        batch.drop_column("client_ip")
+        batch.drop_column("group_name")
