@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 from schoolgate.db import create_engine, is_sqlite, upgrade
 from schoolgate.migrations import versions
-from schoolgate.records import _INSERT_COLUMNS, AccessRecord, _row_values, new_reference
+from schoolgate.records import _INSERT_COLUMNS, AccessRecord, _row_values, copy_shown_record, new_reference
 
 TOP_SITES = Path("/work/shared/data/top-sites/tranco_top100k.txt")
 UT1 = Path("/work/shared/data/ut1")
@@ -222,6 +222,7 @@ async def open_incidents(url: str, now: datetime) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_migration("0007_queue")._backfill)
+            await conn.run_sync(copy_shown_record, None)
             cutoff = (now - timedelta(days=7)).astimezone(UTC)
             ts = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f") if is_sqlite(url) else cutoff
             await conn.exec_driver_sql(

@@ -95,7 +95,7 @@ def _incident(row: Any) -> Incident:
 
 
 def _filtered(query: Select[Any], f: IncidentFilter) -> Select[Any]:
-    c, i = access_log.c, incidents.c
+    i = incidents.c
     if f.start is not None:  # episodes that overlap the period
         query = query.where(i.last_seen >= f.start)
     if f.end is not None:
@@ -105,12 +105,12 @@ def _filtered(query: Select[Any], f: IncidentFilter) -> Select[Any]:
     if f.flag is not None:
         query = query.where(i.flag == f.flag)
     if f.group is not None:
-        query = query.where(c.group_name == f.group)
+        query = query.where(i.group_name == f.group)
     if f.user is not None:
         query = query.where(i.subject_kind == SubjectKind.USER.value, i.subject == f.user)
     if f.device is not None:
         query = query.where(or_(and_(i.subject_kind == SubjectKind.DEVICE.value, i.subject == f.device),
-                                c.client_ip == f.device))
+                                i.client_ip == f.device))
     if f.statuses:
         query = query.where(incidents.c.status.in_([s.value for s in f.statuses]))
     return query
@@ -119,7 +119,11 @@ def _filtered(query: Select[Any], f: IncidentFilter) -> Select[Any]:
 async def queue(engine: AsyncEngine, f: IncidentFilter, limit: int = 500) -> list[Incident]:
     """Incidents matching the filter, worst first, then the most recently seen."""
     i = incidents.c
-    query = _filtered(_joined(), f).order_by(i.severity.desc(), i.last_seen.desc(), i.id.desc()).limit(limit)
+    worst_first = (i.severity.desc(), i.last_seen.desc(), i.id.desc())
+    # The page's incidents are chosen first, then their records read: joined before the LIMIT,
+    # every matching incident's record would be read (thousands over a week, most not shown).
+    page = _filtered(select(i.id), f).order_by(*worst_first).limit(limit)
+    query = _joined().where(i.id.in_(page.scalar_subquery())).order_by(*worst_first)
     async with engine.connect() as conn:
         return [_incident(row) for row in (await conn.execute(query)).all()]
 

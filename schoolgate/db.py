@@ -137,10 +137,11 @@ access_log = Table(
     # Not unique: references are 40 random bits shown on the block page, so a
     # school with a million blocks will see a repeat; a unique index would turn
     # that into a record the writer can never store. Lookups list every match.
-    Index("ix_access_log_ref", "ref"),
+    # Only the records that have one (blocks and warnings, a few %): the others cost
+    # the writer and the purge nothing here (0008_queries).
+    Index("ix_access_log_ref", "ref", sqlite_where=text("ref IS NOT NULL"), postgresql_where=text("ref IS NOT NULL")),
     Index("ix_access_log_verdict_ts", "verdict", "ts"),
     Index("ix_access_log_instance_seq", "instance", "seq"),
-    Index("ix_access_log_flag_severity_ts", "flag_severity", "ts"),
     # The flagged records alone (about 1 %), by time: reports read them without scanning the table (0007_volume).
     Index("ix_access_log_flagged_ts", "ts", sqlite_where=text("flag_severity IS NOT NULL"),
           postgresql_where=text("flag_severity IS NOT NULL")),
@@ -336,7 +337,12 @@ incidents = Table(
     Column("first_seen", UtcDateTime(), nullable=False),
     Column("last_seen", UtcDateTime(), nullable=False),
     Column("attempts", Integer(), nullable=False),
-    Index("ix_incidents_status", "status"),
+    # The shown record's group and address, so the queue filters on them without reading
+    # a record per incident (0008_queries; kept by schoolgate.records.copy_shown_record).
+    Column("group_name", String()),
+    Column("client_ip", String()),
+    # The queue of one status (or the open ones) worst first, from the index alone (0008_queries).
+    Index("ix_incidents_status_severity_last_seen", "status", "severity", "last_seen"),
     Index("ix_incidents_severity_last_seen", "severity", "last_seen"),  # the queue, worst first
     Index("ix_incidents_subject_flag_last_seen", "subject", "flag", "last_seen"),  # the open episode to extend
 )

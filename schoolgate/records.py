@@ -40,7 +40,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -52,7 +52,6 @@ from schoolgate.accessrecord import AccessRecord, record_from_json
 from schoolgate.accessrecord import record_as_json as record_as_json
 from schoolgate.accessrecord import record_from_row as record_from_row
 from schoolgate.db import (
-    UtcDateTime,
     access_log,
     create_engine,
     dispose_within,
@@ -853,6 +852,17 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
             {name: bindparam(name) for name in facts(extended[0])}), [{"incident": e.id, **facts(e)} for e in extended])
     connection.execute(insert(incident_records), [
         dict(incident_id=e.id, record_id=record_id) for e in episodes for record_id in e.added])
+    copy_shown_record(connection, [e.id for e in episodes if e.id is not None])
+
+
+def copy_shown_record(connection: Connection, incident_ids: list[int] | None) -> None:
+    """Copy each incident's (None: every incident's) shown record's group and address onto it,
+    for the queue's filters."""
+    c, i = access_log.c, incidents.c
+    chosen = update(incidents) if incident_ids is None else update(incidents).where(i.id.in_(incident_ids))
+    connection.execute(chosen.values(
+        group_name=select(c.group_name).where(c.id == i.record_id).scalar_subquery(),
+        client_ip=select(c.client_ip).where(c.id == i.record_id).scalar_subquery()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -867,22 +877,62 @@ class SeqGap:
 
 
 async def seq_gaps(connection: AsyncConnection, since: datetime, instances: set[str] | None = None) -> list[SeqGap]:
-    """Gaps in `seq` among records since `since`, oldest first: one GROUP BY over the time index,
-    then, for an instance with records missing, where they are."""
+    """Gaps in `seq` among each gateway's records since `since`, oldest first.
+
+    A gateway numbers its records as it makes them, so its records since a time are a range
+    of its seq: found by bisecting seq (a few index lookups), then counted and, when some are
+    missing, walked from the (instance, seq) index alone, not read from the table (a second
+    for three days at 10 M records)."""
     c = access_log.c
-    totals = select(c.instance, func.min(c.seq), func.max(c.seq), func.count()).where(c.ts >= since)
-    if instances is not None:
-        totals = totals.where(c.instance.in_(instances))
-    gappy = [instance for instance, low, high, count in await connection.execute(totals.group_by(c.instance))
-             if high - low + 1 > count]
     gaps: list[SeqGap] = []
-    for instance in gappy:
-        steps = select(c.seq, c.ts, func.lag(c.seq).over(order_by=c.seq).label("prev_seq"),
-                       func.lag(c.ts, type_=UtcDateTime()).over(order_by=c.seq).label("prev_ts"),
-                       ).where(c.instance == instance, c.ts >= since).subquery()
-        rows = await connection.execute(select(steps).where(steps.c.seq - steps.c.prev_seq > 1))
-        gaps.extend(SeqGap(instance, row.seq - row.prev_seq - 1, row.prev_seq, row.prev_ts, row.ts) for row in rows)
+    for instance in sorted(instances if instances is not None else await _instances(connection)):
+        first = await _first_seq_since(connection, instance, since)
+        if first is None:
+            continue
+        in_range = and_(c.instance == instance, c.seq >= first)
+        low, high, count = (await connection.execute(
+            select(func.min(c.seq), func.max(c.seq), func.count()).where(in_range))).one()
+        if high - low + 1 <= count:
+            continue
+        steps = select(c.seq, func.lag(c.seq).over(order_by=c.seq).label("prev_seq")).where(in_range).subquery()
+        for seq, prev_seq in (await connection.execute(select(steps).where(steps.c.seq - steps.c.prev_seq > 1))).all():
+            after, before = [(await connection.execute(select(c.ts).where(c.instance == instance, c.seq == s)
+                                                       .limit(1))).scalar_one() for s in (prev_seq, seq)]
+            gaps.append(SeqGap(instance, seq - prev_seq - 1, prev_seq, after, before))
     return sorted(gaps, key=lambda gap: gap.after)
+
+
+async def _instances(connection: AsyncConnection) -> list[str]:
+    """Every gateway that has written records: one lookup in the (instance, seq) index each."""
+    c = access_log.c
+    names: list[str] = []
+    name = (await connection.execute(select(func.min(c.instance)))).scalar()
+    while name is not None:
+        names.append(name)
+        name = (await connection.execute(select(func.min(c.instance)).where(c.instance > name))).scalar()
+    return names
+
+
+async def _first_seq_since(connection: AsyncConnection, instance: str, since: datetime) -> int | None:
+    """The first seq of `instance` recorded at or after `since` (None: none since), bisecting
+    seq: a record's time grows with its seq."""
+    c = access_log.c
+
+    async def from_seq(seq: int) -> Any:  # the first record stored at `seq` or after
+        return (await connection.execute(select(c.seq, c.ts).where(c.instance == instance, c.seq >= seq)
+                                         .order_by(c.seq).limit(1))).one()
+
+    newest = (await connection.execute(select(func.max(c.seq)).where(c.instance == instance))).scalar()
+    if newest is None or (await from_seq(newest)).ts < since:
+        return None
+    low, high = (await connection.execute(select(func.min(c.seq)).where(c.instance == instance))).scalar_one(), newest
+    while low < high:  # the answer is from_seq(m) for the smallest m in [low, high] recorded since
+        middle = (low + high) // 2
+        if (await from_seq(middle)).ts >= since:
+            high = middle
+        else:
+            low = middle + 1
+    return int((await from_seq(low)).seq)
 
 
 _SQLITE_INSERT = f"INSERT INTO access_log ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import bindparam, event, insert, select, text
 from test_records import make_record, metric, sqlite_url
 
 from schoolgate import db
@@ -119,19 +119,23 @@ def test_a_batch_of_flagged_records_makes_episodes_as_it_is_written(url: str, tm
         ("user", "alice", "self-harm", 3, 1, 1, 70 * M, 70 * M, "new"),
     ]
     # A later batch extends the open episode it belongs to, and the worst attempt is the one shown.
-    write(url, flagged(80, severity=5), spool=tmp_path / "journal.jsonl")
+    write(url, flagged(80, severity=5, client_ip="10.7.7.7", group="sixth-form"), spool=tmp_path / "journal.jsonl")
     assert incident_rows(url)[2] == ("user", "alice", "self-harm", 5, 2, 2, 70 * M, 80 * M, "new")
 
-    async def shown() -> tuple[triage.Incident, list[int]]:
+    async def shown() -> tuple[triage.Incident, list[int], list[list[int]]]:
         engine = db.create_engine(url)
         try:
             item = await triage.get(engine, 3)
-            return item, [record.flag_severity for _, record in await triage.attempts(engine, 3)]
+            # The queue's group and device are the shown record's, which the worse attempt changed.
+            found = [[i.id for i in await triage.queue(engine, wanted)] for wanted in (
+                IncidentFilter(device="10.7.7.7"), IncidentFilter(group="sixth-form"), IncidentFilter(group="pupils"))]
+            return item, [record.flag_severity for _, record in await triage.attempts(engine, 3)], found
         finally:
             await engine.dispose()
 
-    item, severities = asyncio.run(shown())
+    item, severities, found = asyncio.run(shown())
     assert item.record.flag_severity == 5 and item.record_id != 0 and severities == [3, 5]
+    assert found == [[3], [3], [1, 2]]
 
 
 def test_an_attempt_after_closing_starts_a_new_episode(url: str, tmp_path: Path) -> None:
@@ -190,6 +194,54 @@ def test_reading_the_queue_and_an_incident_never_writes(tmp_path: Path) -> None:
     finally:
         lock.execute("ROLLBACK")
         lock.close()
+
+
+def test_the_queue_chooses_its_page_from_the_incidents_before_reading_their_records(url: str) -> None:
+    """Worst first, then the most recently seen, for each filter, the page cut at `limit`; the page is
+    chosen from the incidents' index alone (joined first, every open incident's record was read
+    before the LIMIT: over a week at 10 M records, most of the queue's 200 ms)."""
+    write(url, *[flagged(n * 60, user=f"pupil{n}", severity=2 + n % 3, group=("primary", "secondary")[n % 2],
+                         client_ip=f"10.0.0.{n % 3}") for n in range(9)])
+    severity = {f"pupil{n}": 2 + n % 3 for n in range(9)}
+
+    def expected(names: list[str]) -> list[str]:  # seen an hour apart, in order: the later, the more recent
+        return sorted(names, key=lambda name: (severity[name], int(name[5:])), reverse=True)[:3]
+
+    async def scenario() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        engine = db.create_engine(url)
+        statements: list[tuple[str, object]] = []
+        try:
+            for name in ("pupil4", "pupil7"):
+                [item] = await triage.queue(engine, IncidentFilter(user=name))
+                await triage.update_incident(engine, item.id, actor="dsl", role="dsl", status=Status.CLOSED, note="")
+            filters = {"open": IncidentFilter(statuses=triage.OPEN), "closed": IncidentFilter(statuses=(Status.CLOSED,)),
+                       "all": IncidentFilter(), "group": IncidentFilter(group="primary", statuses=triage.OPEN),
+                       "device": IncidentFilter(device="10.0.0.1", statuses=triage.OPEN)}
+            found = {name: [i.subject for i in await triage.queue(engine, wanted, limit=3)]
+                     for name, wanted in filters.items()}
+            if engine.dialect.name != "sqlite":
+                return found, {}
+            event.listen(engine.sync_engine, "before_cursor_execute",
+                         lambda conn, cursor, sql, params, *rest: statements.append((sql, params)))
+            for name in ("open", "group", "device"):
+                await triage.queue(engine, filters[name])
+            async with engine.connect() as conn:
+                plans = {name: [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+                         for name, (sql, params) in zip(("open", "group", "device"),
+                                                        [s for s in statements if s[0].startswith("SELECT")], strict=True)}
+            return found, plans
+        finally:
+            await engine.dispose()
+
+    found, plans = asyncio.run(scenario())
+    if plans:  # SQLite: the page from the incidents alone, then the records of the page
+        assert "SEARCH incidents USING COVERING INDEX ix_incidents_status_severity_last_seen (status=?)" in plans["open"]
+        assert all(sum("access_log" in line for line in plan) == 1 for plan in plans.values()), plans
+    everyone = [f"pupil{n}" for n in range(9)]
+    open_ones = [name for name in everyone if name not in ("pupil4", "pupil7")]
+    assert found == {"open": expected(open_ones), "closed": expected(["pupil4", "pupil7"]), "all": expected(everyone),
+                     "group": expected([f"pupil{n}" for n in (0, 2, 6, 8)]),
+                     "device": expected([f"pupil{n}" for n in (1,)])}
 
 
 def test_the_migration_backfills_old_flagged_records_into_episodes(url: str) -> None:
@@ -253,6 +305,38 @@ def test_gaps_are_found_per_gateway_and_the_metric_counts_only_its_own(url: str,
     write(url, make_record(ts=now, instance="gw-own", seq=9), spool=tmp_path / "own.jsonl", instance="gw-own")
     write(url, spool=tmp_path / "own.jsonl", instance="gw-own")  # the next start counts again
     assert metric("schoolgate_record_seq_missing") == 5
+
+
+def test_gaps_are_counted_from_the_instance_seq_index_not_by_reading_the_period_s_records(tmp_path: Path) -> None:
+    """The period is bisected in seq, then counted in (instance, seq): the time index would read
+    every record of the period from the table (a second for three days at 10 M records)."""
+    url = sqlite_url(tmp_path / "log.db")
+    now = datetime.now(UTC)
+    old = [make_record(ts=now - timedelta(days=10), instance="gw-retired", seq=n) for n in (1, 3)]
+    write(url, *old, *[make_record(ts=now - timedelta(hours=50 - n), instance="gw-hall", seq=n)
+                       for n in (*range(1, 40), *range(45, 50))], spool=tmp_path / "spool.jsonl")
+    statements: list[tuple[str, object]] = []
+
+    async def scenario() -> tuple[list, list[str]]:
+        engine = db.create_engine(url)
+        try:
+            def remember(conn: object, cursor: object, sql: str, params: object, *rest: object) -> None:
+                statements.append((sql, params))
+
+            event.listen(engine.sync_engine, "before_cursor_execute", remember)
+            async with engine.connect() as conn:
+                found = await seq_gaps(conn, now - timedelta(hours=24))
+                event.remove(engine.sync_engine, "before_cursor_execute", remember)
+                plans = [row[-1] for sql, params in statements
+                         for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+            return found, plans
+        finally:
+            await engine.dispose()
+
+    [gap], plans = asyncio.run(scenario())
+    assert (gap.instance, gap.missing, gap.after_seq) == ("gw-hall", 5, 39)  # gw-retired's gap is older
+    assert (gap.after, gap.before) == (now - timedelta(hours=11), now - timedelta(hours=5))
+    assert not [p for p in plans if "ix_access_log_ts" in p or p.startswith("SCAN access_log")], plans
 
 
 def test_the_console_asks_for_lost_records_at_most_once_a_minute(url: str, tmp_path: Path) -> None:
