@@ -162,14 +162,14 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
 
 
-def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
+def test_close_writes_every_submitted_record_in_batches_as_big_as_allowed(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     written_before = metric("schoolgate_records_written_total")
     batches_before = metric("schoolgate_record_write_seconds_count")
 
     async def scenario() -> None:
         # A long interval: only full batches and close() may trigger writes.
-        writer = RecordWriter(sqlite_url(path), batch_size=500, flush_interval=60)
+        writer = RecordWriter(sqlite_url(path), batch_size=500, max_batch_size=2000, flush_interval=60)
         await writer.start()
         for _ in range(5000):
             writer.submit(make_record())
@@ -183,7 +183,8 @@ def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
 
     assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5001)]
     assert metric("schoolgate_records_written_total") - written_before == 5000
-    assert metric("schoolgate_record_write_seconds_count") - batches_before == 10  # one transaction per 500
+    # Everything waiting goes in one transaction, up to the cap: 2000 + 2000 + 1000.
+    assert metric("schoolgate_record_write_seconds_count") - batches_before == 3
     assert not default_spool_path(sqlite_url(path)).exists()
 
 
@@ -380,6 +381,26 @@ def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_
     rejected = tmp_path / "spool.rejected.jsonl"
     assert [json.loads(line)["status"] for line in rejected.read_text().splitlines()] == [2]
     assert metric("schoolgate_records_set_aside_total") - set_aside_before == 1  # counted, for the alert rule
+
+
+def test_one_rejected_record_in_a_big_batch_costs_a_few_transactions_not_one_per_record(tmp_path: Path) -> None:
+    # Halving the refused batch finds the bad record in about 2 log2(n) transactions; one by one,
+    # a batch of thousands would take longer than the write deadline on a busy machine.
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    transactions_before = metric("schoolgate_record_write_seconds_count")
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool, flush_interval=60)
+        await writer.start()
+        for n in range(1, 2001):
+            writer.submit(make_record(status=n, group=None if n == 1234 else "pupils"))
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert stored_rows(path, "status") == [(n,) for n in range(1, 2001) if n != 1234]
+    assert [json.loads(line)["status"] for line in (tmp_path / "spool.rejected.jsonl").read_text().splitlines()] == [1234]
+    assert metric("schoolgate_record_write_seconds_count") - transactions_before <= 12  # log2(2000) = 11
 
 
 def test_a_failure_making_incidents_keeps_the_flagged_record_aside_counted_and_stores_the_rest(
