@@ -21,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate import db
 from schoolgate import records as records_module
@@ -218,6 +219,19 @@ def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     asyncio.run(scenario())
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_the_writers_connections_get_a_bigger_page_cache_and_a_short_lock_wait(tmp_path: Path) -> None:
+    async def pragmas(engine: AsyncEngine) -> tuple[int, int]:
+        async with engine.connect() as connection:
+            cache = (await connection.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+            busy = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar_one()
+        await engine.dispose()
+        return cache, busy
+
+    url = sqlite_url(tmp_path / "log.db")
+    assert asyncio.run(pragmas(db.create_engine(url, statement_timeout=10))) == (-db.WRITER_CACHE_KIB, db.WRITER_BUSY_TIMEOUT_MS)
+    assert asyncio.run(pragmas(db.create_engine(url))) == (-2000, db.BUSY_TIMEOUT_MS)  # SQLite's default cache
 
 
 def test_records_are_written_by_the_timer_without_close(tmp_path: Path) -> None:
