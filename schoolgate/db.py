@@ -451,7 +451,8 @@ def create_engine(database_url: str, *, statement_timeout: float | None = None) 
 
     With `statement_timeout` (the record writer's deadline), PostgreSQL statements
     time out after it and SQLite waits at most WRITER_BUSY_TIMEOUT_MS for a lock, so
-    no call outlives the writer's deadline (and gets a page cache of WRITER_CACHE_KIB).
+    no call outlives the writer's deadline (and gets a page cache of WRITER_CACHE_KIB and
+    synchronous=FULL).
     PostgreSQL connections time out after CONNECT_TIMEOUT_SECONDS."""
     connect_args: dict[str, Any] = {}
     if make_url(database_url).get_backend_name() == "postgresql":
@@ -498,6 +499,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, writer: bool = False
     cursor.execute("PRAGMA synchronous = NORMAL")
     if writer:
         cursor.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        # The writer empties its journal once a commit returns, so the commit must outlive a power cut
+        # too (NORMAL syncs the WAL only at checkpoints). One fsync per transaction of up to thousands
+        # of records: no difference measured in CPU or time per record.
+        cursor.execute("PRAGMA synchronous = FULL")
     cursor.close()
 
 

@@ -221,17 +221,18 @@ def test_database_is_in_wal_mode(tmp_path: Path) -> None:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_the_writers_connections_get_a_bigger_page_cache_and_a_short_lock_wait(tmp_path: Path) -> None:
-    async def pragmas(engine: AsyncEngine) -> tuple[int, int]:
+def test_the_writers_connections_get_a_bigger_page_cache_durable_commits_and_a_short_lock_wait(tmp_path: Path) -> None:
+    # synchronous=FULL: the journal is emptied once a commit returns, so the commit must survive a power cut.
+    async def pragmas(engine: AsyncEngine) -> tuple[int, int, int]:
         async with engine.connect() as connection:
-            cache = (await connection.exec_driver_sql("PRAGMA cache_size")).scalar_one()
-            busy = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar_one()
+            values = [(await connection.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                      for name in ("cache_size", "synchronous", "busy_timeout")]
         await engine.dispose()
-        return cache, busy
+        return values[0], values[1], values[2]
 
     url = sqlite_url(tmp_path / "log.db")
-    assert asyncio.run(pragmas(db.create_engine(url, statement_timeout=10))) == (-db.WRITER_CACHE_KIB, db.WRITER_BUSY_TIMEOUT_MS)
-    assert asyncio.run(pragmas(db.create_engine(url))) == (-2000, db.BUSY_TIMEOUT_MS)  # SQLite's default cache
+    assert asyncio.run(pragmas(db.create_engine(url, statement_timeout=10))) == (-db.WRITER_CACHE_KIB, 2, db.WRITER_BUSY_TIMEOUT_MS)
+    assert asyncio.run(pragmas(db.create_engine(url))) == (-2000, 1, db.BUSY_TIMEOUT_MS)  # SQLite's default cache, NORMAL
 
 
 def test_records_are_written_by_the_timer_without_close(tmp_path: Path) -> None:
