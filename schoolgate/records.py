@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, type_coerce, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import NullType
 
 from schoolgate import commaset
 
@@ -780,15 +781,21 @@ class RecordWriter:
         RECORDS_WRITTEN.inc(len(batch))
 
     async def _not_yet_written(self, batch: list[tuple[AccessRecord, Row]]) -> list[tuple[AccessRecord, Row]]:
+        """The records not stored already, matched on (instance, seq, ts) with the time as the driver
+        has it: turning thousands of stored times into datetimes held the event loop ~20 ms a batch."""
         assert self._engine is not None
         c = access_log.c
-        stored: set[tuple[str, int, datetime]] = set()
+        stored: set[tuple[Any, ...]] = set()
         async with self._engine.connect() as connection:
             for instance in {r.instance for r, _ in batch}:
                 seqs = [r.seq for r, _ in batch if r.instance == instance]
-                rows = await connection.execute(select(c.instance, c.seq, c.ts).where(c.instance == instance, c.seq.in_(seqs)))
-                stored.update(tuple(row) for row in rows)
-        return [(r, row) for r, row in batch if (r.instance, r.seq, r.ts) not in stored]
+                low, high = min(seqs), max(seqs)
+                # A range rather than thousands of bound parameters (half the loop's time again),
+                # unless the batch's seqs are far apart (an old journal of several runs).
+                matching = c.seq.between(low, high) if high - low < 2 * len(seqs) else c.seq.in_(seqs)
+                query = select(type_coerce(c.ts, NullType()), c.instance, c.seq).where(c.instance == instance, matching)
+                stored.update(tuple(row) for row in await connection.execute(query))
+        return [(r, row) for r, row in batch if row[:3] not in stored]
 
     async def _update_seq_gaps(self) -> None:
         """Count records missing from this gateway's instance over the last day (gaps in `seq`): lost records.

@@ -325,3 +325,15 @@ def test_a_big_batch_is_copied_in_slices_in_one_transaction(
     assert metric("schoolgate_record_write_seconds_count") - transactions_before == 1
     assert stored_statuses(database_url) == list(range(1, 2502))
     assert incident_rows(database_url) == [("user", "alice", "self-harm", 3, 1, 1, 0 * M, 0 * M, "new")]
+
+
+def test_a_journal_loaded_again_skips_exactly_the_records_stored_with_the_same_time(url: str, tmp_path: Path) -> None:
+    # Stored times are compared as the driver returns them (a string on SQLite, a datetime on
+    # PostgreSQL): a record stored already is skipped, another with its seq but a different time is not.
+    journal = tmp_path / "journal.jsonl"
+    write(url, make_record(seq=1, status=1), make_record(seq=2, status=2), spool=journal)
+    later = make_record(seq=2, status=20, ts=make_record().ts + timedelta(minutes=1))
+    journal.write_text("".join(json.dumps(record_as_json(r)) + "\n"
+                               for r in (make_record(seq=1, status=1), later, make_record(seq=3, status=3))))
+    write(url, spool=journal)
+    assert stored_statuses(url) == [1, 2, 20, 3]
