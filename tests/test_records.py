@@ -12,7 +12,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from schoolgate.records import (
     new_reference,
     normalise_reference,
     record_as_json,
+    record_from_row,
     url_for_log,
 )
 
@@ -172,19 +173,20 @@ def test_close_writes_every_submitted_record_in_batches_as_big_as_allowed(tmp_pa
         # A long interval: only full batches and close() may trigger writes.
         writer = RecordWriter(sqlite_url(path), batch_size=500, max_batch_size=2000, flush_interval=60)
         await writer.start()
-        for _ in range(5000):
+        for _ in range(5500):
             writer.submit(make_record())
-        assert writer.queue_depth == 5000
-        assert metric("schoolgate_record_queue_depth") == 5000
+        assert writer.queue_depth == 5500
+        assert metric("schoolgate_record_queue_depth") == 5500
         await writer.close()
         assert writer.queue_depth == 0
         assert metric("schoolgate_record_queue_depth") == 0
 
     asyncio.run(scenario())
 
-    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5001)]
-    assert metric("schoolgate_records_written_total") - written_before == 5000
-    # Everything waiting goes in one transaction, up to the cap: 2000 + 2000 + 1000.
+    # In order, also across SQLite statements of 1000 rows and the rest's executemany.
+    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5501)]
+    assert metric("schoolgate_records_written_total") - written_before == 5500
+    # Everything waiting goes in one transaction, up to the cap: 2000 + 2000 + 1500.
     assert metric("schoolgate_record_write_seconds_count") - batches_before == 3
     assert not default_spool_path(sqlite_url(path)).exists()
 
@@ -206,6 +208,30 @@ def test_stored_columns(tmp_path: Path) -> None:
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*) FROM access_log WHERE categories LIKE '%,games,%'").fetchone() == (1,)
         assert connection.execute("SELECT count(*) FROM access_log WHERE categories LIKE '%,game,%'").fetchone() == (0,)
+
+
+def test_every_field_is_stored_as_submitted_also_in_statements_of_many_rows(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    records = [make_record(status=n, user=f"pupil{n}" if n % 3 else None, categories=("news",) * (n % 2),
+                           ts=make_record().ts + timedelta(seconds=n), ref=f"SG-{n:04d}-TEST", url_cut=n % 5 == 0,
+                           flag="self-harm" if n % 400 == 0 else None, flag_severity=3 if n % 400 == 0 else None,
+                           duration_ms=n * 7, identity_source="portal")
+               for n in range(1, 1202)]  # a statement of 1000 rows, then 201 by executemany
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), flush_interval=60)
+        await writer.start()
+        for record in records:
+            writer.submit(record)
+        await writer.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM access_log ORDER BY id").fetchall()
+    stored = [record_from_row({**dict(row), "ts": datetime.fromisoformat(row["ts"]).replace(tzinfo=UTC),
+                               "url_cut": bool(row["url_cut"])}) for row in rows]
+    assert stored == [replace(record, seq=n) for n, record in enumerate(records, start=1)]
 
 
 def test_database_is_in_wal_mode(tmp_path: Path) -> None:
