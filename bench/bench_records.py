@@ -6,11 +6,13 @@
     ./dev bench bench_records.py --database postgresql+asyncpg://...
     ./dev bench bench_records.py --flagged 2           # 2 % of records flagged: incidents made as they are written
 
-Prints the configuration, then: records offered and stored per second (stored = the
-database had every record by the end), the event loop's stalls while recording (p50,
-p99, max lateness of a 1 ms timer: what every proxied request would feel), the
-deepest in-memory queue, and whether the writer had to fall back to reading its
-journal (the database not keeping up).
+Prints the configuration (and the write path: SQLite executemany through aiosqlite's thread, or
+PostgreSQL COPY), then: records offered and stored per second (stored = the database had every
+record by the end), the transactions and their mean size, the event loop's stalls while
+recording (p50, p99, max lateness of a 1 ms timer: what every proxied request would feel) next
+to the same timer's lateness with no writer for 2 s before (what the busy machine alone does),
+the deepest in-memory queue, and whether the writer had to fall back to reading its journal
+(the database not keeping up).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from schoolgate.db import access_log, create_engine, incidents
+from schoolgate.db import access_log, create_engine, incidents, is_sqlite
+from schoolgate.metrics import REGISTRY
 from schoolgate.records import AccessRecord, RecordWriter
 
 TICK = 0.005  # records are offered in bursts this often, as requests finish
@@ -49,10 +52,20 @@ def make_record(n: int, flagged_percent: float) -> AccessRecord:
     )
 
 
+def percentiles(lateness: list[float]) -> tuple[float, float, float]:
+    """p50, p99 and max, in ms."""
+    lateness = sorted(lateness)
+    return statistics.median(lateness) * 1e3, lateness[int(len(lateness) * 0.99)] * 1e3, lateness[-1] * 1e3
+
+
+def transactions() -> tuple[float, float]:
+    """Transactions the writer committed and records they held, so far (its own metrics)."""
+    return (REGISTRY.get_sample_value("schoolgate_record_write_seconds_count") or 0.0,
+            REGISTRY.get_sample_value("schoolgate_records_written_total") or 0.0)
+
+
 async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float, batch_size: int,
-                  flagged_percent: float) -> dict[str, float]:
-    writer = RecordWriter(database_url, spool_path=spool_dir / "bench.unwritten.jsonl", batch_size=batch_size)
-    await writer.start()
+                  max_batch_size: int, flagged_percent: float) -> dict[str, float]:
     lateness: list[float] = []
     stop = asyncio.Event()
 
@@ -63,12 +76,20 @@ async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float,
             lateness.append(time.perf_counter() - before - 0.001)
 
     watcher = asyncio.create_task(monitor())
+    await asyncio.sleep(2)  # the machine alone: no writer yet
+    idle = percentiles(lateness)
+    lateness.clear()
+    writer = RecordWriter(database_url, spool_path=spool_dir / "bench.unwritten.jsonl", batch_size=batch_size,
+                          max_batch_size=max_batch_size)
+    await writer.start()
+    transactions_before, written_before = transactions()
     records = [make_record(n, flagged_percent) for n in range(min(rate, 100_000))]  # built up front: the bench measures the writer
     offered = 0
     max_queue = 0
     went_to_journal = False
     started = time.perf_counter()
     cpu_started = time.process_time()
+    loop_cpu_started = time.thread_time()  # this thread runs the event loop
     burst = max(1, int(rate * TICK * 4))  # up to four ticks' worth, as timers fire late
     while (elapsed := time.perf_counter() - started) < seconds:
         # At most one burst per tick: a producer that has fallen behind does not catch up in one
@@ -80,17 +101,19 @@ async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float,
         went_to_journal = went_to_journal or writer.spool_bytes > 0
         await asyncio.sleep(TICK)
     offering_took = time.perf_counter() - started
+    loop_cpu = time.thread_time() - loop_cpu_started  # before close, which waits on the database
     stop.set()
     await watcher
     await writer.close()
     took = time.perf_counter() - started
     cpu = time.process_time() - cpu_started  # every thread of this process: loop, journal reads, SQLite
+    transactions_after, written_after = transactions()
     engine = create_engine(database_url)
     async with engine.connect() as connection:
         stored = (await connection.execute(select(func.count()).select_from(access_log))).scalar_one()
         made = (await connection.execute(select(func.count(), func.sum(incidents.c.attempts)))).one()
     await engine.dispose()
-    lateness.sort()
+    stall = percentiles(lateness)
     return {
         "offered_per_s": offered / offering_took,
         "stored": stored,
@@ -99,12 +122,14 @@ async def measure(database_url: str, spool_dir: Path, rate: int, seconds: float,
         "offered": offered,
         "stored_per_s": stored / took,
         "close_s": took - offering_took,
-        "stall_p50_ms": statistics.median(lateness) * 1e3,
-        "stall_p99_ms": lateness[int(len(lateness) * 0.99)] * 1e3,
-        "stall_max_ms": lateness[-1] * 1e3,
+        "transactions": transactions_after - transactions_before,
+        "records_per_transaction": (written_after - written_before) / max(transactions_after - transactions_before, 1),
+        "stall_p50_ms": stall[0], "stall_p99_ms": stall[1], "stall_max_ms": stall[2],
+        "idle_p50_ms": idle[0], "idle_p99_ms": idle[1], "idle_max_ms": idle[2],
         "max_queue": max_queue,
         "journal": went_to_journal,
         "cpu_us_per_record": cpu / max(stored, 1) * 1e6,
+        "loop_cpu_us_per_record": loop_cpu / max(offered, 1) * 1e6,
     }
 
 
@@ -112,7 +137,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=50_000, help="records offered per second")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=500, help="records waiting that wake the writer")
+    parser.add_argument("--max-batch-size", type=int, default=5000, help="the most one transaction takes")
     parser.add_argument("--flagged", type=float, default=0.0, help="percentage of records flagged for the DSL")
     parser.add_argument("--database", help="SQLAlchemy URL (default: SQLite in a temporary directory)")
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL server")
@@ -129,26 +155,32 @@ def main() -> int:
             database_url = server.create_database("bench")
         else:
             database_url = args.database or f"sqlite+aiosqlite:///{workdir}/bench.db"
-        print(f"configuration: {database_url.split('@')[-1]}, {args.rate} records/s offered for {args.seconds:g} s "
-              f"in {TICK * 1e3:g} ms bursts, batch {args.batch_size}, {args.flagged:g} % flagged, journal in {workdir}; "
+        path = "SQLite executemany (aiosqlite thread)" if is_sqlite(database_url) else "PostgreSQL COPY (asyncpg)"
+        print(f"configuration: {database_url.split('@')[-1]}, {path}, {args.rate} records/s offered for {args.seconds:g} s "
+              f"in {TICK * 1e3:g} ms bursts, batch {args.batch_size} up to {args.max_batch_size}, {args.flagged:g} % "
+              f"flagged, journal in {workdir}; "
               f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
               f"(load {os.getloadavg()[0]:.1f})")
-        result = asyncio.run(measure(database_url, workdir, args.rate, args.seconds, args.batch_size, args.flagged))
+        result = asyncio.run(measure(database_url, workdir, args.rate, args.seconds, args.batch_size,
+                                     args.max_batch_size, args.flagged))
     finally:
         if server is not None:
             server.stop("immediate")
             shutil.rmtree(server.root, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"offered {result['offered_per_s']:,.0f} records/s; stored {result['stored']:,} of {result['offered']:,} "
-          f"({result['stored_per_s']:,.0f}/s including {result['close_s']:.2f} s to finish at close)")
+          f"({result['stored_per_s']:,.0f}/s including {result['close_s']:.2f} s to finish at close) in "
+          f"{result['transactions']:,.0f} transactions of {result['records_per_transaction']:,.0f} records on average")
     if args.flagged:
         print(f"incidents made as records were written: {result['incidents']:,} holding {result['attempts']:,} "
               "flagged attempts")
     print(f"event-loop stall: p50 {result['stall_p50_ms']:.2f} ms, p99 {result['stall_p99_ms']:.2f} ms, "
-          f"max {result['stall_max_ms']:.1f} ms; deepest queue {result['max_queue']:,}; "
+          f"max {result['stall_max_ms']:.1f} ms (the machine alone, before: p50 {result['idle_p50_ms']:.2f} ms, "
+          f"p99 {result['idle_p99_ms']:.2f} ms, max {result['idle_max_ms']:.1f} ms); deepest queue {result['max_queue']:,}; "
           f"fell back to the journal: {'yes' if result['journal'] else 'no'}")
     print(f"CPU per record stored (offering included): {result['cpu_us_per_record']:.1f} µs, so one idle core "
-          f"would carry about {1e6 / result['cpu_us_per_record']:,.0f} records/s")
+          f"would carry about {1e6 / result['cpu_us_per_record']:,.0f} records/s; of it on the event loop, while "
+          f"offering: {result['loop_cpu_us_per_record']:.1f} µs per record offered")
     return 0 if result["stored"] == result["offered"] else 1
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, event, insert, select, text
 from test_records import make_record, metric, sqlite_url
 
 from schoolgate import db
+from schoolgate import records as records_module
 from schoolgate.db import access_log, incident_records, incidents
 from schoolgate.episodes import Attempt, Episode, SubjectKind, group_attempts
 from schoolgate.records import AccessRecord, RecordWriter, record_as_json, seq_gaps
@@ -360,3 +361,63 @@ def test_the_console_asks_for_lost_records_at_most_once_a_minute(url: str, tmp_p
             await engine.dispose()
 
     assert asyncio.run(scenario()) == [[2], [2], [2, 3]]
+
+
+def stored_statuses(url: str) -> list[int]:
+    async def read() -> list[int]:
+        engine = db.create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(select(access_log.c.status).order_by(access_log.c.id))).scalars())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_a_failure_making_incidents_takes_the_batch_back_so_no_flagged_record_is_stored_without_one(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On PostgreSQL the rows go in by COPY on asyncpg's own connection, which SQLAlchemy's
+    # transaction (begun at its first statement) does not see: they must still commit or roll
+    # back with their incidents, or a retry stores them twice and a flagged one without its incident.
+    def broken(*args: object) -> None:
+        raise ValueError("a bug in making incidents")
+
+    monkeypatch.setattr(records_module, "store_incidents", broken)
+    write(url, make_record(status=1), flagged(0, status=2), make_record(status=3), spool=tmp_path / "journal.jsonl")
+    assert stored_statuses(url) == [1, 3]
+    assert [json.loads(line)["status"] for line in (tmp_path / "journal.rejected.jsonl").read_text().splitlines()] == [2]
+
+
+def test_a_big_batch_is_copied_in_slices_in_one_transaction(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # asyncpg encodes a COPY's rows on the event loop without yielding (about 1.7 µs each):
+    # a batch of thousands goes in as several COPY statements, still one transaction.
+    asyncpg = pytest.importorskip("asyncpg")
+    copied: list[int] = []
+    real_copy = asyncpg.Connection.copy_records_to_table
+
+    async def counting_copy(self: object, table_name: str, *, records: list[tuple], **options: object) -> object:
+        copied.append(len(records))
+        return await real_copy(self, table_name, records=records, **options)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", counting_copy)
+    transactions_before = metric("schoolgate_record_write_seconds_count")
+    records = [make_record(status=n) for n in range(1, 2501)] + [flagged(0, status=2501)]
+    write(database_url, *records, spool=tmp_path / "journal.jsonl", flush_interval=60, max_batch_size=5000)
+    assert copied == [1000, 1000, 501]
+    assert metric("schoolgate_record_write_seconds_count") - transactions_before == 1
+    assert stored_statuses(database_url) == list(range(1, 2502))
+    assert incident_rows(database_url) == [("user", "alice", "self-harm", 3, 1, 1, 0 * M, 0 * M, "new")]
+
+
+def test_a_journal_loaded_again_skips_exactly_the_records_stored_with_the_same_time(url: str, tmp_path: Path) -> None:
+    # Stored times are compared as the driver returns them (a string on SQLite, a datetime on
+    # PostgreSQL): a record stored already is skipped, another with its seq but a different time is not.
+    journal = tmp_path / "journal.jsonl"
+    write(url, make_record(seq=1, status=1), make_record(seq=2, status=2), spool=journal)
+    later = make_record(seq=2, status=20, ts=make_record().ts + timedelta(minutes=1))
+    journal.write_text("".join(json.dumps(record_as_json(r)) + "\n"
+                               for r in (make_record(seq=1, status=1), later, make_record(seq=3, status=3))))
+    write(url, spool=journal)
+    assert stored_statuses(url) == [1, 2, 20, 3]

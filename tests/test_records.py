@@ -12,7 +12,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate import db
 from schoolgate import records as records_module
@@ -33,6 +34,7 @@ from schoolgate.records import (
     new_reference,
     normalise_reference,
     record_as_json,
+    record_from_row,
     url_for_log,
 )
 
@@ -173,28 +175,30 @@ def test_a_database_stamped_with_both_0005_revisions_moves_to_the_single_head(tm
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
 
 
-def test_close_writes_every_submitted_record_in_batches(tmp_path: Path) -> None:
+def test_close_writes_every_submitted_record_in_batches_as_big_as_allowed(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     written_before = metric("schoolgate_records_written_total")
     batches_before = metric("schoolgate_record_write_seconds_count")
 
     async def scenario() -> None:
         # A long interval: only full batches and close() may trigger writes.
-        writer = RecordWriter(sqlite_url(path), batch_size=500, flush_interval=60)
+        writer = RecordWriter(sqlite_url(path), batch_size=500, max_batch_size=2000, flush_interval=60)
         await writer.start()
-        for _ in range(5000):
+        for _ in range(5500):
             writer.submit(make_record())
-        assert writer.queue_depth == 5000
-        assert metric("schoolgate_record_queue_depth") == 5000
+        assert writer.queue_depth == 5500
+        assert metric("schoolgate_record_queue_depth") == 5500
         await writer.close()
         assert writer.queue_depth == 0
         assert metric("schoolgate_record_queue_depth") == 0
 
     asyncio.run(scenario())
 
-    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5001)]
-    assert metric("schoolgate_records_written_total") - written_before == 5000
-    assert metric("schoolgate_record_write_seconds_count") - batches_before == 10  # one transaction per 500
+    # In order, also across SQLite statements of 1000 rows and the rest's executemany.
+    assert stored_rows(path) == [("gw1", seq) for seq in range(1, 5501)]
+    assert metric("schoolgate_records_written_total") - written_before == 5500
+    # Everything waiting goes in one transaction, up to the cap: 2000 + 2000 + 1500.
+    assert metric("schoolgate_record_write_seconds_count") - batches_before == 3
     assert not default_spool_path(sqlite_url(path)).exists()
 
 
@@ -217,6 +221,30 @@ def test_stored_columns(tmp_path: Path) -> None:
         assert connection.execute("SELECT count(*) FROM access_log WHERE categories LIKE '%,game,%'").fetchone() == (0,)
 
 
+def test_every_field_is_stored_as_submitted_also_in_statements_of_many_rows(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    records = [make_record(status=n, user=f"pupil{n}" if n % 3 else None, categories=("news",) * (n % 2),
+                           ts=make_record().ts + timedelta(seconds=n), ref=f"SG-{n:04d}-TEST", url_cut=n % 5 == 0,
+                           flag="self-harm" if n % 400 == 0 else None, flag_severity=3 if n % 400 == 0 else None,
+                           duration_ms=n * 7, identity_source="portal")
+               for n in range(1, 1202)]  # a statement of 1000 rows, then 201 by executemany
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), flush_interval=60)
+        await writer.start()
+        for record in records:
+            writer.submit(record)
+        await writer.close()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM access_log ORDER BY id").fetchall()
+    stored = [record_from_row({**dict(row), "ts": datetime.fromisoformat(row["ts"]).replace(tzinfo=UTC),
+                               "url_cut": bool(row["url_cut"])}) for row in rows]
+    assert stored == [replace(record, seq=n) for n, record in enumerate(records, start=1)]
+
+
 def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
 
@@ -228,6 +256,20 @@ def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     asyncio.run(scenario())
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_the_writers_connections_get_a_bigger_page_cache_durable_commits_and_a_short_lock_wait(tmp_path: Path) -> None:
+    # synchronous=FULL: the journal is emptied once a commit returns, so the commit must survive a power cut.
+    async def pragmas(engine: AsyncEngine) -> tuple[int, int, int]:
+        async with engine.connect() as connection:
+            values = [(await connection.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                      for name in ("cache_size", "synchronous", "busy_timeout")]
+        await engine.dispose()
+        return values[0], values[1], values[2]
+
+    url = sqlite_url(tmp_path / "log.db")
+    assert asyncio.run(pragmas(db.create_engine(url, statement_timeout=10))) == (-db.WRITER_CACHE_KIB, 2, db.WRITER_BUSY_TIMEOUT_MS)
+    assert asyncio.run(pragmas(db.create_engine(url))) == (-2000, 1, db.BUSY_TIMEOUT_MS)  # SQLite's default cache, NORMAL
 
 
 def test_records_are_written_by_the_timer_without_close(tmp_path: Path) -> None:
@@ -391,6 +433,26 @@ def test_a_record_the_database_rejects_is_spooled_without_blocking_the_rest(tmp_
     rejected = tmp_path / "spool.rejected.jsonl"
     assert [json.loads(line)["status"] for line in rejected.read_text().splitlines()] == [2]
     assert metric("schoolgate_records_set_aside_total") - set_aside_before == 1  # counted, for the alert rule
+
+
+def test_one_rejected_record_in_a_big_batch_costs_a_few_transactions_not_one_per_record(tmp_path: Path) -> None:
+    # Halving the refused batch finds the bad record in about 2 log2(n) transactions; one by one,
+    # a batch of thousands would take longer than the write deadline on a busy machine.
+    path = tmp_path / "log.db"
+    spool = tmp_path / "spool.jsonl"
+    transactions_before = metric("schoolgate_record_write_seconds_count")
+
+    async def scenario() -> None:
+        writer = RecordWriter(sqlite_url(path), spool_path=spool, flush_interval=60)
+        await writer.start()
+        for n in range(1, 2001):
+            writer.submit(make_record(status=n, group=None if n == 1234 else "pupils"))
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert stored_rows(path, "status") == [(n,) for n in range(1, 2001) if n != 1234]
+    assert [json.loads(line)["status"] for line in (tmp_path / "spool.rejected.jsonl").read_text().splitlines()] == [1234]
+    assert metric("schoolgate_record_write_seconds_count") - transactions_before <= 12  # log2(2000) = 11
 
 
 def test_a_failure_making_incidents_keeps_the_flagged_record_aside_counted_and_stores_the_rest(
