@@ -10,7 +10,11 @@
 
 Access records go in short transactions of a few thousand rows, oldest first,
 so the gateway's record writer is never held up for long and SQLite's WAL stays
-small (checkpointed between batches, truncated at the end).
+small (checkpointed between batches, truncated at the end). On PostgreSQL, whose
+access_log is partitioned by UTC day (schoolgate.partitioning), a day wholly past
+`records_days` goes as one partition: its flagged and illegal-tier records move to a
+new partition of that day first, and the day the cut-off falls in is deleted row by
+row up to the cut-off, so what is kept is exactly what SQLite keeps.
 
 The audit trail is not purged: it is append-only (the database refuses DELETE)
 and records who did what, not what pupils browsed. Each purge writes one audit
@@ -23,6 +27,7 @@ import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,6 +46,8 @@ from schoolgate.db import (
     pupil_notes,
 )
 from schoolgate.live import record_audit
+from schoolgate.partitioning import drop_expired_days, prepare
+from schoolgate.partitions import bounds, day_of
 from schoolgate.policy import Policy
 
 log = logging.getLogger("schoolgate.retention")
@@ -84,7 +91,7 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     records_before = now - timedelta(days=policy.retention.records_days)
     flagged_before = now - timedelta(days=policy.retention.flagged_days)
     c = access_log.c
-    kept_long = or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))  # evidence for the DSL and police
+    kept_long = _kept_long(c)
     expired_flagged = and_(kept_long, c.ts < flagged_before)
     expired_records = and_(not_(kept_long), c.ts < records_before)
     others: list[tuple[str, Delete]] = [
@@ -113,7 +120,14 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
         flagged = await _delete_records(engine, expired_flagged, batch_rows, with_incidents=True)
         counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
                        incidents=flagged[1], flagged_records=flagged[0])
-        counted["records"] = (await _delete_records(engine, expired_records, batch_rows, with_incidents=False))[0]
+        dropped = 0
+        if engine.dialect.name == "postgresql":
+            await prepare(engine)  # records the default partition caught get their day's partition, to go with it
+            dropped = await drop_expired_days(engine, records_before, _kept_long)
+            # Left for deleting row by row: the day the cut-off falls in.
+            expired_records = and_(expired_records, c.ts >= bounds(day_of(records_before))[0])
+        counted["records"] = dropped + (await _delete_records(engine, expired_records, batch_rows,
+                                                              with_incidents=False))[0]
         async with engine.begin() as conn:
             for name, statement in others:
                 counted[name] = (await conn.execute(statement)).rowcount or 0
@@ -128,6 +142,11 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     log.info("%s: %s", "retention dry run, would delete" if dry_run else "retention purge deleted",
              ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in asdict(counts).items()))
     return counts
+
+
+def _kept_long(c: Any) -> ColumnElement[bool]:
+    """Records kept `flagged_days`: evidence for the DSL and police."""
+    return or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))
 
 
 async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], batch_rows: int, *,

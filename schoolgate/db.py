@@ -99,6 +99,7 @@ _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
+# On PostgreSQL (0008_partitions) partitioned by UTC day, with primary key (id, ts): schoolgate.partitioning.
 access_log = Table(
     "access_log",
     metadata,

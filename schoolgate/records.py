@@ -74,6 +74,7 @@ from schoolgate.metrics import (
     RECORDS_SPOOLED,
     RECORDS_WRITTEN,
 )
+from schoolgate.partitioning import keep_partitions_ready
 from schoolgate.policy import UrlLogging
 
 log = logging.getLogger("schoolgate.records")
@@ -378,6 +379,7 @@ class RecordWriter:
         self._background: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._partitions_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._close_requested = asyncio.Event()  # wakes a write in flight, so it honours the close deadline
@@ -437,6 +439,9 @@ class RecordWriter:
         self._queue.clear()
         self._task = asyncio.create_task(self._run(), name="schoolgate-record-writer")
         self._sync_task = asyncio.create_task(self._sync_journal(), name="schoolgate-record-journal-sync")
+        # PostgreSQL: each day's partition exists before its first record (a late one is caught by the default).
+        self._partitions_task = asyncio.create_task(keep_partitions_ready(self._database_url),
+                                                    name="schoolgate-record-partitions")
         for record in early:
             self.submit(record)
 
@@ -497,6 +502,8 @@ class RecordWriter:
         finally:
             assert self._sync_task is not None
             self._sync_task.cancel()
+            if self._partitions_task is not None:
+                self._partitions_task.cancel()
             if self._abandoned:  # let calls past their deadline end, so their connections close (briefly)
                 await asyncio.wait(self._abandoned, timeout=1.0)
             await self._journal.sync()
