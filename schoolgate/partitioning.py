@@ -105,8 +105,9 @@ def prepare_partitions(connection: Connection, today: date) -> list[date]:
     for day in days:
         create_day_partition(connection, day)
     if caught:
-        log.warning("%d access records had no partition of their day (%s) and were kept in %s; moved to their "
-                    "days' new partitions", sum(caught.values()), ", ".join(f"{d}" for d in sorted(caught)), DEFAULT)
+        log.warning("%d access records of %d days from %s to %s had no partition of their day and were kept in %s; "
+                    "moved to their days' new partitions", sum(caught.values()), len(caught), min(caught), max(caught),
+                    DEFAULT)
     return days
 
 
