@@ -46,7 +46,7 @@ from schoolgate.db import (
     pupil_notes,
 )
 from schoolgate.live import record_audit
-from schoolgate.partitioning import drop_expired_days, prepare
+from schoolgate.partitioning import drop_expired, partitioned, prepare
 from schoolgate.partitions import bounds, day_of
 from schoolgate.policy import Policy
 
@@ -121,9 +121,9 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
         counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
                        incidents=flagged[1], flagged_records=flagged[0])
         dropped = 0
-        if engine.dialect.name == "postgresql":
+        if await partitioned(engine):
             await prepare(engine)  # records the default partition caught get their day's partition, to go with it
-            dropped = await drop_expired_days(engine, records_before, _kept_long)
+            dropped = await drop_expired(engine, records_before, _kept_long)
             # Left for deleting row by row: the day the cut-off falls in.
             expired_records = and_(expired_records, c.ts >= bounds(day_of(records_before))[0])
         counted["records"] = dropped + (await _delete_records(engine, expired_records, batch_rows,

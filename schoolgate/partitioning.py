@@ -19,12 +19,23 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, column, exists, func, insert, select, table
+from sqlalchemy import ColumnElement, Connection, column, exists, func, insert, select, table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.db import access_log, create_engine, dispose_within, is_sqlite
-from schoolgate.partitions import DEFAULT, bounds, day_named, days_to_prepare, expired_days, name_of
+from schoolgate.partitions import (
+    DEFAULT,
+    Span,
+    bounds,
+    day_named,
+    days_to_prepare,
+    expired,
+    month_name_of,
+    months_to_merge,
+    name_of,
+    span_named,
+)
 
 log = logging.getLogger("schoolgate.partitions")
 
@@ -54,24 +65,20 @@ def _literal(ts: datetime) -> str:
     return f"'{ts.astimezone(UTC).isoformat()}'"
 
 
-def _range(day: date) -> str:
-    start, end = bounds(day)
-    return f"FROM ({_literal(start)}) TO ({_literal(end)})"
-
-
 def _new_table(connection: Connection, name: str) -> None:
     # With access_log's indexes, so attaching it links them instead of building them under the lock.
     connection.exec_driver_sql(f'CREATE TABLE "{name}" (LIKE access_log INCLUDING DEFAULTS INCLUDING INDEXES)')
 
 
-def _attach(connection: Connection, name: str, day: date) -> None:
-    """Attach a table holding only `day`'s records: a CHECK constraint proves it first, so attaching
+def _attach(connection: Connection, name: str, span: Span) -> None:
+    """Attach a table holding only records of `span`: a CHECK constraint proves it first, so attaching
     (which holds off no writer: SHARE UPDATE EXCLUSIVE on access_log) need not scan it."""
-    start, end = bounds(day)
+    start, end = span
     check = f"{name}_bounds"
     connection.exec_driver_sql(f'ALTER TABLE "{name}" ADD CONSTRAINT "{check}" '
                                f"CHECK (ts >= {_literal(start)} AND ts < {_literal(end)})")
-    connection.exec_driver_sql(f'ALTER TABLE access_log ATTACH PARTITION "{name}" FOR VALUES {_range(day)}')
+    connection.exec_driver_sql(f'ALTER TABLE access_log ATTACH PARTITION "{name}" '
+                               f"FOR VALUES FROM ({_literal(start)}) TO ({_literal(end)})")
     connection.exec_driver_sql(f'ALTER TABLE "{name}" DROP CONSTRAINT "{check}"')
 
 
@@ -87,7 +94,7 @@ def create_day_partition(connection: Connection, day: date) -> int:
     moved = connection.exec_driver_sql(
         f'WITH moved AS (DELETE FROM "{DEFAULT}" WHERE ts >= {_literal(start)} AND ts < {_literal(end)} RETURNING *) '
         f'INSERT INTO "{name}" SELECT * FROM moved').rowcount
-    _attach(connection, name, day)
+    _attach(connection, name, bounds(day))
     return moved or 0
 
 
@@ -133,78 +140,104 @@ async def keep_partitions_ready(database_url: str) -> None:
 
 # --- retention: whole days dropped -------------------------------------------------------
 
-async def drop_expired_days(engine: AsyncEngine, before: datetime, kept: Kept) -> int:
-    """Drop the partitions of days wholly before `before`; their `kept` records (flagged, illegal tier)
-    move to a new partition of the same day first, so they stay. Returns the records dropped."""
+async def partitioned(engine: AsyncEngine) -> bool:
+    if engine.dialect.name != "postgresql":
+        return False
     async with engine.connect() as connection:
-        if not await connection.run_sync(is_partitioned):
-            return 0
-        days = expired_days(await connection.run_sync(day_partitions), before)
-        left_over = [name for (name,) in await connection.exec_driver_sql(
-            "SELECT relname FROM pg_class WHERE relname LIKE 'access\\_log\\_%\\_expired' AND relkind = 'r'")]
+        return await connection.run_sync(is_partitioned)
+
+
+def partition_names(connection: Connection) -> list[str]:
+    return list(connection.exec_driver_sql(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'access_log'::regclass").scalars())
+
+
+async def drop_expired(engine: AsyncEngine, before: datetime, kept: Kept) -> int:
+    """Drop the partitions wholly before `before`, keeping their `kept` records (flagged, illegal tier)
+    in a new partition of the same span, then merge each month of such days into one partition.
+    Returns the records dropped."""
+    async with engine.connect() as connection:
+        names = await connection.run_sync(partition_names)
+        left_over = list((await connection.exec_driver_sql(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'access\\_log\\_%\\_expired' AND relkind = 'r'")).scalars())
     dropped = 0
-    for name in left_over:  # a purge stopped between detaching a day and dropping it
-        day = day_named(name.removesuffix("_expired"))
-        assert day is not None
-        dropped += await _finish_day(engine, day, kept)
-    for day in days:
-        dropped += await _drop_day(engine, day, kept)
+    for name in left_over:  # a purge stopped between detaching a partition and dropping it
+        dropped += await _finish(engine, name.removesuffix("_expired"), kept)
+    for name in expired(names, before):
+        dropped += await _reduce(engine, name, kept)
+    async with engine.connect() as connection:
+        months = months_to_merge(await connection.run_sync(day_partitions), before)
+    for month, days in months.items():
+        dropped += await _replace(engine, [name_of(day) for day in days], month_name_of(month), kept)
     return dropped
 
 
-async def _drop_day(engine: AsyncEngine, day: date, kept: Kept) -> int:
-    name = name_of(day)
-    start, end = bounds(day)
+async def _reduce(engine: AsyncEngine, name: str, kept: Kept) -> int:
+    """A partition past retention down to its kept records (none left: gone)."""
+    span = span_named(name)
+    assert span is not None
     c = access_log.c
-    in_day = and_(c.ts >= start, c.ts < end)
-    async with engine.begin() as connection:  # reads only: the writers carry on
+    async with engine.connect() as connection:  # reads only: the writers carry on
         keeping, total = (await connection.execute(
-            select(func.count().filter(kept(c)), func.count()).where(in_day))).one()
-        if total and keeping == total:
-            return 0  # a day already reduced to its kept records
-        if keeping:
-            await connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}_kept"')
-            await connection.run_sync(_new_table, f"{name}_kept")
-            await connection.execute(insert(_as_table(f"{name}_kept")).from_select(
-                [col.name for col in c], select(access_log).where(in_day, kept(c))))
+            select(func.count().filter(kept(c)), func.count()).where(c.ts >= span[0], c.ts < span[1]))).one()
+    if total and keeping == total:
+        return 0  # reduced already
+    return await _replace(engine, [name], name, kept)
+
+
+async def _replace(engine: AsyncEngine, names: list[str], new: str, kept: Kept) -> int:
+    """Put the kept records of partitions `names` into one new partition `new` covering `new`'s span
+    (none if there are none), and drop the old ones; returns the records dropped with them."""
+    span = span_named(new)
+    assert span is not None
+    c = access_log.c
+    async with engine.begin() as connection:  # the copy: reads only, the writers carry on
+        await connection.exec_driver_sql(f'DROP TABLE IF EXISTS "{new}_kept"')
+        await connection.run_sync(_new_table, f"{new}_kept")
+        keeping = (await connection.execute(insert(_as_table(f"{new}_kept")).from_select(
+            [col.name for col in c], select(access_log).where(c.ts >= span[0], c.ts < span[1], kept(c))))).rowcount
+        if not keeping:
+            await connection.exec_driver_sql(f'DROP TABLE "{new}_kept"')
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             async with engine.begin() as connection:
-                await connection.run_sync(_swap, day, bool(keeping))
+                await connection.run_sync(_swap, names, new if keeping else None, span)
             break
         except DBAPIError as e:
             if "lock timeout" not in str(e) or attempt == SWAP_ATTEMPTS:
                 raise
             log.warning("retention waited %d ms for access_log (a long query?); trying again", LOCK_TIMEOUT_MS)
             await asyncio.sleep(attempt)
-    return await _finish_day(engine, day, kept)
+    return sum([await _finish(engine, name, kept) for name in names])
 
 
-def _swap(connection: Connection, day: date, keeping: bool) -> None:
-    """Detach the day and attach its kept records in its place, in one transaction: a reader sees one
-    or the other, and a writer waits for it only as long as the catalogue changes take."""
-    name = name_of(day)
+def _swap(connection: Connection, names: list[str], new: str | None, span: Span) -> None:
+    """Detach the old partitions and attach the new one in their place, in one transaction: a reader
+    sees the one or the others, and a writer waits for it only as long as the catalogue changes take."""
     connection.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-    connection.exec_driver_sql(f'ALTER TABLE access_log DETACH PARTITION "{name}"')
-    connection.exec_driver_sql(f'ALTER TABLE "{name}" RENAME TO "{name}_expired"')
-    if keeping:
-        connection.exec_driver_sql(f'ALTER TABLE "{name}_kept" RENAME TO "{name}"')
-        _attach(connection, name, day)
+    for name in names:
+        connection.exec_driver_sql(f'ALTER TABLE access_log DETACH PARTITION "{name}"')
+        connection.exec_driver_sql(f'ALTER TABLE "{name}" RENAME TO "{name}_expired"')
+    if new:
+        connection.exec_driver_sql(f'ALTER TABLE "{new}_kept" RENAME TO "{new}"')
+        _attach(connection, new, span)
 
 
-async def _finish_day(engine: AsyncEngine, day: date, kept: Kept) -> int:
-    """Put back the kept records a detached day received after they were copied, then drop it;
+async def _finish(engine: AsyncEngine, name: str, kept: Kept) -> int:
+    """Put back the kept records a detached partition received after they were copied, then drop it;
     returns the records dropped with it."""
-    name = f"{name_of(day)}_expired"
-    start, end = bounds(day)
-    expired = _as_table(name)
+    span = span_named(name)
+    assert span is not None
+    expired_table = _as_table(f"{name}_expired")
     c = access_log.c
     async with engine.begin() as connection:
-        already = select(c.id).where(c.ts >= start, c.ts < end, c.id == expired.c.id)
+        already = select(c.id).where(c.ts >= span[0], c.ts < span[1], c.id == expired_table.c.id)
         await connection.execute(insert(access_log).from_select(
-            [col.name for col in c], select(expired).where(kept(expired.c), ~exists(already))))
-        dropped = (await connection.execute(select(func.count()).select_from(expired).where(~kept(expired.c)))).scalar_one()
-        await connection.exec_driver_sql(f'DROP TABLE "{name}"')
+            [col.name for col in c], select(expired_table).where(kept(expired_table.c), ~exists(already))))
+        dropped = (await connection.execute(
+            select(func.count()).select_from(expired_table).where(~kept(expired_table.c)))).scalar_one()
+        await connection.exec_driver_sql(f'DROP TABLE "{name}_expired"')
     return int(dropped)
 
 

@@ -815,7 +815,10 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
     stored: dict[tuple[str, int], int] = {}
     for instance in {r.instance for r in records}:
         seqs = [r.seq for r in records if r.instance == instance]
-        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs))):
+        # Within the batch's times: on PostgreSQL only those days' partitions are read (0008_partitions).
+        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs),
+                                                                c.ts.between(min(r.ts for r in records),
+                                                                             max(r.ts for r in records)))):
             stored[(instance, row.seq)] = max(row.id, stored.get((instance, row.seq), 0))
     attempts = []
     for r in records:

@@ -19,7 +19,7 @@ from test_retention import policy_in
 
 from schoolgate import db
 from schoolgate.partitioning import prepare
-from schoolgate.partitions import DEFAULT, day_of, name_of
+from schoolgate.partitions import DEFAULT, day_of, month_bounds, month_name_of, name_of
 from schoolgate.records import _INSERT_COLUMNS, AccessRecord, RecordWriter, _row_values, store_incidents
 from schoolgate.reports.incidents import IncidentFilter, attempts, queue
 from schoolgate.reports.queries import find_by_ref, recent
@@ -169,6 +169,77 @@ def test_retention_drops_whole_days_and_keeps_their_flagged_records(tmp_path: Pa
     assert DEFAULT not in partitions
     audit = asyncio.run(rows_of(database_url, "SELECT after FROM audit_log WHERE action = 'retention.purge'"))
     assert f'"records": {len(expired)}' in audit[0][0]
+
+
+def test_days_reduced_to_their_flagged_records_merge_into_one_partition_a_month(tmp_path: Path,
+                                                                                  database_url: str) -> None:
+    """Flagged records are kept for years: a month of days holding only them becomes one partition,
+    so the table does not grow a partition a day for ever."""
+    policy = policy_in(tmp_path)
+    policy = replace(policy, gateway=replace(policy.gateway, database=database_url))
+    made = [make_record(ts=NOW - timedelta(days=days), host=f"{kind}{days}.example", seq=0,
+                        **({"flag": "self-harm", "flag_severity": 4, "user": f"pupil{days}"} if kind == "flagged"
+                           else {"rule": "illegal iwf", "verdict": "block"} if kind == "illegal" else {}))
+            for days in range(0, 120, 3) for kind in ("ordinary", "flagged", "illegal")]
+    asyncio.run(write(database_url, made))
+
+    async def purge_twice() -> None:
+        engine = db.create_engine(database_url)
+        try:
+            await purge(engine, policy, now=NOW)
+            await purge(engine, policy, now=NOW)  # nothing more to do: the same partitions
+        finally:
+            await engine.dispose()
+
+    asyncio.run(purge_twice())
+    cutoff = NOW - timedelta(days=30)
+    placed = where_each_host_is(database_url)
+    kept = {r.host for r in made if r.ts >= cutoff or not r.host.startswith("ordinary")}
+    assert set(placed) == kept
+    for r in made:
+        if r.host in kept:
+            merged = month_bounds(day_of(r.ts))[1] <= cutoff
+            assert placed[r.host] == (month_name_of(day_of(r.ts)) if merged else name_of(day_of(r.ts))), r.host
+    assert len({name for name in placed.values() if len(name) == len("access_log_YYYYMM")}) >= 2
+    assert len(asyncio.run(queue_of(database_url))) == sum(r.host.startswith("flagged") for r in made)
+
+
+async def queue_of(url: str) -> list[Any]:
+    engine = db.create_engine(url)
+    try:
+        return await queue(engine, IncidentFilter(statuses=()))
+    finally:
+        await engine.dispose()
+
+
+def test_a_purge_cut_short_after_detaching_a_day_loses_none_of_its_kept_records(tmp_path: Path,
+                                                                                 database_url: str) -> None:
+    """Stopped between detaching a day and dropping it (a crash, a lost connection): the next purge puts
+    back the day's flagged records the new partition does not have, and drops the rest."""
+    policy = policy_in(tmp_path)
+    policy = replace(policy, gateway=replace(policy.gateway, database=database_url))
+    old = NOW - timedelta(days=50)
+    made = [make_record(ts=old, host="old.example", seq=0),
+            make_record(ts=old, host="old-flagged.example", seq=0, flag="self-harm", flag_severity=4),
+            make_record(ts=NOW, host="new.example", seq=0)]
+    asyncio.run(write(database_url, made))
+    day = name_of(day_of(old))
+
+    async def interrupted_then_purged() -> Any:
+        engine = db.create_engine(database_url)
+        try:
+            await prepare(engine)  # the old day gets its partition
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(f"ALTER TABLE access_log DETACH PARTITION {day}")
+                await connection.exec_driver_sql(f"ALTER TABLE {day} RENAME TO {day}_expired")
+            return await purge(engine, policy, now=NOW)
+        finally:
+            await engine.dispose()
+
+    deleted = asyncio.run(interrupted_then_purged())
+    assert deleted.records == 1
+    assert set(where_each_host_is(database_url)) == {"old-flagged.example", "new.example"}
+    assert asyncio.run(rows_of(database_url, f"SELECT to_regclass('{day}_expired')")) == [(None,)]
 
 
 def test_retention_drops_a_day_past_every_limit_with_its_incidents(tmp_path: Path, database_url: str) -> None:
