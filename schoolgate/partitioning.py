@@ -54,11 +54,14 @@ def is_partitioned(connection: Connection) -> bool:
         "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('access_log')").scalar() == "p"
 
 
-def day_partitions(connection: Connection) -> dict[date, str]:
-    rows = connection.exec_driver_sql(
+def partition_names(connection: Connection) -> list[str]:
+    return list(connection.exec_driver_sql(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'access_log'::regclass")
-    return {day: name for (name,) in rows if (day := day_named(name)) is not None}
+        "WHERE i.inhparent = 'access_log'::regclass").scalars())
+
+
+def day_partitions(connection: Connection) -> dict[date, str]:
+    return {day: name for name in partition_names(connection) if (day := day_named(name)) is not None}
 
 
 def _literal(ts: datetime) -> str:
@@ -145,12 +148,6 @@ async def partitioned(engine: AsyncEngine) -> bool:
         return False
     async with engine.connect() as connection:
         return await connection.run_sync(is_partitioned)
-
-
-def partition_names(connection: Connection) -> list[str]:
-    return list(connection.exec_driver_sql(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'access_log'::regclass").scalars())
 
 
 async def drop_expired(engine: AsyncEngine, before: datetime, kept: Kept) -> int:
