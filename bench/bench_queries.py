@@ -55,7 +55,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.commandline import default_policy_path
-from schoolgate.db import access_log, alembic_config, create_engine, is_sqlite
+from schoolgate.db import access_log, alembic_config, create_engine, is_sqlite, upgrade
 from schoolgate.policy import Policy, RetentionSettings, load_policy
 from schoolgate.reports.incidents import OPEN, IncidentFilter, Status, queue
 from schoolgate.reports.queries import surrounding
@@ -391,8 +391,22 @@ def bench_purge_postgres(url: str, days: int, purge_days: int) -> None:
             print(f"  concurrent writer (one INSERT committed every 20 ms): {len(waits)} commits, longest "
                   f"{max(waits) * 1e3:,.0f} ms, p99 {sorted(waits)[int(len(waits) * 0.99)] * 1e3:,.0f} ms, "
                   f"median {statistics.median(waits) * 1e3:,.1f} ms")
+        rows_url = copies["rows"].render_as_string(hide_password=False)
+        started = time.perf_counter()
+        asyncio.run(upgrade(rows_url))
+        print(f"the 0008_partitions migration of the purged unpartitioned copy ({asyncio.run(_count(rows_url)):,} "
+              f"records): {time.perf_counter() - started:,.0f} s")
     finally:
         asyncio.run(drop_copies())
+
+
+async def _count(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(access_log))).scalar_one()
+    finally:
+        await engine.dispose()
 
 
 def _downgrade(connection: Any, revision: str) -> None:

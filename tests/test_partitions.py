@@ -19,7 +19,16 @@ from test_retention import policy_in
 
 from schoolgate import db
 from schoolgate.partitioning import prepare
-from schoolgate.partitions import DEFAULT, day_of, month_bounds, month_name_of, name_of
+from schoolgate.partitions import (
+    DEFAULT,
+    day_of,
+    expired,
+    month_bounds,
+    month_name_of,
+    months_to_merge,
+    name_of,
+    span_named,
+)
 from schoolgate.records import _INSERT_COLUMNS, AccessRecord, RecordWriter, _row_values, store_incidents
 from schoolgate.reports.incidents import IncidentFilter, attempts, queue
 from schoolgate.reports.queries import find_by_ref, recent
@@ -271,3 +280,17 @@ def test_sqlite_is_not_partitioned(tmp_path: Path) -> None:
     asyncio.run(write(url, [make_record(ts=NOW, seq=1)]))
     assert [name for (name,) in asyncio.run(rows_of(url, "SELECT name FROM sqlite_master WHERE type = 'table' "
                                                          "AND name LIKE 'access_log%'"))] == ["access_log"]
+
+
+def test_which_partitions_are_past_retention_and_which_months_merge() -> None:
+    """Whole spans only: the partition the cut-off falls in stays (its rows go one by one, up to the cut-off)."""
+    cutoff = datetime(2027, 1, 3, 9, 30, tzinfo=UTC)
+    names = ["access_log_20270104", "access_log_20270103", "access_log_20270102", "access_log_202612",
+             "access_log_default", "audit_log"]
+    assert expired(names, cutoff) == ["access_log_202612", "access_log_20270102"]
+    assert expired(names, datetime(2027, 1, 3, tzinfo=UTC)) == ["access_log_202612", "access_log_20270102"]
+    assert span_named("access_log_202612") == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    days = [datetime(2026, 11, d, tzinfo=UTC).date() for d in (3, 30)] + [datetime(2026, 12, 31, tzinfo=UTC).date()]
+    assert months_to_merge(days, datetime(2027, 1, 1, tzinfo=UTC)) == {
+        datetime(2026, 11, 1, tzinfo=UTC).date(): days[:2], datetime(2026, 12, 1, tzinfo=UTC).date(): days[2:]}
+    assert list(months_to_merge(days, datetime(2026, 12, 31, 23, tzinfo=UTC))) == [datetime(2026, 11, 1).date()]
