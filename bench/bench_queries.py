@@ -18,10 +18,14 @@ reports.queries.surrounding, reports.report.build_report), with the console's de
 "open" status beside each filter. After every figure: its target and the plan of each
 statement it ran (EXPLAIN QUERY PLAN / EXPLAIN).
 
-The purge runs on a copy of the database (SQLite) with records_days set so that the oldest
+The purge runs on a copy of the database with records_days set so that the oldest
 30 days go, while a second connection stands in for the gateway's writer: it commits one
 record every 20 ms and the longest it waited for the write lock is reported, with the WAL's
-peak size. Nothing is timed-asserted: the figures are printed, with the configuration.
+peak size (SQLite). On PostgreSQL (copies made with CREATE DATABASE ... TEMPLATE on the same
+server) it runs twice in the same run: on the day-partitioned table as it is (whole days
+dropped), and on a copy taken back to 0007_reports, an unpartitioned table, where the purge
+deletes row by row as it did before 0008_partitions. Nothing is timed-asserted: the figures
+are printed, with the configuration.
 """
 
 from __future__ import annotations
@@ -45,13 +49,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schoolgate.commandline import default_policy_path
-from schoolgate.db import access_log, create_engine, is_sqlite
-from schoolgate.policy import RetentionSettings, load_policy
+from schoolgate.db import access_log, alembic_config, create_engine, is_sqlite, upgrade
+from schoolgate.policy import Policy, RetentionSettings, load_policy
 from schoolgate.reports.incidents import OPEN, IncidentFilter, Status, queue
 from schoolgate.reports.queries import surrounding
 from schoolgate.reports.recent import LogFilter, read
@@ -252,7 +257,7 @@ def show(name: str, target: float, cold: float, warm: float, rows: int, plans: l
 def bench_purge(url: str, days: int, purge_days: int) -> None:
     """Purge the oldest `purge_days` on a copy, with a stand-in gateway writer committing every 20 ms."""
     if not is_sqlite(url):
-        print("\npurge: PostgreSQL purge not run here (it would delete from the filled database itself)")
+        bench_purge_postgres(url, days, purge_days)
         return
     source = Path(make_url(url).database or "")
     copy = source.with_name(source.stem + "-purge" + source.suffix)
@@ -262,9 +267,7 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
     os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # personal data: never world-readable
     shutil.copyfile(source, copy)  # into the 0600 file
     copy_url = f"sqlite+aiosqlite:///{copy}"
-    policy = load_policy(default_policy_path())
-    policy = replace(policy, retention=RetentionSettings(records_days=days - purge_days,
-                                                         flagged_days=max(policy.retention.flagged_days, days)))
+    policy = purge_policy(days, purge_days)
     waits: list[float] = []
     wal_peak = 0
     stop = threading.Event()
@@ -325,6 +328,138 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
     print(f"  concurrent writer (one commit every 20 ms): {len(waits)} commits, longest wait "
           f"{max(waits) * 1e3:,.0f} ms, p99 {sorted(waits)[int(len(waits) * 0.99)] * 1e3:,.0f} ms; "
           f"WAL peak {wal_peak / 2**20:,.1f} MiB")
+
+
+def purge_policy(days: int, purge_days: int) -> Policy:
+    policy = load_policy(default_policy_path())
+    return replace(policy, retention=RetentionSettings(records_days=days - purge_days,
+                                                       flagged_days=max(policy.retention.flagged_days, days)))
+
+
+def bench_purge_postgres(url: str, days: int, purge_days: int) -> None:
+    """The purge on two copies of the filled database: partitioned (as 0008 leaves it) and unpartitioned (0007)."""
+    source = make_url(url)
+    copies = {how: source.set(database=f"{source.database}_purge_{how}") for how in ("partitions", "rows")}
+    admin = source.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+
+    async def make_copies() -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        connection = await asyncpg.connect(admin)
+        try:
+            for copy in copies.values():
+                await connection.execute(f'DROP DATABASE IF EXISTS "{copy.database}"')
+                await connection.execute(f'CREATE DATABASE "{copy.database}" TEMPLATE "{source.database}"')
+        finally:
+            await connection.close()
+
+    async def drop_copies() -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(admin)
+        try:
+            for copy in copies.values():
+                await connection.execute(f'DROP DATABASE IF EXISTS "{copy.database}"')
+        finally:
+            await connection.close()
+
+    async def unpartition(copy_url: str) -> None:
+        engine = create_engine(copy_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda sync: _downgrade(sync, "0007_reports"))
+        finally:
+            await engine.dispose()
+
+    policy = purge_policy(days, purge_days)
+    started = time.perf_counter()
+    asyncio.run(make_copies())
+    print(f"\npurge on PostgreSQL: two copies made with CREATE DATABASE ... TEMPLATE in "
+          f"{time.perf_counter() - started:,.0f} s")
+    try:
+        started = time.perf_counter()
+        asyncio.run(unpartition(copies["rows"].render_as_string(hide_password=False)))
+        print(f"  the row-by-row copy taken back to 0007_reports (one unpartitioned table) in "
+              f"{time.perf_counter() - started:,.0f} s")
+        for how, copy in copies.items():
+            copy_url = copy.render_as_string(hide_password=False)
+            took, counts, waits = _purge_with_writer(copy_url, policy)
+            what = ("partitioned by day (whole days dropped)" if how == "partitions"
+                    else "unpartitioned, 0007_reports (batched DELETEs, as before 0008)")
+            print(f"retention purge of the oldest {purge_days} days (records_days {days - purge_days}), {what}: "
+                  f"{took:,.1f} s, deleted {counts.records:,} records and {counts.flagged_records:,} flagged")
+            print(f"  concurrent writer (one INSERT committed every 20 ms): {len(waits)} commits, longest "
+                  f"{max(waits) * 1e3:,.0f} ms, p99 {sorted(waits)[int(len(waits) * 0.99)] * 1e3:,.0f} ms, "
+                  f"median {statistics.median(waits) * 1e3:,.1f} ms")
+        rows_url = copies["rows"].render_as_string(hide_password=False)
+        started = time.perf_counter()
+        asyncio.run(upgrade(rows_url))
+        print(f"the 0008_partitions migration of the purged unpartitioned copy ({asyncio.run(_count(rows_url)):,} "
+              f"records): {time.perf_counter() - started:,.0f} s")
+    finally:
+        asyncio.run(drop_copies())
+
+
+async def _count(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(access_log))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+def _downgrade(connection: Any, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+def _purge_with_writer(url: str, policy: Policy) -> tuple[float, Any, list[float]]:
+    """Purge with a stand-in gateway writer inserting a record of now every 20 ms; the purge's wall
+    time, its counts and how long each of the writer's commits took."""
+    import asyncpg
+
+    waits: list[float] = []
+    stop = threading.Event()
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def write() -> None:
+        connection = await asyncpg.connect(plain)
+        try:
+            row = dict(await connection.fetchrow("SELECT * FROM access_log ORDER BY ts DESC LIMIT 1"))
+            del row["id"]
+            columns = list(row)
+            insert = (f"INSERT INTO access_log ({', '.join(columns)}) "
+                      f"VALUES ({', '.join(f'${n + 1}' for n in range(len(columns)))})")
+            while not stop.is_set():
+                row["ts"] = datetime.now(UTC)
+                started = time.perf_counter()
+                await connection.execute(insert, *row.values())
+                waits.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+        finally:
+            await connection.close()
+
+    writer = threading.Thread(target=lambda: asyncio.run(write()))
+    writer.start()
+
+    async def go() -> Any:
+        engine = create_engine(url)
+        try:
+            return await purge(engine, policy)
+        finally:
+            await engine.dispose()
+
+    time.sleep(0.5)  # the writer is under way before the purge starts
+    started = time.perf_counter()
+    try:
+        counts = asyncio.run(go())
+    finally:
+        took = time.perf_counter() - started
+        stop.set()
+        writer.join()
+    return took, counts, waits
 
 
 def main() -> int:

@@ -12,6 +12,10 @@ Access records go oldest first in short transactions, each sized by how long the
 last took (about BATCH_SECONDS), so the gateway's record writer is never held up
 for long, while each index page a batch touches is written once for many rows, and
 SQLite's WAL stays bounded (checkpointed between batches, truncated at the end).
+On PostgreSQL, whose access_log is partitioned by UTC day (schoolgate.partitioning),
+a day wholly past `records_days` goes as one partition: its flagged and illegal-tier
+records move to a new partition of that day first, and the day the cut-off falls in
+is deleted row by row up to the cut-off, so what is kept is exactly what SQLite keeps.
 
 The audit trail is not purged: it is append-only (the database refuses DELETE)
 and records who did what, not what pupils browsed. Each purge writes one audit
@@ -25,6 +29,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -43,6 +48,8 @@ from schoolgate.db import (
     pupil_notes,
 )
 from schoolgate.live import record_audit
+from schoolgate.partitioning import drop_expired, partitioned, prepare
+from schoolgate.partitions import bounds, day_of
 from schoolgate.policy import Policy
 
 log = logging.getLogger("schoolgate.retention")
@@ -93,7 +100,7 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     records_before = now - timedelta(days=policy.retention.records_days)
     flagged_before = now - timedelta(days=policy.retention.flagged_days)
     c = access_log.c
-    kept_long = or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))  # evidence for the DSL and police
+    kept_long = _kept_long(c)
     expired_flagged = and_(kept_long, c.ts < flagged_before)
     expired_records = and_(not_(kept_long), c.ts < records_before)
     others: list[tuple[str, Delete]] = [
@@ -120,10 +127,15 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
                 counted[name] = await _count(conn, statement.table, statement.whereclause)  # type: ignore[arg-type]
     else:
         batches = BatchSizes(batch_rows, batch_seconds)
+        dropped, since = 0, None
+        if await partitioned(engine):
+            await prepare(engine)  # records the default partition caught get their day's partition, to go with it
+            dropped = await drop_expired(engine, records_before, _kept_long)
+            since = bounds(day_of(records_before))[0]  # left for deleting row by row: the day the cut-off falls in
         # Ordinary records first: what is left older than flagged_days is then kept_long alone,
         # so the second pass's batches are not spread over ordinary records it would skip.
-        counted["records"] = (await _delete_records(engine, records_before, not_(kept_long), batches,
-                                                    with_incidents=False))[0]
+        counted["records"] = dropped + (await _delete_records(engine, records_before, not_(kept_long), batches,
+                                                              with_incidents=False, since=since))[0]
         flagged = await _delete_records(engine, flagged_before, kept_long, batches, with_incidents=True)
         counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
                        incidents=flagged[1], flagged_records=flagged[0])
@@ -141,6 +153,11 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
     log.info("%s: %s", "retention dry run, would delete" if dry_run else "retention purge deleted",
              ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in asdict(counts).items()))
     return counts
+
+
+def _kept_long(c: Any) -> ColumnElement[bool]:
+    """Records kept `flagged_days`: evidence for the DSL and police."""
+    return or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))
 
 
 @dataclass(slots=True)
@@ -162,10 +179,10 @@ class BatchSizes:
 
 
 async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnElement[bool], batches: BatchSizes, *,
-                          with_incidents: bool) -> tuple[int, int, int, int, int]:
-    """Delete the access records older than `before` matching `which`, oldest first, one short
-    transaction per batch (with their incidents, notes, outcomes and attempt links when asked);
-    returns records, incidents, notes, outcomes and links deleted.
+                          with_incidents: bool, since: datetime | None = None) -> tuple[int, int, int, int, int]:
+    """Delete the access records older than `before` (and, given `since`, not older than that)
+    matching `which`, oldest first, one short transaction per batch (with their incidents, notes,
+    outcomes and attempt links when asked); returns records, incidents, notes, outcomes and links deleted.
 
     A batch is a range of (ts, id): its end is found by walking the time index alone (records
     `which` leaves out count towards its size but are not read), and the deletes name no ids."""
@@ -177,7 +194,8 @@ async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnEl
         async with engine.begin() as conn:
             if engine.dialect.name == "sqlite":
                 await conn.exec_driver_sql(f"PRAGMA cache_size = -{BATCH_CACHE_KIB}")
-            since_last = true() if after is None else and_(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
+            first = true() if since is None else c.ts >= since
+            since_last = first if after is None else and_(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
             last = (await conn.execute(select(c.ts, c.id).where(c.ts < before, since_last).order_by(c.ts, c.id)
                                        .offset(batches.rows - 1).limit(1))).first()
             # One upper bound on ts only: given two, SQLite may walk the index to the farther one.

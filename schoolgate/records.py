@@ -76,6 +76,7 @@ from schoolgate.metrics import (
     RECORDS_SPOOLED,
     RECORDS_WRITTEN,
 )
+from schoolgate.partitioning import keep_partitions_ready
 from schoolgate.policy import UrlLogging
 
 log = logging.getLogger("schoolgate.records")
@@ -405,6 +406,7 @@ class RecordWriter:
         self._background: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._partitions_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._close_requested = asyncio.Event()  # wakes a write in flight, so it honours the close deadline
@@ -463,6 +465,9 @@ class RecordWriter:
         early, self._early = self._early, []
         self._task = asyncio.create_task(self._run(), name="schoolgate-record-writer")
         self._sync_task = asyncio.create_task(self._sync_journal(), name="schoolgate-record-journal-sync")
+        # PostgreSQL: each day's partition exists before its first record (a late one is caught by the default).
+        self._partitions_task = asyncio.create_task(keep_partitions_ready(self._database_url),
+                                                    name="schoolgate-record-partitions")
         for record in early:
             self.submit(record)
 
@@ -522,6 +527,8 @@ class RecordWriter:
         finally:
             assert self._sync_task is not None
             self._sync_task.cancel()
+            if self._partitions_task is not None:
+                self._partitions_task.cancel()
             if self._abandoned:  # let calls past their deadline end, so their connections close (briefly)
                 await asyncio.wait(self._abandoned, timeout=1.0)
             await self._journal.sync()
@@ -858,7 +865,10 @@ def store_incidents(connection: Connection, records: list[AccessRecord], window:
     stored: dict[tuple[str, int], int] = {}
     for instance in {r.instance for r in records}:
         seqs = [r.seq for r in records if r.instance == instance]
-        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs))):
+        # Within the batch's times: on PostgreSQL only those days' partitions are read (0008_partitions).
+        for row in connection.execute(select(c.id, c.seq).where(c.instance == instance, c.seq.in_(seqs),
+                                                                c.ts.between(min(r.ts for r in records),
+                                                                             max(r.ts for r in records)))):
             stored[(instance, row.seq)] = max(row.id, stored.get((instance, row.seq), 0))
     attempts = []
     for r in records:

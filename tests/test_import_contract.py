@@ -17,6 +17,7 @@ PURE = [
     "schoolgate.urls",
     "schoolgate.flags",
     "schoolgate.episodes",
+    "schoolgate.partitions",
     "schoolgate.grants",
     "schoolgate.decide",
     "schoolgate.engine",

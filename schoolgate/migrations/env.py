@@ -14,6 +14,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from schoolgate.db import create_engine, is_sqlite, metadata
+from schoolgate.partitions import not_a_partition
 
 
 def run_migrations(connection: Connection) -> None:
@@ -23,6 +24,7 @@ def run_migrations(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
         render_as_batch=is_sqlite(str(connection.engine.url)),
         compare_type=True,
+        include_name=not_a_partition,
     )
     with context.begin_transaction():
         context.run_migrations()

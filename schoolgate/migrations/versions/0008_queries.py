@@ -10,7 +10,7 @@
   lookups are by a reference, so never for a NULL, which most records are.
 
 Revision ID: 0008_queries
-Revises: 0007_reports
+Revises: 0008_partitions
 Create Date: 2026-11-29
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_queries"
-down_revision: str | None = "0007_reports"
+down_revision: str | None = "0008_partitions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
