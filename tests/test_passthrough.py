@@ -13,8 +13,8 @@ import pytest
 from test_gateway import records
 
 from support.clients import curl, httpx_client
-from support.waiting import wait_for
 from support.upstream import bytes_body
+from support.waiting import wait_for
 
 POLICY = """\
 [gateway]
