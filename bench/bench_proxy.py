@@ -20,7 +20,7 @@ hits them alike; the figure printed is the median round.
   blocked site (`www.blocked.bench`). Tunnels CONNECT to the upstream's address (opened by
   `[gateway] internal_destinations`) with the name in SNI, so no configuration waits on DNS.
   schoolgate runs with `decrypt = "needed"` (passthrough) and `decrypt = "all"`.
-- **workers**: `schoolgate run --workers 1` against `--workers 2`, wrk http with -t2 -c32.
+- **workers**: bare mitmdump, `schoolgate run --workers 1` and `--workers 2`, wrk http with -t2 -c32.
 
 CPU per request is the gateway's own processes' user+system CPU (psutil, the whole process
 tree: supervisor and workers) over the requests answered; requests/s is what the client saw.
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import multiprocessing
 import os
 import random
@@ -313,7 +314,7 @@ def rounds(title: str, proxies: list[Proxy], measure: Callable[[Proxy], Round], 
     for _ in range(count):
         for proxy in proxies:
             results[proxy.name].append(measure(proxy))
-    print(f"\n{title}")
+    print(f"\n{title} (load average after: {' '.join(f'{n:.1f}' for n in os.getloadavg())})")
     print(f"  {'gateway':34} {'req/s':>8} {'CPU ms/req':>11} {'errors':>7}   rounds (req/s)")
     median = {}
     for name, runs in results.items():
@@ -337,8 +338,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="wrk connections / HTTPS client tunnels at once")
     parser.add_argument("--skip-workers", action="store_true", help="leave out --workers 1 against --workers 2")
     args = parser.parse_args()
-    print(f"bench_proxy: {os.cpu_count()} cores, {args.rounds} interleaved rounds of {args.seconds:g} s, "
-          f"{args.concurrency} connections; median round shown")
+    print(f"bench_proxy: {os.cpu_count()} cores, load average {' '.join(f'{n:.1f}' for n in os.getloadavg())}, "
+          f"{args.rounds} interleaved rounds of {args.seconds:g} s, {args.concurrency} connections; median round shown; "
+          f"event loop: {'uvloop' if importlib.util.find_spec('uvloop') else 'asyncio'}")
     with tempfile.TemporaryDirectory(prefix="sg-bench-proxy-") as tmp:
         work = Path(tmp)
         cert, key = _self_signed(work)
@@ -365,12 +367,12 @@ def main() -> None:
             if not args.skip_workers:
                 for p in proxies:
                     p.stop()
-                proxies = [start_schoolgate(work, "schoolgate run --workers 1"),
+                proxies = [start_mitmdump(work), start_schoolgate(work, "schoolgate run --workers 1"),
                            start_schoolgate(work, "schoolgate run --workers 2", workers=2)]
                 result = rounds(f"workers: http, wrk -t2 -c{args.concurrency * 2}", proxies,
                                 lambda p: wrk(p, http_port, args.seconds, 2, args.concurrency * 2, work),
                                 args.rounds, proxies[0].name)
-                one, two = (result[p.name] for p in proxies)
+                one, two = (result[p.name] for p in proxies[1:])
                 print(f"  2 workers / 1 worker: x{two / one:.2f} (goal: >= 1.6, i.e. 0.8*N with N=2)")
         finally:
             for p in proxies:

@@ -20,7 +20,9 @@ one of them runs mitmdump with `-s addons/script.py` instead.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import sys
 from typing import Any
 
@@ -139,6 +141,9 @@ class GatewayMaster(master.Master):
                 if not isinstance(addon, _QUIET):
                     left_out.update(dict.fromkeys(set(self.options.keys()) - before, type(addon).__name__))
         self.addons.add(LeftOutOptions(left_out))
+        # aiosqlite logs two DEBUG lines per database call, and mitmproxy formats every record, whatever
+        # its level, for its legacy add_log event, then wakes the event loop with it (as mitmdump quiets hpack).
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class LeftOutOptions:
@@ -157,5 +162,17 @@ class LeftOutOptions:
                     "run mitmdump -s addons/script.py to use it")
 
 
+def use_uvloop() -> bool:
+    """uvloop's event loop (libuv, in C) where it is installed: the same protocols and modes as
+    asyncio's, for less of the loop's own CPU per request. Without it, asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
+    use_uvloop()
     run(GatewayMaster, cmdline.mitmdump, sys.argv[1:] if argv is None else argv)

@@ -5,6 +5,7 @@ come, go or are reloaded (a school's own script beside addons/script.py)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
-from schoolgate.proxy import _Addons
+from schoolgate.proxy import GatewayMaster, _Addons
 
 from support.clients import curl
 from support.waiting import wait_for
@@ -29,8 +30,11 @@ networks = ["127.0.0.1/32"]
 """
 
 SCHOOL_SCRIPT = """\
+import asyncio
+
 def response(flow):
     flow.response.headers["x-school-script"] = "{mark}"
+    flow.response.headers["x-event-loop"] = type(asyncio.get_running_loop()).__module__
 """
 
 
@@ -133,12 +137,23 @@ def test_a_school_script_beside_the_gateway_is_called_and_so_is_its_reloaded_ver
     _write_script(script, "first")
     gateway = gateway_factory(POLICY, lean=True, args=["-s", str(script)])
 
-    def mark() -> str | None:
+    def answered() -> dict[str, str]:
         done = curl(gateway, "http://school.test/lessons")
         assert done.status == 200, done.stderr
-        return done.headers.get("x-school-script")
+        return done.headers
 
-    wait_for(lambda: mark() == "first", timeout=20)  # scripts load once the proxy runs
+    wait_for(lambda: answered().get("x-school-script") == "first", timeout=20)  # scripts load once the proxy runs
     _write_script(script, "second")
-    wait_for(lambda: mark() == "second", timeout=20)
-    assert mark() == "second"
+    wait_for(lambda: answered().get("x-school-script") == "second", timeout=20)
+    # uvloop's event loop where it is installed (a dependency; asyncio's without it)
+    expected_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio.unix_events"
+    assert answered()["x-event-loop"] == expected_loop
+
+
+def test_the_gateway_process_leaves_out_the_database_drivers_debug_lines() -> None:
+    async def start() -> None:
+        GatewayMaster(options.Options())
+
+    logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
+    asyncio.run(start())
+    assert logging.getLogger("aiosqlite").level == logging.INFO

@@ -48,6 +48,14 @@ def mitmdump_path() -> Path:
     return Path(sys.executable).parent / "mitmdump"
 
 
+def proxy_command(lean: bool | None = None) -> list[str]:
+    """What runs as the gateway: mitmdump, or with `lean` (default: SCHOOLGATE_TEST_PROCESS=lean)
+    the process `schoolgate run` starts (schoolgate.proxy), which takes mitmdump's arguments."""
+    if lean is None:
+        lean = os.environ.get("SCHOOLGATE_TEST_PROCESS") == "lean"
+    return [sys.executable, "-m", "schoolgate.workers"] if lean else [str(mitmdump_path())]
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct currently-free loopback ports (all held open until every one is chosen)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -126,7 +134,7 @@ class Gateway:
         lean: bool | None = None,
     ) -> None:
         self.directory = directory
-        self.lean = os.environ.get("SCHOOLGATE_TEST_PROCESS") == "lean" if lean is None else lean
+        self.lean = lean
         self.directory.mkdir(parents=True, exist_ok=True)
         self.with_schoolgate = with_schoolgate
         self.policy_path = directory / "policy.toml"
@@ -203,7 +211,7 @@ class Gateway:
         if self.with_schoolgate:
             options["schoolgate_policy"] = str(self.policy_path)
         options.update(self._options)
-        cmd = [sys.executable, "-m", "schoolgate.workers"] if self.lean else [str(mitmdump_path())]
+        cmd = proxy_command(self.lean)
         for script in scripts:
             cmd += ["-s", str(script)]
         cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(self.proxy_port)]
