@@ -162,16 +162,15 @@ class LeftOutOptions:
                     "run mitmdump -s addons/script.py to use it")
 
 
-def use_uvloop() -> bool:
+def use_uvloop() -> None:
     """uvloop's event loop (libuv, in C): the same protocols and modes as asyncio's, for less of
     the loop's own CPU per request (bench_proxy.py: 1-9% less, the median about 7%). A dependency
     except on Windows, which uvloop does not support: there, or wherever it is missing, asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return False
+        return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,6 +111,20 @@ def test_addons_that_come_or_go_after_the_first_event_are_found_again() -> None:
     assert calls == ["first", "first", "late", "late"]
 
 
+def test_addons_reordered_by_an_option_change_are_called_in_their_new_order() -> None:
+    class Reorders(Holder):
+        def configure(self, updated: set[str]) -> None:
+            if "listen_port" in updated:
+                self.addons.reverse()  # as mitmproxy's script loader reorders scripts, registering nothing
+
+    calls: list[str] = []
+    manager = _dispatch(Reorders(Seen("a", calls), Seen("b", calls)))
+    _request(manager)
+    manager.master.options.update(listen_port=8081)
+    _request(manager)
+    assert calls == ["a", "b", "b", "a"]
+
+
 def test_a_hook_mitmproxy_refuses_is_still_reported_on_every_event(caplog: pytest.LogCaptureFixture) -> None:
     class NotCallable:
         request = "not a function"
