@@ -20,23 +20,28 @@ hits them alike; the figure printed is the median round.
   blocked site (`www.blocked.bench`). Tunnels CONNECT to the upstream's address (opened by
   `[gateway] internal_destinations`) with the name in SNI, so no configuration waits on DNS.
   schoolgate runs with `decrypt = "needed"` (passthrough) and `decrypt = "all"`.
-- **workers**: `schoolgate run --workers 1` against `--workers 2`, wrk http with -t2 -c32.
+- **workers**: bare mitmdump, `schoolgate run --workers 1` and `--workers 2`, wrk http with -t2 -c32.
 
 CPU per request is the gateway's own processes' user+system CPU (psutil, the whole process
 tree: supervisor and workers) over the requests answered; requests/s is what the client saw.
 On this 2-core machine the client, the upstream and the gateway share the cores, so
 requests/s is bounded by them all; CPU per request is not.
 
-On a 16-core machine, measure workers the same way with the cores kept apart: run the
-upstream and wrk on cores 8-15 (`taskset -c 8-15`), the gateway on 0-7
-(`taskset -c 0-7 schoolgate run --workers N`), N = 1, 2, 4, 8, and wrk with -t8 -c256; N
-workers should reach at least 0.8*N times one worker's requests/s.
+On a 16-core machine, measure workers with the cores kept apart, so the load generator and
+the upstream never take a gateway's core:
+
+    python bench/bench_proxy.py --gateway-cpus 0-7 --load-cpus 8-15 --workers 1,2,4,8
+
+(gateways under `taskset -c 0-7`; this script, the upstream and wrk, with one wrk thread per
+load CPU and 16*2*4 = 128 connections, on 8-15). N workers should reach at least 0.8*N times
+one worker's requests/s; CPU per request should stay flat as N grows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import multiprocessing
 import os
 import random
@@ -149,7 +154,12 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
     raise RuntimeError(f"nothing listens on {port}: {log.read_text()[-2000:]}")
 
 
+# `taskset -c CPUS` before every gateway's command when --gateway-cpus is given.
+GATEWAY_PREFIX: list[str] = []
+
+
 def _start(name: str, command: list[str], port: int, work: Path, settle: float = 0.0) -> Proxy:
+    command = [*GATEWAY_PREFIX, *command]
     log = work / f"{re.sub(r'[^a-z0-9]+', '-', name)}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -313,7 +323,7 @@ def rounds(title: str, proxies: list[Proxy], measure: Callable[[Proxy], Round], 
     for _ in range(count):
         for proxy in proxies:
             results[proxy.name].append(measure(proxy))
-    print(f"\n{title}")
+    print(f"\n{title} (load average after: {' '.join(f'{n:.1f}' for n in os.getloadavg())})")
     print(f"  {'gateway':34} {'req/s':>8} {'CPU ms/req':>11} {'errors':>7}   rounds (req/s)")
     median = {}
     for name, runs in results.items():
@@ -330,15 +340,37 @@ def rounds(title: str, proxies: list[Proxy], measure: Callable[[Proxy], Round], 
     return median
 
 
+def _cpu_list(spec: str) -> set[int]:
+    """CPUs in taskset's list form: "8-15", "0,2,4-6"."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per configuration per round")
     parser.add_argument("--concurrency", type=int, default=16, help="wrk connections / HTTPS client tunnels at once")
-    parser.add_argument("--skip-workers", action="store_true", help="leave out --workers 1 against --workers 2")
+    parser.add_argument("--skip-workers", action="store_true", help="leave out the workers comparison")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare with one another (e.g. 1,2,4,8)")
+    parser.add_argument("--gateway-cpus", help="run every gateway on these CPUs only (taskset list, e.g. 0-7)")
+    parser.add_argument("--load-cpus", help="run wrk, the HTTPS client and the upstream on these CPUs only (e.g. 8-15)")
     args = parser.parse_args()
-    print(f"bench_proxy: {os.cpu_count()} cores, {args.rounds} interleaved rounds of {args.seconds:g} s, "
-          f"{args.concurrency} connections; median round shown")
+    counts = [int(n) for n in args.workers.split(",")]
+    load_threads = 2
+    if args.gateway_cpus:
+        GATEWAY_PREFIX[:] = ["taskset", "-c", args.gateway_cpus]
+    if args.load_cpus:
+        load = _cpu_list(args.load_cpus)
+        os.sched_setaffinity(0, load)  # inherited by the upstream process and by wrk
+        load_threads = len(load)
+    print(f"bench_proxy: {os.cpu_count()} cores, load average {' '.join(f'{n:.1f}' for n in os.getloadavg())}, "
+          f"{args.rounds} interleaved rounds of {args.seconds:g} s, {args.concurrency} connections; median round shown; "
+          f"event loop: {'uvloop' if importlib.util.find_spec('uvloop') else 'asyncio'}; "
+          f"gateways on CPUs {args.gateway_cpus or 'any'}, load on CPUs {args.load_cpus or 'any'}")
     with tempfile.TemporaryDirectory(prefix="sg-bench-proxy-") as tmp:
         work = Path(tmp)
         cert, key = _self_signed(work)
@@ -365,13 +397,16 @@ def main() -> None:
             if not args.skip_workers:
                 for p in proxies:
                     p.stop()
-                proxies = [start_schoolgate(work, "schoolgate run --workers 1"),
-                           start_schoolgate(work, "schoolgate run --workers 2", workers=2)]
-                result = rounds(f"workers: http, wrk -t2 -c{args.concurrency * 2}", proxies,
-                                lambda p: wrk(p, http_port, args.seconds, 2, args.concurrency * 2, work),
+                proxies = [start_mitmdump(work)]
+                proxies += [start_schoolgate(work, f"schoolgate run --workers {n}", workers=n) for n in counts]
+                connections = args.concurrency * 2 * max(1, max(counts) // 2)
+                result = rounds(f"workers: http, wrk -t{load_threads} -c{connections}", proxies,
+                                lambda p: wrk(p, http_port, args.seconds, load_threads, connections, work),
                                 args.rounds, proxies[0].name)
-                one, two = (result[p.name] for p in proxies)
-                print(f"  2 workers / 1 worker: x{two / one:.2f} (goal: >= 1.6, i.e. 0.8*N with N=2)")
+                one = result[proxies[1].name]
+                for n, proxy in zip(counts[1:], proxies[2:], strict=True):
+                    print(f"  {n} workers / {counts[0]}: x{result[proxy.name] / one:.2f} "
+                          f"(goal: >= {0.8 * n / counts[0]:.1f}, i.e. 0.8*N)")
         finally:
             for p in proxies:
                 p.stop()

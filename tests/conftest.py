@@ -65,6 +65,7 @@ def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path, upstream: Up
         with_schoolgate: bool = True,
         options: Mapping[str, OptionValue] | None = None,
         args: Sequence[str] = (),
+        lean: bool | None = None,
     ) -> Gateway:
         gateway = Gateway(
             tmp_path / f"gateway{len(gateways)}",
@@ -74,6 +75,7 @@ def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path, upstream: Up
             with_schoolgate=with_schoolgate,
             options=options,
             args=args,
+            lean=lean,
         )
         gateways.append(gateway)
         return gateway.start()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support.gateway import REPO, mitmdump_path
+from support.gateway import REPO, proxy_command
 
 RULES = REPO / "deploy" / "nftables" / "schoolgate-transparent.nft"
 INTERNET, INTERNET6, DNS = "192.0.2.2", "2001:db8:2::2", "192.0.2.53"
@@ -161,11 +161,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         processes.append(servers)
         assert servers.stdout is not None and servers.stdout.readline().strip() == "ready"
-        # the gateway: mitmdump in transparent mode on every address, as `schoolgate run` now listens
+        # the gateway: mitmdump (or the lean process) in transparent mode on every address, as `schoolgate run` listens
         log = tmp_path / "mitmdump.log"
         with open(log, "wb") as out:
             processes.append(subprocess.Popen(
-                ["ip", "netns", "exec", router, str(mitmdump_path()), "--mode", "transparent", "--listen-host", "",
+                ["ip", "netns", "exec", router, *proxy_command(), "--mode", "transparent", "--listen-host", "",
                  "--listen-port", "8080", "--set", f"confdir={tmp_path / 'ca'}", "--set", "connection_strategy=lazy"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         _wait_port(router, 8080)

@@ -48,6 +48,14 @@ def mitmdump_path() -> Path:
     return Path(sys.executable).parent / "mitmdump"
 
 
+def proxy_command(lean: bool | None = None) -> list[str]:
+    """What runs as the gateway: mitmdump, or with `lean` (default: SCHOOLGATE_TEST_PROCESS=lean)
+    the process `schoolgate run` starts (schoolgate.proxy), which takes mitmdump's arguments."""
+    if lean is None:
+        lean = os.environ.get("SCHOOLGATE_TEST_PROCESS") == "lean"
+    return [sys.executable, "-m", "schoolgate.workers"] if lean else [str(mitmdump_path())]
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct currently-free loopback ports (all held open until every one is chosen)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -97,11 +105,15 @@ class GatewayFactory(Protocol):
         with_schoolgate: bool = True,
         options: Mapping[str, OptionValue] | None = None,
         args: Sequence[str] = (),
+        lean: bool | None = None,
     ) -> Gateway: ...
 
 
 class Gateway:
-    """mitmdump with the schoolgate add-on (or bare, with `with_schoolgate=False`).
+    """mitmdump with the schoolgate add-on (or bare, with `with_schoolgate=False`); with
+    `lean=True` the process `schoolgate run` starts instead (schoolgate.proxy: only the
+    mitmproxy add-ons the gateway needs, its own hook dispatch and event loop), the default
+    when SCHOOLGATE_TEST_PROCESS=lean, so any test file can be run through it.
 
     Policy text may use the fields `{database}` (SQLAlchemy URL of `db_path`), `{metrics_port}`
     and `{dir}` (this gateway's directory); they are replaced literally, not with str.format, so
@@ -119,8 +131,10 @@ class Gateway:
         with_schoolgate: bool = True,
         options: Mapping[str, OptionValue] | None = None,
         args: Sequence[str] = (),
+        lean: bool | None = None,
     ) -> None:
         self.directory = directory
+        self.lean = lean
         self.directory.mkdir(parents=True, exist_ok=True)
         self.with_schoolgate = with_schoolgate
         self.policy_path = directory / "policy.toml"
@@ -197,7 +211,7 @@ class Gateway:
         if self.with_schoolgate:
             options["schoolgate_policy"] = str(self.policy_path)
         options.update(self._options)
-        cmd = [str(mitmdump_path())]
+        cmd = proxy_command(self.lean)
         for script in scripts:
             cmd += ["-s", str(script)]
         cmd += ["--listen-host", "127.0.0.1", "--listen-port", str(self.proxy_port)]
