@@ -103,7 +103,8 @@ def main() -> int:
         took = time.perf_counter() - started
         with sqlite3.connect(path) as conn:
             made = conn.execute("SELECT count(*) FROM incidents").fetchone()[0]
-        print(f"upgrade to 0007 (backfill): {took:.1f} s for {flagged:,} flagged records into {made:,} incidents")
+        print(f"upgrade to the latest revision (backfills of 0007_queue, 0008_queries): "
+              f"{took:.1f} s for {flagged:,} flagged records into {made:,} incidents")
         timings = asyncio.run(reads(url, args.repeats))
         print(f"median of {args.repeats}: open queue (500 rows, worst first) {timings['queue']:.0f} ms; one incident "
               f"with its attempts {timings['incident']:.0f} ms; lost-records check (3 days) {timings['lost']:.0f} ms")

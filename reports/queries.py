@@ -156,8 +156,9 @@ async def lost_records(engine: AsyncEngine, now: datetime, days: int = LOST_RECO
 
 
 class LostRecords:
-    """`lost_records` as the queue and settings pages show it. The query reads days of records
-    (about a second over 10 M), so one console asks it at most once a minute, not on every view."""
+    """`lost_records` as the queue and settings pages show it, asked at most once a minute by one
+    console rather than on every view (it counts days of index entries: under 0.1 s warm, about
+    0.3 s cold, over 10 M records)."""
 
     FRESH_FOR = timedelta(minutes=1)
 

@@ -8,14 +8,13 @@
 - access requests and console login attempts older than `records_days`;
 - console sessions that have ended or gone idle.
 
-Access records go oldest first in short transactions, each sized by how long the
-last took (about BATCH_SECONDS), so the gateway's record writer is never held up
-for long, while each index page a batch touches is written once for many rows, and
-SQLite's WAL stays bounded (checkpointed between batches, truncated at the end).
-On PostgreSQL, whose access_log is partitioned by UTC day (schoolgate.partitioning),
-a day wholly past `records_days` goes as one partition: its flagged and illegal-tier
-records move to a new partition of that day first, and the day the cut-off falls in
-is deleted row by row up to the cut-off, so what is kept is exactly what SQLite keeps.
+Access records go in short transactions of a few thousand rows, oldest first,
+so the gateway's record writer is never held up for long and SQLite's WAL stays
+small (checkpointed between batches, truncated at the end). On PostgreSQL, whose
+access_log is partitioned by UTC day (schoolgate.partitioning), a day wholly past
+`records_days` goes as one partition: its flagged and illegal-tier records move to a
+new partition of that day first, and the day the cut-off falls in is deleted row by
+row up to the cut-off, so what is kept is exactly what SQLite keeps.
 
 The audit trail is not purged: it is append-only (the database refuses DELETE)
 and records who did what, not what pupils browsed. Each purge writes one audit
@@ -26,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, Table, and_, delete, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Delete
 
@@ -58,14 +56,9 @@ SESSION_KEEP = timedelta(days=1)  # ended or idle sessions are only kept to expl
 PURGE_EVERY = timedelta(days=1)
 
 
-# How long one transaction of the purge should hold the write lock (SQLite's: the gateway's
-# writer waits at most about that long). The cost of a batch is mostly the index pages it
-# touches and its commit, which grow far slower than its rows, so batches are as big as
-# this allows: from FIRST_BATCH_ROWS, sized by how long the one before took.
-BATCH_SECONDS = 0.2
-FIRST_BATCH_ROWS = 2000
-# A batch's dirty pages all go through the WAL before a checkpoint can copy them back.
-MAX_BATCH_ROWS = 50_000
+# Rows deleted per transaction: each holds SQLite's write lock for a fraction of a second
+# (the gateway's writer waits at most that long), and the WAL stays tens of megabytes.
+BATCH_ROWS = 2000
 # SQLite's page cache for a batch (KiB): a batch dirties pages of every index, and a
 # smaller cache would spill them to the WAL mid-transaction, again and again.
 BATCH_CACHE_KIB = 65536
@@ -87,15 +80,13 @@ class PurgeCounts:
 
 
 async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
-                now: datetime | None = None, batch_rows: int = FIRST_BATCH_ROWS,
-                batch_seconds: float = BATCH_SECONDS) -> PurgeCounts:
+                now: datetime | None = None, batch_rows: int = BATCH_ROWS) -> PurgeCounts:
     """Delete (or, with dry_run, count) what is past its retention.
 
-    Access records go oldest first in transactions of `batch_rows` at first, then sized
-    to take about `batch_seconds` each, with their incidents and their notes, so the
-    gateway's writer never waits long for the database; a purge cut short leaves only
-    whole batches done, and the next run carries on. The small tables and the audit
-    row go in one last transaction."""
+    Access records go oldest first in transactions of `batch_rows`, each with its
+    incidents and their notes, so the gateway's writer never waits long for the
+    database; a purge cut short leaves only whole batches done, and the next run
+    carries on. The small tables and the audit row go in one last transaction."""
     now = now or datetime.now(UTC)
     records_before = now - timedelta(days=policy.retention.records_days)
     flagged_before = now - timedelta(days=policy.retention.flagged_days)
@@ -126,19 +117,17 @@ async def purge(engine: AsyncEngine, policy: Policy, *, dry_run: bool = False,
             for name, statement in others:
                 counted[name] = await _count(conn, statement.table, statement.whereclause)  # type: ignore[arg-type]
     else:
-        batches = BatchSizes(batch_rows, batch_seconds)
-        dropped, since = 0, None
+        flagged = await _delete_records(engine, expired_flagged, batch_rows, with_incidents=True)
+        counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
+                       incidents=flagged[1], flagged_records=flagged[0])
+        dropped = 0
         if await partitioned(engine):
             await prepare(engine)  # records the default partition caught get their day's partition, to go with it
             dropped = await drop_expired(engine, records_before, _kept_long)
-            since = bounds(day_of(records_before))[0]  # left for deleting row by row: the day the cut-off falls in
-        # Ordinary records first: what is left older than flagged_days is then kept_long alone,
-        # so the second pass's batches are not spread over ordinary records it would skip.
-        counted["records"] = dropped + (await _delete_records(engine, records_before, not_(kept_long), batches,
-                                                              with_incidents=False, since=since))[0]
-        flagged = await _delete_records(engine, flagged_before, kept_long, batches, with_incidents=True)
-        counted.update(incident_records=flagged[4], incident_outcomes=flagged[3], incident_notes=flagged[2],
-                       incidents=flagged[1], flagged_records=flagged[0])
+            # Left for deleting row by row: the day the cut-off falls in.
+            expired_records = and_(expired_records, c.ts >= bounds(day_of(records_before))[0])
+        counted["records"] = dropped + (await _delete_records(engine, expired_records, batch_rows,
+                                                              with_incidents=False))[0]
         async with engine.begin() as conn:
             for name, statement in others:
                 counted[name] = (await conn.execute(statement)).rowcount or 0
@@ -160,67 +149,41 @@ def _kept_long(c: Any) -> ColumnElement[bool]:
     return or_(c.flag_severity.is_not(None), c.rule.startswith("illegal"))
 
 
-@dataclass(slots=True)
-class BatchSizes:
-    """The purge's next batch size: towards what takes `seconds`, from how long the last took,
-    at most doubling or halving at a time (one slow batch on a busy disk is not the rule), and
-    never below the first size (a batch's fixed costs would then make every batch slower)."""
-
-    rows: int
-    seconds: float
-    least: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.least = self.rows
-
-    def took(self, seconds: float) -> None:
-        wanted = int(self.rows * self.seconds / max(seconds, 1e-6))
-        self.rows = max(self.least, self.rows // 2, min(wanted, self.rows * 2, MAX_BATCH_ROWS))
-
-
-async def _delete_records(engine: AsyncEngine, before: datetime, which: ColumnElement[bool], batches: BatchSizes, *,
-                          with_incidents: bool, since: datetime | None = None) -> tuple[int, int, int, int, int]:
-    """Delete the access records older than `before` (and, given `since`, not older than that)
-    matching `which`, oldest first, one short transaction per batch (with their incidents, notes,
-    outcomes and attempt links when asked); returns records, incidents, notes, outcomes and links deleted.
-
-    A batch is a range of (ts, id): its end is found by walking the time index alone (records
-    `which` leaves out count towards its size but are not read), and the deletes name no ids."""
+async def _delete_records(engine: AsyncEngine, expired: ColumnElement[bool], batch_rows: int, *,
+                          with_incidents: bool) -> tuple[int, int, int, int, int]:
+    """Delete the access records matching `expired`, oldest first, one short transaction per batch
+    (with their incidents, notes, outcomes and attempt links when asked); returns records, incidents,
+    notes, outcomes and links deleted."""
     c = access_log.c
     deleted = [0, 0, 0, 0, 0]
     after: tuple[datetime, int] | None = None  # the last row of the previous batch, so kept rows are read once
     while True:
-        started = time.monotonic()
+        query = select(c.ts, c.id).where(expired).order_by(c.ts, c.id).limit(batch_rows)
+        if after is not None:
+            query = query.where(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
         async with engine.begin() as conn:
             if engine.dialect.name == "sqlite":
                 await conn.exec_driver_sql(f"PRAGMA cache_size = -{BATCH_CACHE_KIB}")
-            first = true() if since is None else c.ts >= since
-            since_last = first if after is None else and_(c.ts >= after[0], or_(c.ts > after[0], c.id > after[1]))
-            last = (await conn.execute(select(c.ts, c.id).where(c.ts < before, since_last).order_by(c.ts, c.id)
-                                       .offset(batches.rows - 1).limit(1))).first()
-            # One upper bound on ts only: given two, SQLite may walk the index to the farther one.
-            batch = and_(which, since_last, c.ts < before if last is None else and_(
-                c.ts <= last.ts, or_(c.ts < last.ts, c.id <= last.id)))
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                break
+            ids = [row.id for row in rows]
             if with_incidents:
-                their_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(select(c.id).where(batch)))
+                their_incidents = select(incidents.c.id).where(incidents.c.record_id.in_(ids))
                 deleted[2] += await _rowcount(conn, delete(incident_notes).where(
                     incident_notes.c.incident_id.in_(their_incidents)))
                 deleted[3] += await _rowcount(conn, delete(incident_outcomes).where(
                     incident_outcomes.c.incident_id.in_(their_incidents)))
                 deleted[4] += await _rowcount(conn, delete(incident_records).where(
                     incident_records.c.incident_id.in_(their_incidents)))
-                deleted[1] += await _rowcount(conn, delete(incidents).where(
-                    incidents.c.record_id.in_(select(c.id).where(batch))))
-            deleted[0] += await _rowcount(conn, delete(access_log).where(batch))
-            # Timed before the commit, whose checkpoint (every 1000 WAL pages) the writer does not wait for.
-            took = time.monotonic() - started
-        if last is None:  # that was the rest
-            break
-        after = (last.ts, last.id)
+                deleted[1] += await _rowcount(conn, delete(incidents).where(incidents.c.record_id.in_(ids)))
+            deleted[0] += await _rowcount(conn, delete(access_log).where(c.id.in_(ids)))
+        after = (rows[-1].ts, rows[-1].id)
         if engine.dialect.name == "sqlite":
             async with engine.connect() as conn:  # keep the WAL from growing batch after batch
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        batches.took(took)
+        if len(rows) < batch_rows:
+            break
     return deleted[0], deleted[1], deleted[2], deleted[3], deleted[4]
 
 

@@ -15,7 +15,7 @@ from schoolgate.db import access_log, create_engine, incident_notes, upgrade
 from schoolgate.policy import Policy, load_policy
 from schoolgate.records import AccessRecord, RecordWriter
 from schoolgate.reports.incidents import IncidentFilter, Status, queue, update_incident
-from schoolgate.reports.retention import MAX_BATCH_ROWS, BatchSizes, purge
+from schoolgate.reports.retention import purge
 
 from support.postgres import postgres_bin
 
@@ -53,23 +53,6 @@ def expected_left(made: list[AccessRecord]) -> set[str]:
     return {r.host for r in made if kept(r)}
 
 
-def test_batches_are_sized_by_how_long_the_last_took_at_most_doubling_or_halving() -> None:
-    batches = BatchSizes(rows=1000, seconds=0.15)
-    batches.took(0.015)  # ten times quicker than wanted: doubled, not ten times bigger
-    assert batches.rows == 2000
-    batches.took(0.1)
-    assert batches.rows == 3000
-    batches.took(3.0)  # a busy disk: halved, not cut to a twentieth
-    assert batches.rows == 1500
-    batches.took(3.0)
-    batches.took(3.0)  # never below the first size: each batch has its fixed costs
-    assert batches.rows == 1000
-    big = BatchSizes(rows=40_000, seconds=0.15)
-    big.took(0.001)  # the WAL holds a whole batch: never more than this
-    assert big.rows == MAX_BATCH_ROWS
-
-
-# First batches of 1, 2 and 3 rows grow as they prove quick, so batch edges fall everywhere.
 @pytest.mark.parametrize(("backend", "batch_rows"), [("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("sqlite", 1000),
                                                     ("postgresql", 2)])
 def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path, backend: str, batch_rows: int,
