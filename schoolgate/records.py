@@ -932,8 +932,20 @@ async def seq_gaps(connection: AsyncConnection, since: datetime, instances: set[
 
 _COPY_ROWS = 1000  # rows per COPY statement (PostgreSQL)
 _SQLITE_INSERT = f"INSERT INTO access_log ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
-# SQLite binds at most 32,766 parameters a statement (999 before 3.32).
-_SQLITE_ROWS_PER_STATEMENT = 1000 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(_INSERT_COLUMNS)
+
+
+def _sqlite_rows_per_statement() -> int:
+    """Rows one INSERT may carry, up to 1000: the SQLite library's limit on bound parameters
+    (32,766 by default since 3.32, 999 before; builds may set another)."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        connection.close()
+    return max(1, min(1000, limit // len(_INSERT_COLUMNS)))
+
+
+_SQLITE_ROWS_PER_STATEMENT = _sqlite_rows_per_statement()
 _SQLITE_INSERT_MANY = _SQLITE_INSERT + f", ({', '.join('?' * len(_INSERT_COLUMNS))})" * (_SQLITE_ROWS_PER_STATEMENT - 1)
 
 
