@@ -5,7 +5,7 @@ The gateway calls `RecordWriter.submit` on the event loop for each request.
 killed gateway loses nothing: the kernel keeps the bytes; an fsync every
 `sync_seconds` bounds what a power cut can take) and queues it in memory; a
 background task writes the queue in batches, one transaction each, with
-aiosqlite (executemany) or asyncpg (COPY) keeping the database I/O off the loop.
+aiosqlite (INSERTs of many rows) or asyncpg (COPY) keeping the database I/O off the loop.
 
 While the database is slow, hung or down (no answer within `spool_after_seconds`,
 or `max_backlog` records waiting), the queue is let go and the writer reads the
@@ -696,12 +696,12 @@ class RecordWriter:
             batch.append((record, _row_values(record, self._sqlite)))
         return batch, unreadable, next_offset
 
-    async def _write_with_deadline(self, records: list[tuple[AccessRecord, Row]], *, dedupe: bool) -> None:
+    async def _write_with_deadline(self, batch: list[tuple[AccessRecord, Row]], *, dedupe: bool) -> None:
         """Insert; past `spool_after_seconds` without an answer feed from the journal meanwhile;
         past `write_timeout` (or the close deadline) give up on this attempt."""
-        if not records:
+        if not batch:
             return
-        task = asyncio.create_task(self._dedupe_and_insert(records, dedupe))
+        task = asyncio.create_task(self._dedupe_and_insert(batch, dedupe))
         started = time.monotonic()
         stall_at = started + self._spool_after_seconds
         close_requested = asyncio.ensure_future(self._close_requested.wait())
