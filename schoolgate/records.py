@@ -5,7 +5,7 @@ The gateway calls `RecordWriter.submit` on the event loop for each request.
 killed gateway loses nothing: the kernel keeps the bytes; an fsync every
 `sync_seconds` bounds what a power cut can take) and queues it in memory; a
 background task writes the queue in batches, one transaction each, with
-aiosqlite (executemany) or asyncpg (COPY) keeping the database I/O off the loop.
+aiosqlite (INSERTs of many rows) or asyncpg (COPY) keeping the database I/O off the loop.
 
 While the database is slow, hung or down (no answer within `spool_after_seconds`,
 or `max_backlog` records waiting), the queue is let go and the writer reads the
@@ -705,12 +705,12 @@ class RecordWriter:
             batch.append((record, _row_values(record, self._sqlite)))
         return batch, unreadable, next_offset
 
-    async def _write_with_deadline(self, records: list[tuple[AccessRecord, Row]], *, dedupe: bool) -> None:
+    async def _write_with_deadline(self, batch: list[tuple[AccessRecord, Row]], *, dedupe: bool) -> None:
         """Insert; past `spool_after_seconds` without an answer feed from the journal meanwhile;
         past `write_timeout` (or the close deadline) give up on this attempt."""
-        if not records:
+        if not batch:
             return
-        task = asyncio.create_task(self._dedupe_and_insert(records, dedupe))
+        task = asyncio.create_task(self._dedupe_and_insert(batch, dedupe))
         started = time.monotonic()
         stall_at = started + self._spool_after_seconds
         close_requested = asyncio.ensure_future(self._close_requested.wait())
@@ -995,8 +995,20 @@ async def _first_seq_since(connection: AsyncConnection, instance: str, since: da
 
 _COPY_ROWS = 1000  # rows per COPY statement (PostgreSQL)
 _SQLITE_INSERT = f"INSERT INTO access_log ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
-# SQLite binds at most 32,766 parameters a statement (999 before 3.32).
-_SQLITE_ROWS_PER_STATEMENT = 1000 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(_INSERT_COLUMNS)
+
+
+def _sqlite_rows_per_statement() -> int:
+    """Rows one INSERT may carry, up to 1000: the SQLite library's limit on bound parameters
+    (32,766 by default since 3.32, 999 before; builds may set another)."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        connection.close()
+    return max(1, min(1000, limit // len(_INSERT_COLUMNS)))
+
+
+_SQLITE_ROWS_PER_STATEMENT = _sqlite_rows_per_statement()
 _SQLITE_INSERT_MANY = _SQLITE_INSERT + f", ({', '.join('?' * len(_INSERT_COLUMNS))})" * (_SQLITE_ROWS_PER_STATEMENT - 1)
 
 
