@@ -305,16 +305,9 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
     for thread in threads:
         thread.start()
 
-    async def go() -> Any:
-        engine = create_engine(copy_url)
-        try:
-            return await purge(engine, policy)
-        finally:
-            await engine.dispose()
-
     started = time.perf_counter()
     try:
-        counts = asyncio.run(go())
+        counts = asyncio.run(_purge(copy_url, policy))
     finally:
         took = time.perf_counter() - started
         stop.set()
@@ -328,6 +321,14 @@ def bench_purge(url: str, days: int, purge_days: int) -> None:
     print(f"  concurrent writer (one commit every 20 ms): {len(waits)} commits, longest wait "
           f"{max(waits) * 1e3:,.0f} ms, p99 {sorted(waits)[int(len(waits) * 0.99)] * 1e3:,.0f} ms; "
           f"WAL peak {wal_peak / 2**20:,.1f} MiB")
+
+
+async def _purge(url: str, policy: Policy) -> Any:
+    engine = create_engine(url)
+    try:
+        return await purge(engine, policy)
+    finally:
+        await engine.dispose()
 
 
 def purge_policy(days: int, purge_days: int) -> Policy:
@@ -444,17 +445,10 @@ def _purge_with_writer(url: str, policy: Policy) -> tuple[float, Any, list[float
     writer = threading.Thread(target=lambda: asyncio.run(write()))
     writer.start()
 
-    async def go() -> Any:
-        engine = create_engine(url)
-        try:
-            return await purge(engine, policy)
-        finally:
-            await engine.dispose()
-
     time.sleep(0.5)  # the writer is under way before the purge starts
     started = time.perf_counter()
     try:
-        counts = asyncio.run(go())
+        counts = asyncio.run(_purge(url, policy))
     finally:
         took = time.perf_counter() - started
         stop.set()
