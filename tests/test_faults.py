@@ -257,11 +257,11 @@ def _mount_tmpfs(directory: Path, size: str) -> bool:
 
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with filler.open("wb") as file:
+    # Unbuffered: a buffered file would keep what the full disk refused and fail again on close.
+    with filler.open("wb", buffering=0) as file:
         try:
-            while True:
-                file.write(b"\0" * 65536)
-                file.flush()
+            while file.write(b"\0" * 65536):
+                pass
         except OSError:
             pass
     return filler
