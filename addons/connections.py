@@ -48,6 +48,7 @@ RESOLVE_TIMEOUT = 5.0
 # pass, rather than living on for as long as the pupil keeps it busy.
 RECHECK_SECONDS = 5.0
 _RECHECK_AT, _CUT = "schoolgate_recheck_at", "schoolgate_cut"  # a raw flow's metadata
+NO_LONGER_ALLOWED = "no longer allowed"
 
 
 class Connections:
@@ -178,17 +179,26 @@ class Connections:
     def _still_passes(self, client: connection.Client, address: connection.Address | None,
                       sni: str | None, method: str) -> str | None:
         """Why a connection relayed undecrypted may not go on, decided again on the same names for
-        whoever is at that address now; None while it may. A refusal is recorded as an attempt."""
-        again = self._decide_names(self.identification.by_address(client), method, client, address, sni)
-        if again is None:
-            return None
-        if again.refused:
-            again.note = "an open connection, cut: the policy in force no longer allows it"
-            self.recorder.record(again)
-            return "no longer allowed"
-        if self._needs_decrypting(again):
-            return "its pages now need looking into, so the next connection is decrypted"
+        whoever is at that address now; None while it may. What cannot be decided is cut (it runs
+        inside the relay, where an exception would only drop one chunk and let the next through)."""
+        try:
+            again = self._decide_names(self.identification.by_address(client), method, client, address, sni)
+            if self._refused_now(again):
+                return NO_LONGER_ALLOWED
+            if again is not None and self._needs_decrypting(again):
+                return "its pages now need looking into, so the next connection is decrypted"
+        except Exception:
+            log.exception("an open connection could not be decided again, so it is cut")
+            return "it could not be decided again"
         return None
+
+    def _refused_now(self, again: Decision | None) -> bool:
+        """Whether an open connection, decided again, is refused now; a refusal is recorded as an attempt."""
+        if again is None or not again.refused:
+            return False
+        again.note = "an open connection, cut: the policy in force no longer allows it"
+        self.recorder.record(again)
+        return True
 
     def _decrypts(self, decision: Decision) -> bool:
         """Whether this TLS connection is decrypted; one that is not says so in its record."""
@@ -298,13 +308,9 @@ class Connections:
         if now < flow.metadata.setdefault(_RECHECK_AT, decision.started + RECHECK_SECONDS):
             return
         flow.metadata[_RECHECK_AT] = now + RECHECK_SECONDS
-        again = self._decide_raw(flow, scheme, self.identification.by_address(flow.client_conn))
-        if again.refused:
-            again.note = "an open connection, cut: the policy in force no longer allows it"
-            self.recorder.record(again)
+        if self._refused_now(self._decide_raw(flow, scheme, self.identification.by_address(flow.client_conn))):
             flow.metadata[_CUT] = True
-            decision.note = "; ".join(filter(None, (decision.note, f"cut after {now - decision.started:.0f} s: "
-                                                                    "no longer allowed")))
+            _note_cut(decision, NO_LONGER_ALLOWED)
 
     @staticmethod
     def _drop_if_refused(flow: tcp.TCPFlow | udp.UDPFlow) -> None:
@@ -431,7 +437,7 @@ class Passthrough(layers.TCPLayer):
 
     def _cut(self, why: str) -> layer.CommandGenerator[None]:
         """End both sides now, relaying nothing more."""
-        self.decision.note += f"; cut after {time.monotonic() - self.decision.started:.0f} s: {why}"
+        _note_cut(self.decision, why)
         self._handle_event = self.done
         for side in (self.context.server, self.context.client):
             if side.state is not ConnectionState.CLOSED:
@@ -441,6 +447,12 @@ class Passthrough(layers.TCPLayer):
     def _over(self) -> None:
         if self._handle_event == self.done:
             self._done(self)
+
+
+def _note_cut(decision: Decision, why: str) -> None:
+    """Say in an open connection's record that it was cut, when and why."""
+    cut = f"cut after {time.monotonic() - decision.started:.0f} s: {why}"
+    decision.note = f"{decision.note}; {cut}" if decision.note else cut
 
 
 def _as(scheme: str, target: Target) -> Target:

@@ -261,6 +261,18 @@ def test_passthrough_tls_is_recorded_by_name(hooks):
     assert (record.method, record.host, record.verdict) == ("CONNECT", "bank.test", "allow")
 
 
+def test_an_open_passthrough_connection_that_cannot_be_decided_again_is_cut(hooks, monkeypatch):
+    conn = client()
+    assert hooks.connections._still_passes(conn, ("bank.test", 443), "bank.test", "CONNECT") is None  # allowed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(hooks.connections.judge, "decide", broken)
+    # Raised inside the relay, it would drop one chunk and let the next through unchecked.
+    assert hooks.connections._still_passes(conn, ("bank.test", 443), "bank.test", "CONNECT") == "it could not be decided again"
+
+
 def test_dns_query_for_a_blocked_name_is_refused_and_recorded(hooks):
     flow = tflow.tdnsflow()
     flow.client_conn = client()
