@@ -200,3 +200,19 @@ def test_a_probe_mark_holds_for_its_own_site_and_only_briefly():
     assert not signer.is_probe("www.pornhub.com", token, now=1000)
     assert not Signer(b"j" * 32).is_probe("nordvpn.com", token, now=1000)
     assert not signer.is_probe("nordvpn.com", "9999999999.forged", now=1000)
+
+
+def test_the_self_check_never_makes_the_gateways_key(tmp_path, monkeypatch):
+    # Run as another user (root, say), a key made here could lock the gateway out of its own.
+    import asyncio
+
+    from schoolgate.engine import Engine
+    from schoolgate.reports.probes import run_probes
+
+    monkeypatch.setenv("SCHOOLGATE_STATE_DIR", str(tmp_path / "state"))
+    engine = Engine.load(written(shipped_policy(), tmp_path))
+    key = engine.policy.gateway.secret_file
+    assert key is not None and not key.exists()
+    probes = asyncio.run(run_probes(engine, "http://127.0.0.1:9", "", send_alert=False))  # nothing listens there
+    assert probes[ADULT].passed is None and "no answer" in probes[ADULT].evidence
+    assert not key.exists()
