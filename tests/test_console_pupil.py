@@ -25,6 +25,8 @@ from schoolgate.reports import incidents as incident_store
 from schoolgate.reports import outcomes, pupils, referral
 from schoolgate.reports.outcomes import Outcome, mark_reviewed, record_outcome, review_times, summarise
 
+from support.postgres import journal_of
+
 
 def incident_of(env: Env, term: str) -> str:
     page = env.client.get("/incidents?status=all")
@@ -251,7 +253,7 @@ def test_outcomes_watch_list_directory_details_and_packs_on_postgres(database_ur
     """The same writes and reads on PostgreSQL: dates, upserts, the audit trail's JSON."""
     async def scenario() -> None:
         await upgrade(database_url)
-        writer = RecordWriter(database_url)
+        writer = RecordWriter(database_url, spool_path=journal_of(database_url))
         await writer.start()
         writer.submit(flagged_search(NOW - timedelta(hours=1)))
         await writer.close()

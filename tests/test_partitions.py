@@ -34,7 +34,7 @@ from schoolgate.reports.incidents import IncidentFilter, attempts, queue
 from schoolgate.reports.queries import find_by_ref, recent
 from schoolgate.reports.retention import purge
 
-from support.postgres import postgres_bin
+from support.postgres import journal_of, postgres_bin
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (apt install postgresql)")
 
@@ -49,7 +49,7 @@ def upgrade_to(connection: Connection, revision: str) -> None:
 
 
 async def write(url: str, made: list[AccessRecord]) -> None:
-    writer = RecordWriter(url)
+    writer = RecordWriter(url, spool_path=journal_of(url))
     await writer.start()
     for record in made:
         writer.submit(record)

@@ -22,7 +22,7 @@ from test_records import make_record, sqlite_url
 from schoolgate.records import AccessRecord, RecordWriter
 from schoolgate.reports.cli import parse_since, register
 
-from support.postgres import postgres_bin
+from support.postgres import journal_of, postgres_bin
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def store(path: Path | str, *records: AccessRecord) -> str:
     url = sqlite_url(path) if isinstance(path, Path) else path
 
     async def write() -> None:
-        writer = RecordWriter(url)
+        writer = RecordWriter(url, spool_path=journal_of(url))
         await writer.start()
         for record in records:
             writer.submit(record)

@@ -17,7 +17,7 @@ from schoolgate.records import AccessRecord, RecordWriter
 from schoolgate.reports.incidents import IncidentFilter, Status, queue, update_incident
 from schoolgate.reports.retention import purge
 
-from support.postgres import postgres_bin
+from support.postgres import journal_of, postgres_bin
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -67,7 +67,7 @@ def test_purge_in_batches_deletes_exactly_what_is_past_retention(tmp_path: Path,
 
     async def scenario() -> tuple[int, int, int, set[str], int, int]:
         await upgrade(url)
-        writer = RecordWriter(url)
+        writer = RecordWriter(url, spool_path=journal_of(url))
         await writer.start()
         for record in made:
             writer.submit(record)

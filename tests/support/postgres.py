@@ -129,3 +129,11 @@ def private_postgres() -> Iterator[PostgresServer]:
 def database_url(postgres: PostgresServer) -> str:
     """A fresh database on the session's server."""
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def journal_of(database_url: str) -> Path:
+    """A record writer's journal of its own for a test database. For PostgreSQL the writer's default
+    is the working directory, one for every test of a process: records a writer left there (stored,
+    but not yet known to be) would load into the next test's database at its writer's start."""
+    return Path(tempfile.gettempdir()) / f"sg-journal-{uuid.uuid5(uuid.NAMESPACE_URL, database_url).hex}.jsonl"
+
